@@ -1,0 +1,1 @@
+"""Stateroom login service: stateless, JWT (EdDSA) access tokens, refresh tokens in Redis."""

@@ -1,0 +1,1 @@
+"""Stateroom client SDK and sample clients (terminal player, headless bots)."""

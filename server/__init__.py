@@ -1,0 +1,1 @@
+"""Stateroom room servers: authoritative game rooms that outlive their process."""

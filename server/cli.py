@@ -1,0 +1,49 @@
+"""The ``stateroom`` console script: one sub-command per component or tool.
+
+Each sub-command lives in the module that owns it; that module exposes
+``add_arguments(parser)`` and ``run(args) -> int``, and keeps its heavy imports
+inside ``run`` so that building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("server.launcher", "run Redis, the login service and N room servers on this machine"),
+    "auth": ("auth.cli", "run the login service alone"),
+    "keys": ("auth.keys_cli", "generate or rotate the login service's signing keys"),
+    "server": ("server.app", "run one room server alone"),
+    "play": ("client.play", "interactive terminal client"),
+    "bots": ("client.bots", "headless players for load and correctness checks"),
+    "kill-room": ("server.killroom", "SIGKILL a room's owner and report the recovery"),
+    "status": ("server.status", "servers, rooms, owners, epochs, ticks and players"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stateroom", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

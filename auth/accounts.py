@@ -1,0 +1,47 @@
+"""Accounts in Redis: ``auth:user:<lowercased username>`` -> JSON record.
+
+Usernames are unique case-insensitively (``Alice`` and ``alice`` are one
+account) and created with ``SET NX``, so two replicas racing on one name cannot
+both win. The record holds the player id, the username as typed and the argon2id
+hash; nothing else about a player is stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True)
+class Account:
+    player_id: str
+    username: str
+    password_hash: str
+
+
+class AccountStore:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "auth:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _key(self, username: str) -> str:
+        return f"{self.prefix}user:{username.lower()}"
+
+    async def create(self, username: str, password_hash: str) -> Account | None:
+        """Store a new account; None when the username is taken."""
+        account = Account("u_" + secrets.token_urlsafe(12), username, password_hash)
+        record = orjson.dumps(
+            {"player_id": account.player_id, "username": username, "hash": password_hash}
+        )
+        created = await self.redis.set(self._key(username), record, nx=True)
+        return account if created else None
+
+    async def get(self, username: str) -> Account | None:
+        raw = await self.redis.get(self._key(username))
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return Account(data["player_id"], data["username"], data["hash"])

@@ -1,0 +1,398 @@
+"""The login service's HTTP routes (Starlette + orjson), and the services they use.
+
+Stateless by construction: accounts, refresh families and rate-limit counters
+live in Redis; the only process state is the keyring (read from the key file)
+and metrics. Any replica answers any request.
+
+Every answer that is not a success is ``{"error": {"code", "message"}}``: bad
+input is a 4xx, an unexpected failure a 500 ``internal_error`` with no trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auth.accounts import AccountStore
+from auth.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from auth.keys import Keyring
+from auth.metrics import Metrics
+from auth.openapi import openapi_document
+from auth.passwords import Hasher
+from auth.ratelimit import RateLimiter
+from auth.refresh import RefreshStore
+from auth.settings import AuthSettings
+from auth.tokens import TokenIssuer
+
+log = logging.getLogger("stateroom.auth")
+
+USERNAME = re.compile(r"[A-Za-z0-9_-]{3,32}")
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+NAME_MAX = 24
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per process."""
+
+    settings: AuthSettings
+    redis: aioredis.Redis
+    keyring: Keyring
+    issuer: TokenIssuer
+    hasher: Hasher
+    accounts: AccountStore
+    refresh: RefreshStore
+    limiter: RateLimiter
+    metrics: Metrics
+
+    @classmethod
+    def create(cls, settings: AuthSettings) -> Services:
+        metrics = Metrics()
+        redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        keyring = Keyring(settings.key_file, settings.key_check_interval)
+        return cls(
+            settings=settings,
+            redis=redis,
+            keyring=keyring,
+            issuer=TokenIssuer(
+                keyring,
+                issuer=settings.issuer,
+                audience=settings.audience,
+                ttl=settings.access_ttl,
+            ),
+            hasher=Hasher(
+                memory_kib=settings.argon2_memory_kib,
+                time_cost=settings.argon2_time_cost,
+                parallelism=settings.argon2_parallelism,
+                workers=settings.hash_workers,
+                queue=settings.hash_queue,
+                on_change=metrics.hash_in_flight.set,
+            ),
+            accounts=AccountStore(redis, prefix=settings.redis_prefix),
+            refresh=RefreshStore(redis, prefix=settings.redis_prefix, ttl=settings.refresh_ttl),
+            limiter=RateLimiter(
+                redis,
+                prefix=settings.redis_prefix,
+                per_minute=settings.rate_limit_per_minute,
+                login_failures=settings.login_failures,
+                login_window=settings.login_failure_window,
+            ),
+            metrics=metrics,
+        )
+
+    async def aclose(self) -> None:
+        self.hasher.close()
+        await self.redis.aclose()
+
+
+# ---------------------------------------------------------------- input
+
+
+async def read_json(request: Request, limit: int, *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, read with a size bound (never more than ``limit`` bytes)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body is over {limit} bytes")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if optional and not body.strip():
+        return {}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    return data
+
+
+def _string(data: dict[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{field} is required and must be a string")
+    return value
+
+
+def valid_username(data: dict[str, Any]) -> str:
+    username = _string(data, "username")
+    if not USERNAME.fullmatch(username):
+        raise ValidationFailed("username must be 3-32 characters of A-Z a-z 0-9 _ -")
+    return username
+
+
+def valid_password(data: dict[str, Any]) -> str:
+    password = _string(data, "password")
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise ValidationFailed(f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+    return password
+
+
+def valid_name(data: dict[str, Any]) -> str | None:
+    if data.get("name") is None:
+        return None
+    name = data["name"]
+    if not isinstance(name, str):
+        raise ValidationFailed("name must be a string")
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_MAX or not name.isprintable():
+        raise ValidationFailed(f"name must be 1-{NAME_MAX} printable characters")
+    return name
+
+
+# ---------------------------------------------------------------- app
+
+Handler = Callable[[Request, Services], Awaitable[Response]]
+
+
+def create_app(settings: AuthSettings, services: Services | None = None) -> Starlette:
+    """Build the ASGI app; with no ``services`` it builds them and closes them on shutdown."""
+    owned = services is None
+    svc = services if services is not None else Services.create(settings)
+
+    def endpoint(route: str, handler: Handler, *, limited: bool = True) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            request.scope["stateroom.route"] = route
+            try:
+                if limited:
+                    host = request.client.host if request.client else "unknown"
+                    await svc.limiter.hit_address(host)
+                return await handler(request, svc)
+            except ApiError as exc:
+                if exc.code == "rate_limited":
+                    svc.metrics.rate_limited.labels("address" if "address" in exc.message else "login").inc()
+                elif exc.code == "overloaded":
+                    svc.metrics.hash_rejected.inc()
+                return error_response(exc.status, exc.code, exc.message, exc.headers)
+            except RedisError as exc:
+                log.warning("redis unavailable on %s: %s", route, exc)
+                return error_response(
+                    503, "unavailable", "the login store is unavailable; retry shortly",
+                    {"Retry-After": "1"},
+                )
+            except Exception:
+                log.exception("unexpected error on %s", route)
+                return error_response(500, "internal_error", "unexpected server error; retry later")
+
+        return run
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        messages = {404: "no such endpoint; see /openapi.json", 405: "method not allowed on this endpoint"}
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            messages.get(exc.status_code, str(exc.detail)),
+            dict(exc.headers) if exc.headers else None,
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned:
+            await svc.aclose()
+
+    routes = [
+        Route("/v1/guest", endpoint("/v1/guest", guest), methods=["POST"]),
+        Route("/v1/accounts", endpoint("/v1/accounts", create_account), methods=["POST"]),
+        Route("/v1/login", endpoint("/v1/login", login), methods=["POST"]),
+        Route("/v1/refresh", endpoint("/v1/refresh", refresh), methods=["POST"]),
+        Route("/v1/logout", endpoint("/v1/logout", logout), methods=["POST"]),
+        Route("/.well-known/jwks.json", endpoint("/.well-known/jwks.json", jwks, limited=False)),
+        Route("/healthz", endpoint("/healthz", healthz, limited=False)),
+        Route("/metrics", endpoint("/metrics", metrics, limited=False)),
+        Route("/openapi.json", endpoint("/openapi.json", openapi, limited=False)),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: not_found},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.add_middleware(RequestMetrics, metrics=svc.metrics)  # type: ignore[arg-type]
+    return app
+
+
+class RequestMetrics:
+    """Counts every response by route template and status (pure ASGI: sees 404s too)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("stateroom.route", "unmatched")
+            self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def _token_pair(svc: Services, player_id: str, name: str) -> dict[str, Any]:
+    refresh_token = await svc.refresh.create(player_id, name)
+    return {
+        "access_token": svc.issuer.issue(player_id, name),
+        "refresh_token": refresh_token,
+        "token_type": "Bearer",
+        "expires_in": svc.settings.access_ttl,
+        "player_id": player_id,
+        "name": name,
+    }
+
+
+async def guest(request: Request, svc: Services) -> Response:
+    data = await read_json(request, svc.settings.max_body_bytes, optional=True)
+    name = valid_name(data) or f"guest-{secrets.randbelow(10_000):04d}"
+    player_id = "g_" + secrets.token_urlsafe(12)
+    pair = await _token_pair(svc, player_id, name)
+    svc.metrics.logins.labels("guest", "ok").inc()
+    return JSONResponse(pair)
+
+
+async def create_account(request: Request, svc: Services) -> Response:
+    data = await read_json(request, svc.settings.max_body_bytes)
+    username = valid_username(data)
+    password = valid_password(data)
+    if await svc.accounts.get(username) is not None:
+        raise Conflict(f"username {username!r} is taken; choose another", code="username_taken")
+    account = await svc.accounts.create(username, await svc.hasher.hash(password))
+    if account is None:
+        raise Conflict(f"username {username!r} is taken; choose another", code="username_taken")
+    return JSONResponse({"player_id": account.player_id, "username": account.username}, 201)
+
+
+async def login(request: Request, svc: Services) -> Response:
+    data = await read_json(request, svc.settings.max_body_bytes)
+    username = valid_username(data)
+    password = valid_password(data)
+    await svc.limiter.check_login(username)
+    account = await svc.accounts.get(username)
+    ok = await svc.hasher.verify(account.password_hash if account else None, password)
+    if not ok or account is None:
+        await svc.limiter.login_failed(username)
+        svc.metrics.logins.labels("password", "failed").inc()
+        raise Unauthorized("wrong username or password", code="invalid_credentials")
+    await svc.limiter.login_succeeded(username)
+    svc.metrics.logins.labels("password", "ok").inc()
+    return JSONResponse(await _token_pair(svc, account.player_id, account.username))
+
+
+_GRANT_MESSAGES = {
+    "unknown": "unknown refresh token; log in again",
+    "revoked": "this session was revoked; log in again",
+    "reuse": "refresh token already used; the session is revoked, log in again",
+    "expired": "refresh token expired; log in again",
+}
+
+
+async def refresh(request: Request, svc: Services) -> Response:
+    data = await read_json(request, svc.settings.max_body_bytes)
+    token = _string(data, "refresh_token")
+    outcome = await svc.refresh.rotate(token)
+    svc.metrics.refreshes.labels(outcome.status).inc()
+    if outcome.status == "reuse":
+        svc.metrics.reuse.inc()
+        log.warning("refresh token reuse detected; family revoked")
+    if outcome.status != "ok" or outcome.player_id is None or outcome.name is None:
+        raise Unauthorized(_GRANT_MESSAGES.get(outcome.status, "invalid grant"), code="invalid_grant")
+    return JSONResponse(
+        {
+            "access_token": svc.issuer.issue(outcome.player_id, outcome.name),
+            "refresh_token": outcome.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": svc.settings.access_ttl,
+            "player_id": outcome.player_id,
+            "name": outcome.name,
+        }
+    )
+
+
+async def logout(request: Request, svc: Services) -> Response:
+    data = await read_json(request, svc.settings.max_body_bytes)
+    await svc.refresh.revoke(_string(data, "refresh_token"))
+    return Response(status_code=204)
+
+
+async def jwks(request: Request, svc: Services) -> Response:
+    svc.keyring.maybe_reload()
+    return JSONResponse(svc.keyring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+
+async def healthz(request: Request, svc: Services) -> Response:
+    try:
+        await svc.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"redis does not answer: {exc}") from None
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request, svc: Services) -> Response:
+    return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request, svc: Services) -> Response:
+    return JSONResponse(openapi_document())

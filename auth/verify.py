@@ -1,0 +1,211 @@
+"""The token verifier room servers use: public keys only, fetched from a JWKS URL.
+
+Why so strict: PyJWT accepts a token with no ``exp`` and any ``iss`` unless told,
+and the header's ``alg`` is attacker-controlled. So the algorithm is pinned to
+EdDSA, ``exp``/``iat``/``sub``/``aud``/``iss`` are required, and tokens over
+4 KiB are refused before any decoding.
+
+JWKS cache policy: the first fetch happens on first use; afterwards the set is
+refetched at most once per ``refetch_interval`` (60 s) — when it is older than
+that, or when a token names an unknown ``kid``. Garbage kids therefore cannot
+cause a refetch storm. A failed refetch keeps the previous keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt.exceptions import (
+    DecodeError,
+    ExpiredSignatureError,
+    InvalidSignatureError,
+    InvalidTokenError,
+    PyJWKError,
+)
+
+from auth.errors import AuthError, InvalidToken
+
+MAX_TOKEN_BYTES = 4096
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "aud", "iss"]
+
+__all__ = ["MAX_TOKEN_BYTES", "AuthError", "InvalidToken", "TokenVerifier", "VerifiedToken"]
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What a room server needs from a valid access token."""
+
+    player_id: str
+    name: str
+    expires_at: float
+    claims: dict[str, Any]
+
+
+def _keys_from_jwks(jwks: Any) -> dict[str, Any]:
+    """kid -> public key object, for the Ed25519 keys of a JWKS; others are ignored."""
+    keys: dict[str, Any] = {}
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        return keys
+    for entry in jwks["keys"]:
+        if not isinstance(entry, dict) or entry.get("kty") != "OKP":
+            continue
+        if entry.get("crv") != "Ed25519" or not isinstance(entry.get("kid"), str):
+            continue
+        try:
+            keys[entry["kid"]] = jwt.PyJWK(entry, algorithm="EdDSA").key
+        except (PyJWKError, InvalidTokenError, ValueError, TypeError):
+            continue
+    return keys
+
+
+class TokenVerifier:
+    """Verifies access tokens against the login service's published keys."""
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str = "stateroom",
+        audience: str = "stateroom",
+        leeway: float = 30.0,
+        refetch_interval: float = 60.0,
+        http_timeout: float = 5.0,
+    ) -> None:
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.refetch_interval = refetch_interval
+        self.http_timeout = http_timeout
+        self._keys: dict[str, Any] = {}
+        self._fetched_at: float | None = None  # monotonic time of the last fetch attempt
+        self._static = False
+        self._lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+        self.fetches = 0  # number of JWKS fetch attempts, for tests and metrics
+
+    @classmethod
+    def from_jwks(
+        cls,
+        jwks: dict[str, Any],
+        *,
+        issuer: str = "stateroom",
+        audience: str = "stateroom",
+        leeway: float = 30.0,
+    ) -> TokenVerifier:
+        """A verifier with a fixed key set that never fetches (tests, benches)."""
+        verifier = cls("static:", issuer=issuer, audience=audience, leeway=leeway)
+        verifier._keys = _keys_from_jwks(jwks)
+        verifier._static = True
+        return verifier
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _due(self) -> bool:
+        if self._static:
+            return False
+        if self._fetched_at is None:
+            return True
+        return time.monotonic() - self._fetched_at >= self.refetch_interval
+
+    async def _refresh(self) -> None:
+        """Fetch the JWKS if due; concurrent callers share one fetch."""
+        async with self._lock:
+            if not self._due():
+                return
+            self._fetched_at = time.monotonic()
+            self.fetches += 1
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=self.http_timeout)
+            try:
+                response = await self._client.get(self.jwks_url)
+                response.raise_for_status()
+                keys = _keys_from_jwks(response.json())
+            except (httpx.HTTPError, ValueError):
+                return  # keep the keys we have; retried after refetch_interval
+            if keys:
+                self._keys = keys
+
+    async def _key_for(self, kid: str) -> Any:
+        if self._due():
+            await self._refresh()
+        key = self._keys.get(kid)
+        if key is None and self._due():
+            await self._refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            if not self._keys and not self._static:
+                raise InvalidToken(
+                    "unknown_key",
+                    f"no signing keys available from {self.jwks_url}; is the login service up?",
+                )
+            raise InvalidToken("unknown_key", "token signed by a key the login service does not publish; log in again")
+        return key
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Return the token's identity, or raise InvalidToken with a stable code."""
+        key = await self._key_for(self._check_header(token))
+        return self._decode(token, key)
+
+    def verify_static(self, token: str) -> VerifiedToken:
+        """Synchronous verify for a ``from_jwks`` verifier (no fetching)."""
+        kid = self._check_header(token)
+        key = self._keys.get(kid)
+        if key is None:
+            raise InvalidToken("unknown_key", "token signed by an unknown key")
+        return self._decode(token, key)
+
+    @staticmethod
+    def _check_header(token: str) -> str:
+        if not isinstance(token, str):
+            raise InvalidToken("token_malformed", "a token is a string")
+        if len(token) > MAX_TOKEN_BYTES or len(token.encode("utf-8", "replace")) > MAX_TOKEN_BYTES:
+            raise InvalidToken("token_too_large", f"tokens are at most {MAX_TOKEN_BYTES} bytes")
+        try:
+            header = jwt.get_unverified_header(token)
+        except (DecodeError, InvalidTokenError, ValueError, TypeError):
+            raise InvalidToken("token_malformed", "not a JWT; log in to get an access token") from None
+        if header.get("alg") != "EdDSA":
+            raise InvalidToken("token_invalid", "token algorithm must be EdDSA")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("token_invalid", "token header has no kid")
+        return kid
+
+    def _decode(self, token: str, key: Any) -> VerifiedToken:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=["EdDSA"],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS, "verify_signature": True},
+            )
+        except ExpiredSignatureError:
+            raise InvalidToken("token_expired", "access token expired; refresh it") from None
+        except InvalidSignatureError:
+            raise InvalidToken("token_invalid", "bad token signature") from None
+        except DecodeError:
+            raise InvalidToken("token_malformed", "token cannot be decoded") from None
+        except InvalidTokenError as exc:
+            raise InvalidToken("token_invalid", f"token refused: {exc}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken("token_invalid", "token has no player id (sub)")
+        name = claims.get("name", sub)
+        return VerifiedToken(
+            player_id=sub,
+            name=name if isinstance(name, str) else sub,
+            expires_at=float(claims["exp"]),
+            claims=claims,
+        )

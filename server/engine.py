@@ -1,0 +1,182 @@
+"""The room engine, pure: seats, the per-tick input batch, acks, snapshot and replay.
+
+No clock, no sockets, no Redis: the runner calls ``step()`` at the tick rate,
+tests call it in a loop. A tick is the ordered list of events applied to the
+game (joins, leaves, inputs); that list is what the journal stores, and
+``apply`` is used both live and to replay the journal on another server, so
+a rebuilt room is the same room.
+
+Events (msgpack-able lists):
+    ["j", player_id, name]        seat a player
+    ["l", player_id]              remove a player for good
+    ["i", player_id, seq, data]   apply an input (data already validated)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from server.errors import GameError, IllegalInput
+from server.game import Game
+
+Event = list[Any]
+SNAPSHOT_VERSION = 1
+
+
+class RoomFull(GameError):
+    """No free seat in the room."""
+
+
+class JournalGap(GameError):
+    """Replay met a tick that does not follow the last one: the journal is incomplete."""
+
+
+class Verdict(Enum):
+    """What happened to an offered input."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # seq already accepted: dropped silently (a resend)
+    OUT_OF_WINDOW = "out_of_window"  # seq too far ahead of the last accepted one
+    QUEUE_FULL = "queue_full"  # too many inputs pending for this tick
+    NOT_SEATED = "not_seated"
+
+
+@dataclass(slots=True)
+class Seat:
+    """A player's place in the room; survives disconnects for the grace period."""
+
+    player_id: str
+    name: str
+    ack: int = 0  # last applied input sequence
+    accepted: int = 0  # last accepted (queued or applied) sequence
+    pending: int = 0  # inputs queued for the next tick
+    leaving: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TickOutcome:
+    tick: int
+    events: list[Event]
+    state: Mapping[str, Any]
+
+
+class RoomEngine:
+    """One room's rules-independent bookkeeping around a Game."""
+
+    def __init__(
+        self,
+        game: Game,
+        *,
+        tick: int = 0,
+        input_window: int = 1024,
+        max_pending_per_player: int = 32,
+    ) -> None:
+        self.game = game
+        self.tick = tick
+        self.seats: dict[str, Seat] = {}
+        self.input_window = input_window
+        self.max_pending_per_player = max_pending_per_player
+        self._queue: list[Event] = []
+        self.last_state: Mapping[str, Any] | None = None
+
+    # -- offers: called as messages arrive, between ticks ------------------
+
+    def offer_join(self, player_id: str, name: str) -> bool:
+        """Seat a player at the next tick; False when the seat already exists (a resume)."""
+        seat = self.seats.get(player_id)
+        if seat is not None:
+            if seat.leaving:
+                raise RoomFull("this player is leaving the room; join again in a moment")
+            return False
+        if len(self.seats) >= self.game.max_players:
+            raise RoomFull(f"the room is full ({self.game.max_players} players)")
+        self.seats[player_id] = Seat(player_id, name)
+        self._queue.append(["j", player_id, name])
+        return True
+
+    def offer_leave(self, player_id: str) -> None:
+        seat = self.seats.get(player_id)
+        if seat is None or seat.leaving:
+            return
+        seat.leaving = True
+        self._queue.append(["l", player_id])
+
+    def offer_input(self, player_id: str, seq: int, data: Any) -> Verdict:
+        """Queue an input for the next tick. Raises IllegalInput if the game refuses it."""
+        seat = self.seats.get(player_id)
+        if seat is None or seat.leaving:
+            return Verdict.NOT_SEATED
+        if seq <= seat.accepted:
+            return Verdict.DUPLICATE
+        if seat.accepted and seq > seat.accepted + self.input_window:
+            return Verdict.OUT_OF_WINDOW
+        if seat.pending >= self.max_pending_per_player:
+            return Verdict.QUEUE_FULL
+        validated = self.game.validate_input(player_id, data)
+        seat.accepted = seq
+        seat.pending += 1
+        self._queue.append(["i", player_id, seq, validated])
+        return Verdict.ACCEPTED
+
+    # -- ticks ----------------------------------------------------------------
+
+    def step(self) -> TickOutcome:
+        """Advance one tick with everything offered since the last one."""
+        events, self._queue = self._queue, []
+        state = self.apply(self.tick + 1, events)
+        return TickOutcome(self.tick, events, state)
+
+    def apply(self, tick: int, events: list[Event]) -> Mapping[str, Any]:
+        """Apply one tick's events; the same code path live and in replay."""
+        if tick != self.tick + 1:
+            raise JournalGap(f"tick {tick} does not follow tick {self.tick}")
+        inputs: list[tuple[str, Any]] = []
+        for event in events:
+            kind, player_id = event[0], event[1]
+            if kind == "i":
+                seat = self.seats.get(player_id)
+                if seat is None:
+                    continue
+                seq = event[2]
+                if seq > seat.ack:
+                    seat.ack = seq
+                    seat.accepted = max(seat.accepted, seq)
+                    seat.pending = max(0, seat.pending - 1)
+                    inputs.append((player_id, event[3]))
+            elif kind == "j":
+                self.seats.setdefault(player_id, Seat(player_id, event[2]))
+                self.game.join(player_id, event[2])
+            elif kind == "l":
+                if self.seats.pop(player_id, None) is not None:
+                    self.game.leave(player_id)
+            else:
+                raise IllegalInput(f"unknown journal event {kind!r}")
+        self.tick = tick
+        self.last_state = self.game.tick(inputs)
+        return self.last_state
+
+    # -- persistence ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to rebuild the room at this tick (queued offers excluded)."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "tick": self.tick,
+            "game": self.game.snapshot(),
+            # A seat whose leave is still queued is in the game at this tick; the
+            # leave reaches the journal with the tick that applies it.
+            "seats": [[s.player_id, s.name, s.ack] for s in self.seats.values()],
+        }
+
+    @classmethod
+    def restore(cls, game_class: type[Game], snapshot: dict[str, Any], **options: Any) -> RoomEngine:
+        if snapshot.get("v") != SNAPSHOT_VERSION:
+            raise GameError(f"unsupported snapshot version {snapshot.get('v')!r}")
+        engine = cls(game_class.restore(snapshot["game"]), tick=int(snapshot["tick"]), **options)
+        for entry in snapshot["seats"]:
+            player_id, name, ack = entry[0], entry[1], int(entry[2])
+            engine.seats[player_id] = Seat(player_id, name, ack=ack, accepted=ack)
+        return engine

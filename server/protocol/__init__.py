@@ -1,0 +1,58 @@
+"""The wire protocol, pure: message types, codecs, validation, error and close codes.
+
+Imports no asyncio, websockets or redis, so the client SDK, the server and
+tests share it, and a codec can be fuzzed without a socket. Every message and
+code here is documented in ``docs/protocol.md``.
+
+    ProtocolError(code, message)       a message that cannot be accepted
+    ├── DecodeError                    bytes that are not one valid message
+    └── (raised with ErrorCode.*)      a valid message in the wrong place
+"""
+
+from server.protocol.codec import JSON, MSGPACK, Codec, codec_for_subprotocol
+from server.protocol.codes import (
+    DEFAULT_SUBPROTOCOL,
+    PROTOCOL_VERSION,
+    SUBPROTOCOLS,
+    CloseCode,
+    ErrorCode,
+)
+from server.protocol.errors import DecodeError, ProtocolError
+from server.protocol.messages import (
+    ClientMessage,
+    InputMessage,
+    JoinMessage,
+    LeaveMessage,
+    PingMessage,
+    StateFrame,
+    error_message,
+    parse_client_message,
+    pong_message,
+    redirect_message,
+    welcome_message,
+)
+
+__all__ = [
+    "DEFAULT_SUBPROTOCOL",
+    "JSON",
+    "MSGPACK",
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOLS",
+    "ClientMessage",
+    "CloseCode",
+    "Codec",
+    "DecodeError",
+    "ErrorCode",
+    "InputMessage",
+    "JoinMessage",
+    "LeaveMessage",
+    "PingMessage",
+    "ProtocolError",
+    "StateFrame",
+    "codec_for_subprotocol",
+    "error_message",
+    "parse_client_message",
+    "pong_message",
+    "redirect_message",
+    "welcome_message",
+]

@@ -1,0 +1,189 @@
+"""Message types of protocol v1 and their strict parsing.
+
+Client → server: ``join``, ``input``, ``leave``, ``ping``.
+Server → client: ``welcome``, ``state``, ``redirect``, ``error``, ``pong``.
+Every message is a map whose ``t`` field names its type.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+
+from server.protocol.codec import Codec
+from server.protocol.codes import PROTOCOL_VERSION, ErrorCode
+from server.protocol.errors import ProtocolError
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+GAME_NAME = re.compile(r"[a-z0-9_\-]{1,32}")
+MAX_SEQ = 2**53 - 1  # exact in JSON numbers and in every client language
+
+
+@dataclass(frozen=True, slots=True)
+class JoinMessage:
+    room: str
+    game: str | None
+    token: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputMessage:
+    seq: int
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveMessage:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PingMessage:
+    id: int
+
+
+ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage
+
+
+def _invalid(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, message)
+
+
+def _int_field(message: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = message.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _invalid(f"'{name}' must be an integer in [{low}, {high}]")
+    return value
+
+
+def _optional_str(message: dict[str, Any], name: str) -> str | None:
+    value = message.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _invalid(f"'{name}' must be a string")
+    return value
+
+
+def parse_join(message: dict[str, Any]) -> JoinMessage:
+    version = message.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
+        )
+    room = message.get("room")
+    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room):
+        raise ProtocolError(
+            ErrorCode.INVALID_ROOM, "'room' must be 1-64 characters of A-Z a-z 0-9 _ . -"
+        )
+    game = _optional_str(message, "game")
+    if game is not None and not GAME_NAME.fullmatch(game):
+        raise ProtocolError(ErrorCode.UNKNOWN_GAME, "'game' must be 1-32 characters of a-z 0-9 _ -")
+    return JoinMessage(room=room, game=game, token=_optional_str(message, "token"), version=1)
+
+
+def parse_client_message(message: dict[str, Any]) -> ClientMessage:
+    """Turn a decoded map into a typed message, or raise ProtocolError."""
+    kind = message.get("t")
+    if kind == "input":
+        if "data" not in message:
+            raise _invalid("'input' needs a 'data' field")
+        return InputMessage(seq=_int_field(message, "seq", 1, MAX_SEQ), data=message["data"])
+    if kind == "join":
+        return parse_join(message)
+    if kind == "leave":
+        return LeaveMessage()
+    if kind == "ping":
+        return PingMessage(id=_int_field(message, "id", 0, MAX_SEQ))
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+
+def welcome_message(
+    *,
+    room: str,
+    game: str,
+    player_id: str,
+    server: str,
+    epoch: int,
+    tick: int,
+    tick_rate: int,
+    ack: int,
+    resumed: bool,
+) -> dict[str, Any]:
+    return {
+        "t": "welcome",
+        "v": PROTOCOL_VERSION,
+        "room": room,
+        "game": game,
+        "player_id": player_id,
+        "server": server,
+        "epoch": epoch,
+        "tick": tick,
+        "tick_rate": tick_rate,
+        "ack": ack,
+        "resumed": resumed,
+    }
+
+
+def redirect_message(room: str, url: str, server: str) -> dict[str, Any]:
+    return {"t": "redirect", "room": room, "url": url, "server": server}
+
+
+def error_message(code: ErrorCode, message: str, seq: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": "error", "code": str(code), "message": message}
+    if seq is not None:
+        out["seq"] = seq
+    return out
+
+
+def pong_message(ping_id: int, tick: int) -> dict[str, Any]:
+    return {"t": "pong", "id": ping_id, "tick": tick}
+
+
+class StateFrame:
+    """One tick's ``state`` message, encoded once per encoding for every player.
+
+    Only the trailing ``ack`` differs between players, so the frame is a
+    shared prefix (type, tick, state) plus a few bytes of ack per player:
+    the state itself is never encoded per player.
+    """
+
+    __slots__ = ("_json_prefix", "_msgpack_prefix", "_state", "tick")
+
+    def __init__(self, tick: int, state: Any) -> None:
+        self.tick = tick
+        self._state = state
+        self._msgpack_prefix: bytes | None = None
+        self._json_prefix: bytes | None = None
+
+    def _prefix(self, codec: Codec) -> bytes:
+        if codec.text:
+            if self._json_prefix is None:
+                body = orjson.dumps(self._state)
+                self._json_prefix = b'{"t":"state","tick":%d,"state":%b,"ack":' % (self.tick, body)
+            return self._json_prefix
+        if self._msgpack_prefix is None:
+            # fixmap of 4 entries, then t, tick, state, and the key "ack"; the value follows.
+            self._msgpack_prefix = b"".join(
+                (
+                    b"\x84",
+                    msgpack.packb("t"),
+                    msgpack.packb("state"),
+                    msgpack.packb("tick"),
+                    msgpack.packb(self.tick),
+                    msgpack.packb("state"),
+                    msgpack.packb(self._state, use_bin_type=True),
+                    msgpack.packb("ack"),
+                )
+            )
+        return self._msgpack_prefix
+
+    def encode_for(self, codec: Codec, ack: int) -> bytes:
+        """The frame for a player whose last applied input is ``ack``."""
+        if codec.text:
+            return b"%b%d}" % (self._prefix(codec), ack)
+        return self._prefix(codec) + msgpack.packb(ack)  # type: ignore[no-any-return]

@@ -34,6 +34,7 @@ from auth.errors import (
     BadRequest,
     Conflict,
     PayloadTooLarge,
+    RateLimited,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -62,7 +63,9 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
@@ -199,7 +202,9 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
     owned = services is None
     svc = services if services is not None else Services.create(settings)
 
-    def endpoint(route: str, handler: Handler, *, limited: bool = True) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(
+        route: str, handler: Handler, *, limited: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             request.scope["stateroom.route"] = route
             try:
@@ -208,15 +213,17 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
                     await svc.limiter.hit_address(host)
                 return await handler(request, svc)
             except ApiError as exc:
-                if exc.code == "rate_limited":
-                    svc.metrics.rate_limited.labels("address" if "address" in exc.message else "login").inc()
+                if isinstance(exc, RateLimited):
+                    svc.metrics.rate_limited.labels(exc.limit).inc()
                 elif exc.code == "overloaded":
                     svc.metrics.hash_rejected.inc()
                 return error_response(exc.status, exc.code, exc.message, exc.headers)
             except RedisError as exc:
                 log.warning("redis unavailable on %s: %s", route, exc)
                 return error_response(
-                    503, "unavailable", "the login store is unavailable; retry shortly",
+                    503,
+                    "unavailable",
+                    "the login store is unavailable; retry shortly",
                     {"Retry-After": "1"},
                 )
             except Exception:
@@ -228,7 +235,10 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         codes = {404: "not_found", 405: "method_not_allowed"}
-        messages = {404: "no such endpoint; see /openapi.json", 405: "method not allowed on this endpoint"}
+        messages = {
+            404: "no such endpoint; see /openapi.json",
+            405: "method not allowed on this endpoint",
+        }
         return error_response(
             exc.status_code,
             codes.get(exc.status_code, "http_error"),
@@ -259,7 +269,7 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
         lifespan=lifespan,
     )
     app.state.services = svc
-    app.add_middleware(RequestMetrics, metrics=svc.metrics)  # type: ignore[arg-type]
+    app.add_middleware(RequestMetrics, metrics=svc.metrics)
     return app
 
 
@@ -358,7 +368,9 @@ async def refresh(request: Request, svc: Services) -> Response:
         svc.metrics.reuse.inc()
         log.warning("refresh token reuse detected; family revoked")
     if outcome.status != "ok" or outcome.player_id is None or outcome.name is None:
-        raise Unauthorized(_GRANT_MESSAGES.get(outcome.status, "invalid grant"), code="invalid_grant")
+        raise Unauthorized(
+            _GRANT_MESSAGES.get(outcome.status, "invalid grant"), code="invalid_grant"
+        )
     return JSONResponse(
         {
             "access_token": svc.issuer.issue(outcome.player_id, outcome.name),

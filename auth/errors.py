@@ -99,8 +99,9 @@ class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, limit: str = "address") -> None:
         self.retry_after = max(1, int(retry_after))
+        self.limit = limit
         super().__init__(message, headers={"Retry-After": str(self.retry_after)})
 
 

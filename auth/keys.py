@@ -37,9 +37,7 @@ from auth.errors import KeyFileError
 
 log = logging.getLogger("stateroom.auth.keys")
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
 
 
 def b64url(data: bytes) -> str:
@@ -101,7 +99,8 @@ def parse_keys(data: bytes, source: str = "key file") -> list[SigningKey]:
         keys.append(SigningKey.from_private(private))
     if not keys:
         raise KeyFileError(
-            f"{source}: no PEM private key found; create one with `stateroom keys generate --key FILE`"
+            f"{source}: no PEM private key found; "
+            "create one with `stateroom keys generate --key FILE`"
         )
     return keys
 

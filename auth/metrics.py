@@ -13,31 +13,42 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "stateroom_auth_requests", "HTTP requests by route and status",
-            ["route", "method", "status"], registry=self.registry,
+            "stateroom_auth_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.logins = Counter(
-            "stateroom_auth_logins", "Logins by kind (guest|password) and result",
-            ["kind", "result"], registry=self.registry,
+            "stateroom_auth_logins",
+            "Logins by kind (guest|password) and result",
+            ["kind", "result"],
+            registry=self.registry,
         )
         self.refreshes = Counter(
-            "stateroom_auth_refreshes", "Refresh attempts by result",
-            ["result"], registry=self.registry,
+            "stateroom_auth_refreshes",
+            "Refresh attempts by result",
+            ["result"],
+            registry=self.registry,
         )
         self.reuse = Counter(
-            "stateroom_auth_refresh_reuse", "Spent refresh tokens presented again (family revoked)",
+            "stateroom_auth_refresh_reuse",
+            "Spent refresh tokens presented again (family revoked)",
             registry=self.registry,
         )
         self.hash_in_flight = Gauge(
-            "stateroom_auth_hash_in_flight", "Password hashes running or waiting",
+            "stateroom_auth_hash_in_flight",
+            "Password hashes running or waiting",
             registry=self.registry,
         )
         self.hash_rejected = Counter(
-            "stateroom_auth_hash_rejected", "Requests refused because hashing was at capacity",
+            "stateroom_auth_hash_rejected",
+            "Requests refused because hashing was at capacity",
             registry=self.registry,
         )
         self.rate_limited = Counter(
-            "stateroom_auth_rate_limited", "Requests refused by a rate limit", ["limit"],
+            "stateroom_auth_rate_limited",
+            "Requests refused by a rate limit",
+            ["limit"],
             registry=self.registry,
         )
 

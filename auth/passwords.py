@@ -54,7 +54,8 @@ class Hasher:
     async def _run(self, fn: Callable[[], T]) -> T:
         if self.in_flight >= self.capacity:
             raise Unavailable(
-                "password hashing is at capacity; retry in a moment", code="overloaded",
+                "password hashing is at capacity; retry in a moment",
+                code="overloaded",
                 headers={"Retry-After": "1"},
             )
         self._track(+1)

@@ -65,6 +65,7 @@ class RateLimiter:
             raise RateLimited(
                 f"too many failed logins for this account; retry in {retry} s",
                 retry_after=retry,
+                limit="login",
             )
 
     async def login_failed(self, username: str) -> None:

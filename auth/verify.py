@@ -147,7 +147,10 @@ class TokenVerifier:
                     "unknown_key",
                     f"no signing keys available from {self.jwks_url}; is the login service up?",
                 )
-            raise InvalidToken("unknown_key", "token signed by a key the login service does not publish; log in again")
+            raise InvalidToken(
+                "unknown_key",
+                "token signed by a key the login service does not publish; log in again",
+            )
         return key
 
     async def verify(self, token: str) -> VerifiedToken:
@@ -172,7 +175,9 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except (DecodeError, InvalidTokenError, ValueError, TypeError):
-            raise InvalidToken("token_malformed", "not a JWT; log in to get an access token") from None
+            raise InvalidToken(
+                "token_malformed", "not a JWT; log in to get an access token"
+            ) from None
         if header.get("alg") != "EdDSA":
             raise InvalidToken("token_invalid", "token algorithm must be EdDSA")
         kid = header.get("kid")

@@ -1,0 +1,47 @@
+"""``stateroom auth``: run the login service alone on uvicorn (uvloop where available)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from auth.settings import add_arguments as add_settings
+
+    add_settings(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import uvicorn
+
+    from auth.app import create_app
+    from auth.errors import ConfigError
+    from auth.settings import from_sources
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = from_sources(args)
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"stateroom auth: {exc}", file=sys.stderr)
+        return 2
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        http="h11" if importlib.util.find_spec("httptools") is None else "httptools",
+        access_log=settings.access_log,
+        log_level="info",
+        server_header=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+    return 0

@@ -134,6 +134,7 @@ class RoomEngine:
         if tick != self.tick + 1:
             raise JournalGap(f"tick {tick} does not follow tick {self.tick}")
         inputs: list[tuple[str, Any]] = []
+        left = False
         for event in events:
             kind, player_id = event[0], event[1]
             if kind == "i":
@@ -152,8 +153,13 @@ class RoomEngine:
             elif kind == "l":
                 if self.seats.pop(player_id, None) is not None:
                     self.game.leave(player_id)
+                    left = True
             else:
                 raise IllegalInput(f"unknown journal event {kind!r}")
+        if left:
+            # An input queued before its player's leave in the same tick: the game
+            # has already removed the player and must never see an unknown id.
+            inputs = [entry for entry in inputs if entry[0] in self.seats]
         self.tick = tick
         self.last_state = self.game.tick(inputs)
         return self.last_state
@@ -162,17 +168,26 @@ class RoomEngine:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to rebuild the room at this tick (queued offers excluded)."""
+        joining = {event[1] for event in self._queue if event[0] == "j"}
         return {
             "v": SNAPSHOT_VERSION,
             "tick": self.tick,
             "game": self.game.snapshot(),
             # A seat whose leave is still queued is in the game at this tick; the
             # leave reaches the journal with the tick that applies it.
-            "seats": [[s.player_id, s.name, s.ack] for s in self.seats.values()],
+            # A seat whose join is still queued is not in the game yet: leave it out,
+            # or a restored room would hold a seat the game never heard of.
+            "seats": [
+                [s.player_id, s.name, s.ack]
+                for s in self.seats.values()
+                if s.player_id not in joining
+            ],
         }
 
     @classmethod
-    def restore(cls, game_class: type[Game], snapshot: dict[str, Any], **options: Any) -> RoomEngine:
+    def restore(
+        cls, game_class: type[Game], snapshot: dict[str, Any], **options: Any
+    ) -> RoomEngine:
         if snapshot.get("v") != SNAPSHOT_VERSION:
             raise GameError(f"unsupported snapshot version {snapshot.get('v')!r}")
         engine = cls(game_class.restore(snapshot["game"]), tick=int(snapshot["tick"]), **options)

@@ -78,10 +78,7 @@ class Codec:
         """Decode one frame into a message map, or raise DecodeError."""
         if len(frame) > MAX_MESSAGE_BYTES:
             raise DecodeError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
-        if self.text:
-            value = self._decode_json(frame)
-        else:
-            value = self._decode_msgpack(frame)
+        value = self._decode_json(frame) if self.text else self._decode_msgpack(frame)
         if not isinstance(value, dict):
             raise DecodeError("a message must be a map")
         check_value(value)
@@ -114,8 +111,10 @@ class Codec:
             raise
         except msgpack.ExtraData:
             raise DecodeError("trailing bytes after the message") from None
+        except msgpack.StackError:  # its message is empty
+            raise DecodeError(f"nesting deeper than {MAX_DEPTH}") from None
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise DecodeError(f"invalid msgpack: {exc or type(exc).__name__}") from None
+            raise DecodeError(f"invalid msgpack: {str(exc) or type(exc).__name__}") from None
 
 
 MSGPACK = Codec(name="msgpack", subprotocol=MSGPACK_SUBPROTOCOL, text=False)

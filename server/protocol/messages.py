@@ -70,7 +70,8 @@ def _optional_str(message: dict[str, Any], name: str) -> str | None:
 
 def parse_join(message: dict[str, Any]) -> JoinMessage:
     version = message.get("v", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
+    # type() check: True == 1 and 1.0 == 1 in Python, but neither is version 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
             f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",

@@ -27,7 +27,6 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4008  # far more messages than the input rate limit allows
     SLOW_CONSUMER = 4009  # the client did not read; its outbox overflowed
     REPLACED = 4010  # another connection of the same player took the seat
-    IDLE_TIMEOUT = 4011  # nothing received for the idle timeout
     RECONNECT = 4020  # server draining or room moving: reconnect (any server)
     REDIRECT = 4021  # the room lives elsewhere: reconnect to the redirect url
     ROOM_CLOSED = 4030  # the room was closed
@@ -39,7 +38,7 @@ class CloseCode(IntEnum):
 
 
 _RETRYABLE = frozenset(
-    {CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR, CloseCode.IDLE_TIMEOUT}
+    {CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR}
 )
 
 

@@ -1,0 +1,597 @@
+"""One room-server process: WebSocket endpoint, room placement, failover watcher, HTTP probes.
+
+A join is served here if this process owns the room; redirected (message +
+close 4021) if a live peer owns it; claimed here if nobody does or its owner
+is dead, rebuilding the room from its checkpoint and journal. A brand-new
+room goes to the least-loaded live server. The watcher claims the rooms of
+dead peers (liveness connection gone) and of expired leases (frozen or
+partitioned peers) without waiting for a client to come back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
+
+from server import settings as settings_module
+from server.engine import RoomEngine, RoomFull
+from server.errors import ConfigError, OwnershipLost
+from server.game import Game
+from server.games import available_games
+from server.metrics import ServerMetrics
+from server.protocol import (
+    SUBPROTOCOLS,
+    CloseCode,
+    ErrorCode,
+    InputMessage,
+    JoinMessage,
+    LeaveMessage,
+    PingMessage,
+    ProtocolError,
+    codec_for_subprotocol,
+    parse_client_message,
+    pong_message,
+    redirect_message,
+)
+from server.room import Room, RoomState
+from server.session import Session
+from server.settings import ServerSettings
+from server.store import Lease, RoomStore, liveness_name
+
+log = logging.getLogger("stateroom.server")
+
+DEFAULT_GAME = "arena"
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_PROTOCOL_CLOSE = {
+    ErrorCode.UNSUPPORTED_VERSION: CloseCode.UNSUPPORTED_VERSION,
+    ErrorCode.INVALID_ROOM: CloseCode.INVALID_ROOM,
+    ErrorCode.UNKNOWN_GAME: CloseCode.INVALID_ROOM,
+}
+
+
+@dataclass(frozen=True)
+class Redirect:
+    url: str
+    server: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    reason: str
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+    """msgpack when the client offers nothing; 400 when it offers only unknown ones."""
+    if not offered:
+        return None
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return str(name)
+    raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = headers.get("Authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return None
+
+
+class RoomServer:
+    """Everything one process runs."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.server_id = settings.new_server_id()
+        self.metrics = ServerMetrics()
+        self.games: dict[str, type[Game]] = available_games(list(settings.games))
+        self.rooms: dict[str, Room] = {}
+        self.claiming: dict[str, asyncio.Future[Room | None]] = {}
+        self.started_at = time.time()
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            max_connections=256,
+            health_check_interval=0,
+        )
+        self.liveness = aioredis.Redis.from_url(
+            settings.redis_url,
+            single_connection_client=True,
+            client_name=liveness_name(self.server_id),
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
+        self.store = RoomStore(self.redis, lease_ms=settings.lease_ms)
+        self.liveness_id: int | None = None
+        self.liveness_since = time.monotonic()
+        self.redis_ok = False
+        self.live: set[str] = set()
+        self.live_at = 0.0
+        self._missing: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ws_server: Server | None = None
+        self.stopping = asyncio.Event()
+        from auth.verify import TokenVerifier
+
+        self.verifier = TokenVerifier(
+            settings.jwks_url, issuer=settings.issuer, audience=settings.audience
+        )
+
+    # -- startup and shutdown ------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._heartbeat_once()
+        self._ws_server = await serve(
+            self.handle,
+            self.settings.host,
+            self.settings.port,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            select_subprotocol=_select_subprotocol,
+            process_request=self.process_request,
+            origins=list(self.settings.origins) or None,  # type: ignore[arg-type]
+            compression=None,
+            max_size=self.settings.max_message_bytes,
+            max_queue=64,
+            write_limit=self.settings.outbox_bytes,
+            ping_interval=self.settings.ping_interval_s,
+            ping_timeout=self.settings.ping_timeout_s,
+            open_timeout=self.settings.open_timeout_s,
+            close_timeout=2,
+            server_header="stateroom",
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_loop(), name="heartbeat"),
+            loop.create_task(self._watch_loop(), name="failover-watch"),
+        ]
+        log.info(
+            "server %s listening on %s (pid %d, redis %s)",
+            self.server_id,
+            self.settings.ws_url,
+            os.getpid(),
+            self.settings.redis_url,
+        )
+
+    async def stop(self) -> None:
+        """Graceful handover: stop accepting, leave the registry, drain every room."""
+        log.info("server %s draining %d rooms", self.server_id, len(self.rooms))
+        if self._ws_server is not None:
+            self._ws_server.server.close()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(*_REDIS_DOWN, RedisError):
+            await self.store.unregister_server(self.server_id)
+        await asyncio.gather(*(room.drain() for room in list(self.rooms.values())))
+        if self._ws_server is not None:
+            self._ws_server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    await self._ws_server.wait_closed()
+        await self.verifier.aclose()
+        with contextlib.suppress(Exception):
+            await self.liveness.aclose()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        log.info("server %s stopped", self.server_id)
+
+    # -- registry, liveness ------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.server_id,
+            "name": self.settings.name,
+            "ws_url": self.settings.ws_url,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+            "rooms": len(self.rooms),
+            "players": sum(len(r.sessions) for r in self.rooms.values()),
+        }
+
+    async def _heartbeat_once(self) -> None:
+        client_id = int(await self.liveness.client_id())
+        if client_id != self.liveness_id:
+            self.liveness_id = client_id
+            self.liveness_since = time.monotonic()
+        await self.store.register_server(self.server_id, self.info())
+        self.redis_ok = True
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._heartbeat_once()
+            except (*_REDIS_DOWN, RedisError) as exc:
+                self.redis_ok = False
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(min(self.settings.heartbeat_s, 0.25) if not self.redis_ok else self.settings.heartbeat_s)
+
+    def _settled(self) -> bool:
+        """Our own liveness connection is old enough that peers have had time to reconnect."""
+        return (
+            self.redis_ok
+            and time.monotonic() - self.liveness_since >= self.settings.liveness_grace_ms / 1000
+        )
+
+    async def _refresh_live(self) -> set[str]:
+        self.live = await self.store.live_server_ids()
+        self.live_at = time.monotonic()
+        return self.live
+
+    async def is_live(self, server_id: str) -> bool:
+        if time.monotonic() - self.live_at > 2 * self.settings.failover_poll_ms / 1000:
+            await self._refresh_live()
+        return server_id in self.live
+
+    # -- failover watcher ----------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.failover_poll_ms / 1000)
+            try:
+                await self._watch_once()
+            except (*_REDIS_DOWN, RedisError) as exc:
+                log.debug("watcher: redis unavailable: %s", exc)
+            except Exception:
+                log.exception("watcher failed")
+
+    async def _watch_once(self) -> None:
+        live = await self._refresh_live()
+        if not self._settled():
+            return
+        index = await self.store.rooms_index()
+        names = [name for name in index if name not in self.rooms and name not in self.claiming]
+        if not names:
+            return
+        leases = await self.redis.mget([f"sr:{{{name}}}:lease" for name in names])
+        missing_now: set[str] = set()
+        for name, value in zip(names, leases, strict=True):
+            if value is None:
+                # Released by a draining owner, or expired (frozen/partitioned owner).
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None)
+                continue
+            lease = Lease.parse(name, value.decode())
+            if lease.server_id == self.server_id or lease.server_id in live:
+                continue
+            missing_now.add(lease.server_id)
+            # Absent from two polls in a row: its process is gone.
+            if self._missing.get(lease.server_id, 0) >= 1:
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
+        self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
+        for server_id in list((await self.store.servers()).keys()):
+            if server_id not in live and server_id != self.server_id and self._missing.get(server_id, 0) >= 2:
+                await self.store.unregister_server(server_id)
+
+    def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
+        async def claim() -> None:
+            with contextlib.suppress(*_REDIS_DOWN, RedisError, OwnershipLost):
+                room = await self.take_room(name, game, replacing)
+                if room is not None:
+                    self.metrics.takeovers.inc()
+
+        task = asyncio.get_running_loop().create_task(claim())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    async def take_room(self, name: str, game: str, replacing: Lease | None) -> Room | None:
+        """Claim a room and rebuild it from Redis; None if someone else holds it."""
+        pending = self.claiming.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        existing = self.rooms.get(name)
+        if existing is not None and existing.state is RoomState.RUNNING:
+            return existing
+        future: asyncio.Future[Room | None] = asyncio.get_running_loop().create_future()
+        self.claiming[name] = future
+        try:
+            room = await self._claim_and_restore(name, game, replacing)
+            future.set_result(room)
+            return room
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved for waiters that never come
+            raise
+        finally:
+            del self.claiming[name]
+
+    async def _claim_and_restore(self, name: str, game: str, replacing: Lease | None) -> Room | None:
+        started = time.perf_counter()
+        claim = await self.store.claim(name, self.server_id, self.settings.ws_url, game, replacing)
+        if not claim.won:
+            return None
+        game_class = self.games.get(claim.game)
+        if game_class is None:
+            await self.store.release(claim.lease)
+            raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
+        checkpoint, entries = await self.store.load(name)
+        if checkpoint is not None:
+            engine = RoomEngine.restore(game_class, checkpoint.snapshot)
+        else:
+            seed = int((await self.store.meta(name)).get("seed", "0"))
+            engine = RoomEngine(game_class.create(seed))
+        for entry in entries:
+            engine.apply(entry.tick, entry.events)
+        if checkpoint is not None or entries:
+            self.metrics.recoveries.inc()
+        room = Room(
+            name,
+            game_class,
+            engine,
+            claim.lease,
+            self.store,
+            self.settings,
+            self.metrics,
+            self.server_id,
+            self._room_closed,
+        )
+        self.rooms[name] = room
+        self.metrics.rooms.set(len(self.rooms))
+        room.start()
+        log.info(
+            "claimed room=%s epoch=%d game=%s tick=%d (checkpoint %s + %d journal ticks) in %.1f ms%s",
+            name,
+            claim.lease.epoch,
+            claim.game,
+            engine.tick,
+            checkpoint.tick if checkpoint else "none",
+            len(entries),
+            (time.perf_counter() - started) * 1000,
+            f", replacing {replacing.server_id} epoch {replacing.epoch}" if replacing else "",
+        )
+        return room
+
+    def _room_closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self.metrics.rooms.set(len(self.rooms))
+
+    async def _least_loaded(self) -> tuple[str, str] | None:
+        """(server id, ws url) of the live server with the fewest rooms."""
+        servers = await self.store.servers()
+        live = await self._refresh_live()
+        counts: dict[str, int] = {sid: 0 for sid in servers if sid in live}
+        for entry in (await self.store.rooms_index()).values():
+            if entry.get("owner") in counts:
+                counts[entry["owner"]] += 1
+        counts[self.server_id] = len(self.rooms)
+        best = min(counts, key=lambda sid: (counts[sid], sid != self.server_id))
+        if best == self.server_id:
+            return None
+        return best, servers[best]["ws_url"]
+
+    async def locate(self, name: str, game: str, placed: bool) -> Room | Redirect | Unavailable:
+        room = self.rooms.get(name)
+        if room is not None and room.state is RoomState.RUNNING:
+            return room
+        for _attempt in range(3):
+            lease = await self.store.owner(name)
+            if lease is not None and lease.server_id != self.server_id:
+                if await self.is_live(lease.server_id):
+                    url = (await self.store.meta(name)).get("url", "")
+                    return Redirect(url, lease.server_id) if url else Unavailable("owner unknown")
+                if not self._settled():
+                    return Unavailable("this server just reconnected to Redis")
+                taken = await self.take_room(name, game, lease)
+            else:
+                if lease is None and not placed and not await self.store.meta(name):
+                    target = await self._least_loaded()
+                    if target is not None:
+                        return Redirect(target[1] + "?placed=1", target[0])
+                taken = await self.take_room(name, game, lease)
+            if taken is not None:
+                return taken
+        return Unavailable("room ownership is changing")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            ok = self.redis_ok and self._ws_server is not None
+            return connection.respond(
+                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "ready\n" if ok else "not ready\n"
+            )
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, "")
+            body = self.metrics.render()
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            response.headers["Content-Length"] = str(len(body))
+            return Response(response.status_code, response.reason_phrase, response.headers, body)
+        if path == "/status":
+            body = orjson.dumps({**self.info(), "room_list": [r.status() for r in self.rooms.values()]})
+            response = connection.respond(HTTPStatus.OK, "")
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Content-Length"] = str(len(body))
+            return Response(response.status_code, response.reason_phrase, response.headers, body)
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found: use a WebSocket on /v1/ws\n")
+
+    async def handle(self, ws: ServerConnection) -> None:
+        codec = codec_for_subprotocol(ws.subprotocol)
+        session = Session(
+            ws,
+            codec,
+            self.metrics,
+            self.settings.outbox_bytes,
+            self.settings.input_rate,
+            self.settings.input_burst,
+        )
+        room = await self._join(ws, session)
+        if room is None:
+            return
+        try:
+            await self._serve(ws, session, room)
+        finally:
+            room.detach(session)
+
+    async def _join(self, ws: ServerConnection, session: Session) -> Room | None:
+        """Authenticate and seat the client; None when it was refused (and closed)."""
+        assert ws.request is not None
+        try:
+            async with asyncio.timeout(self.settings.join_timeout_s):
+                frame = await ws.recv()
+        except TimeoutError:
+            session.close(CloseCode.AUTH_TIMEOUT, "no join message in time")
+            return None
+        except ConnectionClosed:
+            return None
+        self.metrics.messages_in.inc()
+        try:
+            message = parse_client_message(session.codec.decode(frame))
+        except ProtocolError as exc:
+            session.send_error(exc.code, exc.message)
+            session.close(_PROTOCOL_CLOSE.get(exc.code, CloseCode.PROTOCOL_ERROR), exc.message)
+            return None
+        if not isinstance(message, JoinMessage):
+            session.send_error(ErrorCode.NOT_JOINED, "the first message must be join")
+            session.close(CloseCode.PROTOCOL_ERROR, "the first message must be join")
+            return None
+        token = _bearer(ws.request.headers) or message.token
+        if not token:
+            session.send_error(ErrorCode.UNAUTHORIZED, "an access token is required")
+            session.close(CloseCode.UNAUTHORIZED, "missing token")
+            return None
+        from auth.verify import InvalidToken
+
+        try:
+            verified = await self.verifier.verify(token)
+        except InvalidToken as exc:
+            code = ErrorCode.TOKEN_EXPIRED if exc.code == "token_expired" else ErrorCode.UNAUTHORIZED
+            session.send_error(code, exc.message)
+            session.close(CloseCode.UNAUTHORIZED, exc.code)
+            return None
+        except Exception as exc:
+            log.warning("token verification unavailable: %s", exc)
+            session.send_error(ErrorCode.UNAVAILABLE, "cannot verify tokens right now; retry")
+            session.close(CloseCode.RECONNECT, "token verification unavailable")
+            return None
+        session.player_id = verified.player_id
+        session.name = verified.name
+        session.room_name = message.room
+        game = message.game or DEFAULT_GAME
+        if game not in self.games:
+            session.send_error(ErrorCode.UNKNOWN_GAME, f"no game named {game!r} on this server")
+            session.close(CloseCode.INVALID_ROOM, "unknown game")
+            return None
+        placed = "placed=1" in ws.request.path
+        try:
+            located = await self.locate(message.room, game, placed)
+        except (*_REDIS_DOWN, RedisError, OwnershipLost) as exc:
+            located = Unavailable(str(exc))
+        except ConfigError as exc:
+            session.send_error(ErrorCode.UNKNOWN_GAME, str(exc))
+            session.close(CloseCode.INVALID_ROOM, "game not available")
+            return None
+        if isinstance(located, Redirect):
+            self.metrics.redirects.inc()
+            session.send(redirect_message(message.room, located.url, located.server))
+            session.close(CloseCode.REDIRECT, "room is on another server")
+            return None
+        if isinstance(located, Unavailable):
+            session.send_error(ErrorCode.UNAVAILABLE, f"room unavailable: {located.reason}; retry")
+            session.close(CloseCode.RECONNECT, "room unavailable; retry")
+            return None
+        try:
+            located.attach(session)
+        except RoomFull as exc:
+            session.send_error(ErrorCode.ROOM_FULL, str(exc))
+            session.close(CloseCode.ROOM_FULL, "room full")
+            return None
+        return located
+
+    async def _serve(self, ws: ServerConnection, session: Session, room: Room) -> None:
+        codec = session.codec
+        metrics = self.metrics
+        try:
+            async for frame in ws:
+                metrics.messages_in.inc()
+                metrics.bytes_in.inc(len(frame))
+                if not session.admit():
+                    continue
+                try:
+                    message = parse_client_message(codec.decode(frame))
+                except ProtocolError as exc:
+                    session.send_error(exc.code, exc.message)
+                    continue
+                if isinstance(message, InputMessage):
+                    if room.state is RoomState.RUNNING:
+                        room.on_input(session, message)
+                elif isinstance(message, PingMessage):
+                    session.send(pong_message(message.id, room.engine.tick))
+                elif isinstance(message, LeaveMessage):
+                    room.leave(session)
+                    session.close(1000, "left the room")
+                    return
+                else:
+                    session.send_error(ErrorCode.ALREADY_JOINED, "this connection already joined a room")
+        except ConnectionClosed:
+            return
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_module.add_arguments(parser)
+
+
+async def serve_forever(settings: ServerSettings) -> None:
+    server = RoomServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("STATEROOM_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def run_loop(coro: Any) -> None:
+    """Run on uvloop where available."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - non-Linux
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging()
+    try:
+        settings = settings_module.from_args(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    run_loop(serve_forever(settings))
+    return 0

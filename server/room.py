@@ -1,0 +1,407 @@
+"""A running room: drives the engine at the tick rate, makes each tick durable, publishes it.
+
+Per tick: expire grace periods, ``engine.step()``, append the tick's events to
+the journal in Redis (fenced by the lease epoch, which also renews the
+lease), and only then send the state, with each player's ack, to every
+player. Publishing only durable ticks is what lets another server rebuild
+the room without any client seeing time go backwards or an acked input
+disappear. Checkpoints are packed on the tick but written in the background.
+
+Lifecycle: CREATING → RUNNING → DRAINING → CLOSED (or RUNNING → CLOSED when
+fenced or empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import msgpack
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.engine import RoomEngine, RoomFull, Verdict
+from server.errors import IllegalInput, OwnershipLost
+from server.game import Game
+from server.metrics import ServerMetrics
+from server.protocol import (
+    CloseCode,
+    ErrorCode,
+    InputMessage,
+    StateFrame,
+    welcome_message,
+)
+from server.session import Session, SessionState
+from server.settings import ServerSettings
+from server.store import Lease, RoomStore
+
+log = logging.getLogger("stateroom.room")
+
+
+class RoomState(Enum):
+    CREATING = "creating"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    RoomState.CREATING: {RoomState.RUNNING, RoomState.CLOSED},
+    RoomState.RUNNING: {RoomState.DRAINING, RoomState.CLOSED},
+    RoomState.DRAINING: {RoomState.CLOSED},
+    RoomState.CLOSED: set(),
+}
+
+_REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+class Room:
+    """One room owned by this process under one lease."""
+
+    def __init__(
+        self,
+        name: str,
+        game_class: type[Game],
+        engine: RoomEngine,
+        lease: Lease,
+        store: RoomStore,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        server_id: str,
+        on_closed: Callable[[Room], None],
+    ) -> None:
+        self.name = name
+        self.game_class = game_class
+        self.engine = engine
+        self.lease = lease
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.server_id = server_id
+        self.on_closed = on_closed
+        self.state = RoomState.CREATING
+        self.sessions: dict[str, Session] = {}
+        self.disconnected_at: dict[str, float] = {}
+        self.empty_since: float | None = None
+        self.lease_renewed_at = time.monotonic()
+        self.last_checkpoint_tick = engine.tick
+        self.last_checkpoint_at = time.monotonic()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.recovered_tick = engine.tick
+        self.first_publish: asyncio.Event = asyncio.Event()
+        now = time.monotonic()
+        # After a takeover nobody is connected yet: every seat starts its grace period.
+        for player_id in engine.seats:
+            self.disconnected_at[player_id] = now
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def transition(self, new: RoomState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"room {self.name} cannot go from {self.state.value} to {new.value}")
+        log.info("room=%s state %s -> %s epoch=%d", self.name, self.state.value, new.value, self.lease.epoch)
+        self.state = new
+
+    def start(self) -> None:
+        self.transition(RoomState.RUNNING)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"room:{self.name}")
+
+    @property
+    def tick_rate(self) -> int:
+        return self.game_class.tick_rate
+
+    # -- players ----------------------------------------------------------------
+
+    def attach(self, session: Session) -> bool:
+        """Seat (or re-seat) a session's player and send the welcome; True if resumed."""
+        player_id = session.player_id
+        resumed = not self.engine.offer_join(player_id, session.name)
+        previous = self.sessions.get(player_id)
+        if previous is not None and previous is not session:
+            previous.close(CloseCode.REPLACED, "replaced by a newer connection of the same player")
+            self.metrics.evicted.labels("replaced").inc()
+        self.sessions[player_id] = session
+        self.disconnected_at.pop(player_id, None)
+        self.empty_since = None
+        session.transition(SessionState.JOINED)
+        seat = self.engine.seats[player_id]
+        session.send(
+            welcome_message(
+                room=self.name,
+                game=self.game_class.name,
+                player_id=player_id,
+                server=self.server_id,
+                epoch=self.lease.epoch,
+                tick=self.engine.tick,
+                tick_rate=self.tick_rate,
+                ack=seat.ack,
+                resumed=resumed,
+            )
+        )
+        log.info("join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack)
+        self.metrics.players.inc()
+        return resumed
+
+    def detach(self, session: Session) -> None:
+        """A connection ended; the seat waits out its grace period unless the player left."""
+        if self.sessions.get(session.player_id) is session:
+            del self.sessions[session.player_id]
+            self.metrics.players.dec()
+            if session.player_id in self.engine.seats:
+                self.disconnected_at[session.player_id] = time.monotonic()
+
+    def leave(self, session: Session) -> None:
+        self.engine.offer_leave(session.player_id)
+        self.disconnected_at.pop(session.player_id, None)
+
+    def on_input(self, session: Session, message: InputMessage) -> None:
+        try:
+            verdict = self.engine.offer_input(session.player_id, message.seq, message.data)
+        except IllegalInput as exc:
+            self.metrics.inputs.labels("illegal").inc()
+            session.send_error(ErrorCode.ILLEGAL_INPUT, str(exc), message.seq)
+            return
+        self.metrics.inputs.labels(verdict.value).inc()
+        if verdict is Verdict.OUT_OF_WINDOW:
+            session.send_error(
+                ErrorCode.SEQUENCE_OUT_OF_WINDOW,
+                f"seq {message.seq} is more than {self.engine.input_window} ahead of the last accepted",
+                message.seq,
+            )
+        elif verdict is Verdict.QUEUE_FULL:
+            session.send_error(ErrorCode.QUEUE_FULL, "too many inputs pending for this tick", message.seq)
+        elif verdict is Verdict.NOT_SEATED:
+            session.send_error(ErrorCode.NOT_JOINED, "not seated in this room", message.seq)
+
+    # -- the tick loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.tick_rate
+        next_at = loop.time()
+        try:
+            while self.state is RoomState.RUNNING:
+                next_at += period
+                delay = next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    self.metrics.tick_overruns.inc()
+                    if delay < -period:
+                        next_at = loop.time()
+                if self.state is not RoomState.RUNNING:
+                    break
+                started = time.perf_counter()
+                await self._tick()
+                self.metrics.tick_seconds.observe(time.perf_counter() - started)
+        except OwnershipLost as exc:
+            self.fence(str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("room=%s tick failed; closing the room on this server", self.name)
+            self._close_sessions(CloseCode.INTERNAL_ERROR, "room failed on this server")
+            self._set_closed()
+
+    async def _tick(self) -> None:
+        self._expire_seats()
+        outcome = self.engine.step()
+        if self.settings.durable:
+            await self._append_durably(outcome.tick, outcome.events)
+        else:
+            await self._renew_if_due()
+        if self.state is not RoomState.RUNNING:
+            return
+        self._publish(StateFrame(outcome.tick, outcome.state))
+        self._maybe_checkpoint()
+        if self._is_abandoned():
+            await self.close_empty()
+
+    async def _append_durably(self, tick: int, events: list[Any]) -> None:
+        """Journal one tick, retrying transient errors until the lease would run out."""
+        deadline = self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        while True:
+            sent_at = time.monotonic()
+            remaining = deadline - sent_at
+            if remaining <= 0:
+                raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.store.append(self.lease, tick, events)
+            except ResponseError as exc:
+                if "equal or smaller" in str(exc) and await self._already_journaled(tick):
+                    self.lease_renewed_at = sent_at
+                    return
+                raise
+            except _REDIS_TRANSIENT as exc:
+                log.warning("room=%s journal write failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                continue
+            self.metrics.journal_seconds.observe(time.monotonic() - sent_at)
+            self.lease_renewed_at = sent_at
+            return
+
+    async def _already_journaled(self, tick: int) -> bool:
+        """A retried append whose first attempt did land (the reply was lost)."""
+        last = await self.store.redis.xrevrange(
+            f"sr:{{{self.name}}}:journal", max="+", min="-", count=1
+        )
+        return bool(last) and last[0][0].decode() == f"{tick}-{self.lease.epoch}"
+
+    async def _renew_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self.lease_renewed_at < self.settings.lease_ms / 3000:
+            return
+        deadline = self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        try:
+            async with asyncio.timeout(max(0.001, deadline - now)):
+                await self.store.renew(self.lease)
+            self.lease_renewed_at = now
+        except _REDIS_TRANSIENT:
+            if time.monotonic() >= deadline:
+                raise OwnershipLost(f"room {self.name}: could not renew the lease in time") from None
+
+    def _publish(self, frame: StateFrame) -> None:
+        seats = self.engine.seats
+        for player_id, session in list(self.sessions.items()):
+            seat = seats.get(player_id)
+            if seat is not None:
+                session.send_frame(frame.encode_for(session.codec, seat.ack))
+        self.first_publish.set()
+
+    def _expire_seats(self) -> None:
+        if not self.disconnected_at:
+            return
+        cutoff = time.monotonic() - self.settings.grace_s
+        for player_id, since in list(self.disconnected_at.items()):
+            if since <= cutoff:
+                del self.disconnected_at[player_id]
+                if player_id not in self.sessions:
+                    log.info("room=%s player=%s grace period over: leaving", self.name, player_id)
+                    self.engine.offer_leave(player_id)
+
+    def _is_abandoned(self) -> bool:
+        if self.engine.seats or self.sessions:
+            self.empty_since = None
+            return False
+        now = time.monotonic()
+        if self.empty_since is None:
+            self.empty_since = now
+        return now - self.empty_since >= self.settings.empty_room_s
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    def _maybe_checkpoint(self) -> None:
+        if not self.settings.durable:
+            return
+        if time.monotonic() - self.last_checkpoint_at < self.settings.checkpoint_every_s:
+            return
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return
+        data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        self.last_checkpoint_at = time.monotonic()
+        self._checkpoint_task = asyncio.get_running_loop().create_task(
+            self._write_checkpoint(self.engine.tick, data)
+        )
+
+    async def _write_checkpoint(self, tick: int, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            await self.store.checkpoint(self.lease, tick, data)
+        except OwnershipLost as exc:
+            self.fence(str(exc))
+            return
+        except _REDIS_TRANSIENT as exc:
+            log.warning("room=%s checkpoint at tick %d failed: %s", self.name, tick, exc)
+            return
+        self.last_checkpoint_tick = tick
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        self.metrics.checkpoint_bytes.set(len(data))
+
+    async def checkpoint_now(self) -> None:
+        """Synchronous checkpoint for a graceful handover."""
+        if self._checkpoint_task is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint_task
+        data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        await self._write_checkpoint(self.engine.tick, data)
+
+    # -- endings ------------------------------------------------------------------------
+
+    def fence(self, reason: str) -> None:
+        """We lost the lease: stop at once, publish nothing more, send clients elsewhere."""
+        if self.state is RoomState.CLOSED:
+            return
+        log.warning("room=%s fenced at tick %d: %s", self.name, self.engine.tick, reason)
+        self.metrics.fenced.inc()
+        self._close_sessions(CloseCode.RECONNECT, "room moved to another server; reconnect")
+        self._set_closed()
+
+    async def drain(self) -> None:
+        """Graceful handover: checkpoint, release the lease, send clients to another server."""
+        if self.state is not RoomState.RUNNING:
+            return
+        self.transition(RoomState.DRAINING)
+        await self._stop_task()
+        try:
+            await self.checkpoint_now()
+            await self.store.release(self.lease)
+        except (OwnershipLost, *_REDIS_TRANSIENT) as exc:
+            log.warning("room=%s drain could not release cleanly: %s", self.name, exc)
+        self._close_sessions(CloseCode.RECONNECT, "server shutting down; reconnect")
+        self._set_closed()
+
+    async def close_empty(self) -> None:
+        log.info("room=%s empty for %.0fs: closing", self.name, self.settings.empty_room_s)
+        self.transition(RoomState.CLOSED)
+        try:
+            await self.store.delete_room(self.lease)
+        except _REDIS_TRANSIENT as exc:
+            log.warning("room=%s could not delete its keys: %s", self.name, exc)
+        self._close_sessions(CloseCode.ROOM_CLOSED, "room closed")
+        self._set_closed()
+
+    async def _stop_task(self) -> None:
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _close_sessions(self, code: CloseCode, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            session.close(code, reason)
+        self.metrics.players.dec(len(self.sessions))
+        self.sessions.clear()
+
+    def _set_closed(self) -> None:
+        if self.state is not RoomState.CLOSED:
+            self.state = RoomState.CLOSED
+        self.on_closed(self)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "room": self.name,
+            "game": self.game_class.name,
+            "state": self.state.value,
+            "epoch": self.lease.epoch,
+            "tick": self.engine.tick,
+            "players": len(self.sessions),
+            "seats": len(self.engine.seats),
+            "checkpoint_tick": self.last_checkpoint_tick,
+            "checkpoint_age_s": round(time.monotonic() - self.last_checkpoint_at, 3),
+        }
+
+
+def build_engine(game_class: type[Game], seed: int) -> RoomEngine:
+    return RoomEngine(game_class.create(seed))
+
+
+__all__ = ["Room", "RoomFull", "RoomState", "build_engine"]

@@ -1,0 +1,157 @@
+"""One client connection: its lifecycle, its rate limit and its bounded outbox.
+
+Sends never await: a frame is written straight into the connection's
+transport (as ``websockets.broadcast`` does), so a tick never waits for a
+socket. The outbox is the transport's write buffer; its bound is
+``outbox_bytes`` and the overload policy is EVICT: a client over it is closed
+with 4009 (slow consumer) and the room goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from server.protocol import CloseCode, Codec, ErrorCode, error_message
+
+if TYPE_CHECKING:
+    from server.metrics import ServerMetrics
+
+log = logging.getLogger("stateroom.session")
+
+
+class SessionState(Enum):
+    AUTHENTICATING = "authenticating"
+    JOINED = "joined"
+    CLOSING = "closing"
+
+
+_TRANSITIONS = {
+    SessionState.AUTHENTICATING: {SessionState.JOINED, SessionState.CLOSING},
+    SessionState.JOINED: {SessionState.CLOSING},
+    SessionState.CLOSING: set(),
+}
+
+
+class TokenBucket:
+    """Messages per second with a burst allowance; ``take`` is False when empty."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Session:
+    """A player's connection; the room holds it while JOINED."""
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        codec: Codec,
+        metrics: ServerMetrics,
+        outbox_bytes: int,
+        input_rate: float,
+        input_burst: float,
+    ) -> None:
+        self.ws = ws
+        self.codec = codec
+        self.metrics = metrics
+        self.outbox_bytes = outbox_bytes
+        self.bucket = TokenBucket(input_rate, input_burst)
+        self.state = SessionState.AUTHENTICATING
+        self.player_id = ""
+        self.name = ""
+        self.room_name = ""
+        self._dropped_in_window = 0
+        self._window_start = time.monotonic()
+        self._last_rate_error = 0.0
+        self._close_task: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+
+    def transition(self, new: SessionState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"session cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    @property
+    def open(self) -> bool:
+        return self.state is not SessionState.CLOSING and self.ws.protocol.state is State.OPEN
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write one encoded frame now, or evict the client if its outbox is full."""
+        if not self.open:
+            return False
+        transport = self.ws.transport
+        if transport.get_write_buffer_size() > self.outbox_bytes:
+            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: the client is not reading")
+            self.metrics.evicted.labels("slow_consumer").inc()
+            return False
+        try:
+            if self.codec.text:
+                self.ws.protocol.send_text(frame)
+            else:
+                self.ws.protocol.send_binary(frame)
+            self.ws.send_data()
+        except Exception:  # the connection broke under us; its reader will clean up
+            return False
+        self.metrics.messages_out.inc()
+        self.metrics.bytes_out.inc(len(frame))
+        return True
+
+    def send(self, message: dict[str, Any]) -> bool:
+        return self.send_frame(self.codec.encode(message))
+
+    def send_error(self, code: ErrorCode, message: str, seq: int | None = None) -> None:
+        self.send(error_message(code, message, seq))
+
+    def admit(self) -> bool:
+        """Rate limit: False drops the message; a sustained flood closes the connection."""
+        now = time.monotonic()
+        if self.bucket.take(now):
+            return True
+        if now - self._window_start > 1.0:
+            self._window_start = now
+            self._dropped_in_window = 0
+        self._dropped_in_window += 1
+        if self._dropped_in_window > 4 * self.bucket.rate:
+            self.metrics.evicted.labels("rate_limited").inc()
+            self.close(CloseCode.RATE_LIMITED, "message flood: far over the input rate limit")
+        elif now - self._last_rate_error >= 1.0:
+            self._last_rate_error = now
+            self.send_error(ErrorCode.RATE_LIMITED, "input dropped: over the input rate limit")
+        return False
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing without waiting (callable from the tick)."""
+        if self.state is SessionState.CLOSING:
+            return
+        self.state = SessionState.CLOSING
+        self.close_code = int(code)
+        log.info(
+            "close player=%s room=%s code=%d reason=%s",
+            self.player_id or "-",
+            self.room_name or "-",
+            int(code),
+            reason,
+        )
+        self._close_task = asyncio.get_running_loop().create_task(
+            self.ws.close(int(code), reason[:120])
+        )

@@ -1,0 +1,172 @@
+"""Typed room-server settings: each has a flag, a STATEROOM_* variable and a default.
+
+The table in docs/operations.md is generated from ``SETTINGS_HELP`` by hand;
+keep them in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from server.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    # URL clients are redirected to; default ws://HOST:PORT/v1/ws.
+    public_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Base URL of the login service; the JWKS is read from AUTH_URL/.well-known/jwks.json.
+    auth_url: str = "http://127.0.0.1:8000"
+    issuer: str = "stateroom"
+    audience: str = "stateroom"
+    # Display name of this server; the runtime id adds a random suffix per process.
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    # Extra games, as module:Class references.
+    games: tuple[str, ...] = ()
+    # Ownership lease; an owner that could not renew for lease_ms - lease_margin_ms stops.
+    lease_ms: int = 3000
+    lease_margin_ms: int = 1000
+    # How often peers look for dead owners and expired leases.
+    failover_poll_ms: int = 100
+    # A peer's liveness connection must be missing this long (and ours this old) to count as dead.
+    liveness_grace_ms: int = 1500
+    # Journal every tick before publishing it (off only for measuring durability's cost).
+    durable: bool = True
+    checkpoint_every_s: float = 1.0
+    # Seconds a disconnected player keeps its seat.
+    grace_s: float = 30.0
+    # Seconds a room with no seats lives before it closes.
+    empty_room_s: float = 60.0
+    join_timeout_s: float = 5.0
+    max_message_bytes: int = 16 * 1024
+    # Per-client outbox bound (bytes waiting to be written); over it the client is closed 4009.
+    outbox_bytes: int = 256 * 1024
+    # Per-connection message rate (token bucket): sustained rate and burst.
+    input_rate: float = 60.0
+    input_burst: float = 60.0
+    # Allowed Origin headers for browsers (empty: any).
+    origins: tuple[str, ...] = ()
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 10.0
+    open_timeout_s: float = 5.0
+    heartbeat_s: float = 1.0
+
+    @property
+    def ws_url(self) -> str:
+        return self.public_url or f"ws://{self.host}:{self.port}/v1/ws"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.auth_url.rstrip("/") + "/.well-known/jwks.json"
+
+    def new_server_id(self) -> str:
+        return f"{self.name}-{secrets.token_hex(3)}"
+
+
+SETTINGS_HELP: dict[str, str] = {
+    "host": "interface to listen on",
+    "port": "TCP port for WebSocket and HTTP (/healthz, /readyz, /metrics)",
+    "public_url": "WebSocket URL peers redirect clients to (default ws://HOST:PORT/v1/ws)",
+    "redis_url": "Redis URL (redis://, rediss://)",
+    "auth_url": "base URL of the login service (for its JWKS)",
+    "issuer": "required token issuer",
+    "audience": "required token audience",
+    "name": "server name shown in status (a random suffix is added per process)",
+    "games": "extra games as module:Class (repeatable)",
+    "lease_ms": "room ownership lease",
+    "lease_margin_ms": "stop serving this long before an unrenewed lease would expire",
+    "failover_poll_ms": "how often to look for dead owners and expired leases",
+    "liveness_grace_ms": "how long a peer's liveness connection must be gone to be dead",
+    "durable": "journal each tick before publishing it",
+    "checkpoint_every_s": "seconds between checkpoints of a room",
+    "grace_s": "seconds a disconnected player keeps its seat",
+    "empty_room_s": "seconds an empty room lives before closing",
+    "join_timeout_s": "seconds a new connection has to send join",
+    "max_message_bytes": "largest accepted WebSocket message",
+    "outbox_bytes": "bytes queued for one client before it is closed as a slow consumer",
+    "input_rate": "messages per second per connection (sustained)",
+    "input_burst": "messages per connection allowed in a burst",
+    "origins": "allowed Origin values (repeatable; empty allows any)",
+    "ping_interval_s": "WebSocket ping interval",
+    "ping_timeout_s": "close a connection whose pong is this late",
+    "open_timeout_s": "WebSocket opening handshake timeout",
+    "heartbeat_s": "seconds between server registry heartbeats",
+}
+
+
+def _env_name(name: str) -> str:
+    return "STATEROOM_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults come from the environment, then the dataclass."""
+    defaults = ServerSettings()
+    for f in fields(ServerSettings):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{SETTINGS_HELP[f.name]} (env {_env_name(f.name)}; default {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                return tuple(x for x in raw.split(",") if x)
+            return tuple(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value {raw!r} for --{name.replace('_', '-')}") from None
+
+
+def from_args(args: argparse.Namespace) -> ServerSettings:
+    """Flags win over STATEROOM_* variables, which win over defaults."""
+    defaults = ServerSettings()
+    values: dict[str, Any] = {}
+    for f in fields(ServerSettings):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            raw = os.environ.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _convert(f.name, raw, getattr(defaults, f.name))
+    settings = ServerSettings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: ServerSettings) -> None:
+    if settings.lease_margin_ms >= settings.lease_ms:
+        raise ConfigError("--lease-margin-ms must be smaller than --lease-ms")
+    if settings.outbox_bytes < 1024:
+        raise ConfigError("--outbox-bytes must be at least 1024")
+    if settings.input_rate <= 0 or settings.input_burst < 1:
+        raise ConfigError("--input-rate must be > 0 and --input-burst >= 1")
+    if not 0 < settings.port < 65536:
+        raise ConfigError("--port must be in 1-65535")

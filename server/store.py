@@ -1,0 +1,312 @@
+"""Everything a room server keeps in Redis: directory, fenced leases, journal, checkpoints.
+
+Keys of one room share the ``{room}`` hash tag, so a room lives in one Redis
+Cluster slot and its scripts run atomically:
+
+    sr:{R}:lease     "EPOCH|SERVER"  with a TTL      who owns R right now (the fence)
+    sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
+    sr:{R}:meta      hash: game, seed, owner, url, epoch, created
+    sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
+    sr:{R}:ckpt      hash: tick, epoch, data (msgpack snapshot); :ckpt:prev the one before
+
+Global, advisory keys (not needed for correctness):
+
+    sr:servers       hash SERVER -> JSON {ws_url, pid, rooms, players, ...}
+    sr:rooms         hash ROOM -> JSON {owner, epoch, game}
+
+Fencing: every write of a room is a Lua script that first checks that the
+lease still holds this owner's ``EPOCH|SERVER``; a stale owner gets
+``FENCED`` and can never write again. A journal append also extends the
+lease, so a ticking room renews it every tick for free.
+
+Liveness: each server keeps one connection named ``sr:SERVER``. When a
+process dies, the kernel closes that socket and Redis drops the client at
+once, so peers see a killed owner in one poll of ``CLIENT LIST`` instead of
+waiting out the lease. A frozen or cut-off owner keeps its socket (or
+Redis cannot tell), so peers wait for its lease to expire.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from server.errors import OwnershipLost
+
+SERVERS_KEY = "sr:servers"
+ROOMS_KEY = "sr:rooms"
+LIVENESS_PREFIX = "sr:"
+
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[4] then return {0, cur, ''} end
+local epoch = redis.call('INCR', KEYS[2])
+local lease = epoch .. '|' .. ARGV[1]
+redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
+if redis.call('HEXISTS', KEYS[3], 'game') == 0 then
+  redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7])
+end
+redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch)
+return {1, lease, redis.call('HGET', KEYS[3], 'game')}
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4])
+"""
+
+_CHECKPOINT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local prev_tick = redis.call('HGET', KEYS[2], 'tick')
+if prev_tick then
+  redis.call('RENAME', KEYS[2], KEYS[3])
+  redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(prev_tick) + 1) .. '-0')
+end
+redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'owner', '', 'url', '')
+return 1
+"""
+
+_DELETE_ROOM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return 1
+"""
+
+
+def room_keys(room: str) -> dict[str, str]:
+    base = f"sr:{{{room}}}"
+    return {
+        "lease": f"{base}:lease",
+        "epoch": f"{base}:epoch",
+        "meta": f"{base}:meta",
+        "journal": f"{base}:journal",
+        "ckpt": f"{base}:ckpt",
+        "ckpt_prev": f"{base}:ckpt:prev",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof of ownership of one room: what every fenced write presents."""
+
+    room: str
+    epoch: int
+    server_id: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.epoch}|{self.server_id}"
+
+    @classmethod
+    def parse(cls, room: str, value: str) -> Lease:
+        epoch, _, server_id = value.partition("|")
+        return cls(room, int(epoch), server_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of a claim: either our lease, or who holds the room."""
+
+    won: bool
+    lease: Lease
+    game: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    tick: int
+    epoch: int
+    snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    tick: int
+    epoch: int
+    events: list[Any]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _is_fenced(exc: ResponseError) -> bool:
+    return "FENCED" in str(exc)
+
+
+class RoomStore:
+    """Room persistence and ownership on one Redis connection pool."""
+
+    def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
+        self.redis = redis
+        self.lease_ms = lease_ms
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._append = redis.register_script(_APPEND)
+        self._checkpoint = redis.register_script(_CHECKPOINT)
+        self._release = redis.register_script(_RELEASE)
+        self._delete = redis.register_script(_DELETE_ROOM)
+
+    # -- ownership ------------------------------------------------------------
+
+    async def owner(self, room: str) -> Lease | None:
+        value = await self.redis.get(room_keys(room)["lease"])
+        return Lease.parse(room, _s(value)) if value else None
+
+    async def claim(
+        self, room: str, server_id: str, ws_url: str, game: str, replacing: Lease | None = None
+    ) -> Claim:
+        """Take the room if it is free (or still held by ``replacing``, a dead owner)."""
+        keys = room_keys(room)
+        won, value, stored_game = await self._claim(
+            keys=[keys["lease"], keys["epoch"], keys["meta"]],
+            args=[
+                server_id,
+                ws_url,
+                self.lease_ms,
+                replacing.token if replacing else "",
+                game,
+                secrets.randbits(63),
+                int(time.time() * 1000),
+            ],
+        )
+        lease = Lease.parse(room, _s(value))
+        if won:
+            await self.redis.hset(
+                ROOMS_KEY,
+                room,
+                json.dumps({"owner": server_id, "epoch": lease.epoch, "game": _s(stored_game)}),
+            )
+        return Claim(bool(won), lease, _s(stored_game))
+
+    async def renew(self, lease: Lease) -> None:
+        try:
+            await self._renew(keys=[room_keys(lease.room)["lease"]], args=[lease.token, self.lease_ms])
+        except ResponseError as exc:
+            if _is_fenced(exc):
+                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+            raise
+
+    async def release(self, lease: Lease) -> bool:
+        keys = room_keys(lease.room)
+        return bool(await self._release(keys=[keys["lease"], keys["meta"]], args=[lease.token]))
+
+    async def delete_room(self, lease: Lease) -> bool:
+        """Forget a closed room entirely (only while still owning it)."""
+        keys = room_keys(lease.room)
+        deleted = await self._delete(
+            keys=[keys["lease"], keys["meta"], keys["journal"], keys["ckpt"], keys["ckpt_prev"]],
+            args=[lease.token],
+        )
+        if deleted:
+            await self.redis.hdel(ROOMS_KEY, lease.room)
+        return bool(deleted)
+
+    async def meta(self, room: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(room_keys(room)["meta"])
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    # -- journal and checkpoints ---------------------------------------------
+
+    async def append(self, lease: Lease, tick: int, events: list[Any]) -> None:
+        """Store one tick durably, renewing the lease; raise OwnershipLost if fenced."""
+        keys = room_keys(lease.room)
+        try:
+            await self._append(
+                keys=[keys["lease"], keys["journal"]],
+                args=[
+                    lease.token,
+                    self.lease_ms,
+                    f"{tick}-{lease.epoch}",
+                    msgpack.packb(events, use_bin_type=True),
+                ],
+            )
+        except ResponseError as exc:
+            if _is_fenced(exc):
+                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+            raise
+
+    async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
+        """Store a packed snapshot and trim the journal up to the previous checkpoint."""
+        keys = room_keys(lease.room)
+        try:
+            await self._checkpoint(
+                keys=[keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
+                args=[lease.token, tick, lease.epoch, data],
+            )
+        except ResponseError as exc:
+            if _is_fenced(exc):
+                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+            raise
+
+    async def load(self, room: str) -> tuple[Checkpoint | None, list[JournalEntry]]:
+        """The latest checkpoint and every journal entry after it, in tick order."""
+        keys = room_keys(room)
+        raw = await self.redis.hgetall(keys["ckpt"])
+        checkpoint = None
+        start = "-"
+        if raw:
+            fields = {_s(k): v for k, v in raw.items()}
+            tick = int(_s(fields["tick"]))
+            checkpoint = Checkpoint(
+                tick=tick,
+                epoch=int(_s(fields["epoch"])),
+                snapshot=msgpack.unpackb(fields["data"], raw=False, strict_map_key=False),
+            )
+            start = f"{tick + 1}-0"
+        entries = []
+        for entry_id, fields in await self.redis.xrange(keys["journal"], min=start, max="+"):
+            tick_part, _, epoch_part = _s(entry_id).partition("-")
+            events = msgpack.unpackb(fields[b"e"], raw=False, strict_map_key=False)
+            entries.append(JournalEntry(int(tick_part), int(epoch_part), events))
+        return checkpoint, entries
+
+    # -- servers --------------------------------------------------------------
+
+    async def register_server(self, server_id: str, info: dict[str, Any]) -> None:
+        await self.redis.hset(SERVERS_KEY, server_id, json.dumps(info))
+
+    async def unregister_server(self, server_id: str) -> None:
+        await self.redis.hdel(SERVERS_KEY, server_id)
+
+    async def servers(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(SERVERS_KEY)
+        return {_s(k): json.loads(v) for k, v in raw.items()}
+
+    async def rooms_index(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(ROOMS_KEY)
+        return {_s(k): json.loads(v) for k, v in raw.items()}
+
+    async def live_server_ids(self) -> set[str]:
+        """Servers whose liveness connection is open right now."""
+        clients = await self.redis.client_list()
+        return {
+            c["name"][len(LIVENESS_PREFIX) :]
+            for c in clients
+            if c.get("name", "").startswith(LIVENESS_PREFIX)
+        }
+
+
+def liveness_name(server_id: str) -> str:
+    return f"{LIVENESS_PREFIX}{server_id}"

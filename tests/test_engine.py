@@ -1,0 +1,362 @@
+"""The pure RoomEngine with Arena, stepped without sleeping: seats, inputs, acks, replay."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.engine import Event, JournalGap, RoomEngine, RoomFull, Verdict
+from server.errors import GameError, IllegalInput
+from server.game import PlayerInput
+from server.games.arena import Arena
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RIGHT = {"dx": 1, "dy": 0}
+
+
+def engine(seed: int = 1, **options: Any) -> RoomEngine:
+    return RoomEngine(Arena.create(seed), **options)
+
+
+def joined(*ids: str, seed: int = 1) -> RoomEngine:
+    room = engine(seed)
+    for player_id in ids:
+        assert room.offer_join(player_id, player_id.upper())
+    room.step()
+    return room
+
+
+def player(room: RoomEngine, player_id: str) -> dict[str, Any]:
+    assert room.last_state is not None
+    result: dict[str, Any] = room.last_state["players"][player_id]
+    return result
+
+
+class StrictArena(Arena):
+    """An arena that fails loudly when the engine hands it an input of an unknown player."""
+
+    max_players = 3
+
+    def tick(self, inputs: Sequence[PlayerInput]) -> Mapping[str, Any]:
+        for player_id, _ in inputs:
+            assert player_id in self._players, f"input for unknown player {player_id}"
+        return super().tick(inputs)
+
+
+# -- joins and leaves ----------------------------------------------------------------
+
+
+def test_join_is_applied_at_the_next_tick() -> None:
+    room = engine()
+    assert room.offer_join("a", "Ann")
+    assert room.seats["a"].ack == 0
+    outcome = room.step()
+    assert outcome.tick == 1 and room.tick == 1
+    assert outcome.events == [["j", "a", "Ann"]]
+    assert outcome.state is room.last_state
+    assert player(room, "a")["name"] == "Ann"
+
+
+def test_second_join_of_a_seated_player_is_a_resume() -> None:
+    room = joined("a")
+    assert room.offer_join("a", "Ann") is False
+    assert room.step().events == []
+
+
+def test_leave_frees_the_seat_at_the_next_tick() -> None:
+    room = joined("a", "b")
+    room.offer_leave("a")
+    room.offer_leave("a")  # once is enough
+    room.offer_leave("nobody")
+    assert room.offer_input("a", 1, RIGHT) is Verdict.NOT_SEATED
+    with pytest.raises(RoomFull):
+        room.offer_join("a", "Ann")  # still leaving
+    outcome = room.step()
+    assert outcome.events == [["l", "a"]]
+    assert "a" not in room.seats
+    assert outcome.state is not None and set(outcome.state["players"]) == {"b"}
+    assert room.offer_join("a", "Ann")  # a fresh seat afterwards
+    room.step()
+    assert player(room, "a")["inputs"] == 0
+
+
+def test_input_then_leave_in_the_same_tick_never_reaches_the_game() -> None:
+    room = RoomEngine(StrictArena.create(1))
+    room.offer_join("a", "A")
+    room.offer_join("b", "B")
+    room.step()
+    assert room.offer_input("a", 1, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("b", 1, RIGHT) is Verdict.ACCEPTED
+    room.offer_leave("a")
+    outcome = room.step()
+    assert outcome.events[-1] == ["l", "a"]
+    assert player(room, "b")["inputs"] == 1
+
+
+def test_input_for_an_unknown_player_is_not_seated() -> None:
+    assert engine().offer_input("ghost", 1, RIGHT) is Verdict.NOT_SEATED
+
+
+def test_room_full() -> None:
+    room = RoomEngine(StrictArena.create(1))
+    for player_id in "abc":
+        room.offer_join(player_id, player_id)
+    with pytest.raises(RoomFull, match="full"):
+        room.offer_join("d", "d")
+    room.step()
+    with pytest.raises(RoomFull):
+        room.offer_join("d", "d")
+    assert room.offer_join("a", "a") is False  # a seated player may always resume
+
+
+def test_arena_seats_sixty_four() -> None:
+    room = engine()
+    for index in range(Arena.max_players):
+        room.offer_join(f"p{index}", "x")
+    with pytest.raises(RoomFull):
+        room.offer_join("one-too-many", "x")
+
+
+# -- inputs, sequences, acks ------------------------------------------------------------
+
+
+def test_inputs_are_applied_in_arrival_order_the_tick_after_they_arrive() -> None:
+    room = joined("a", "b")
+    room.offer_input("b", 1, {"dx": 0, "dy": 1})
+    room.offer_input("a", 1, {"dx": 1, "dy": 0})
+    room.offer_input("a", 2, {"dx": 0, "dy": -1})
+    assert room.seats["a"].ack == 0  # accepted, not applied yet
+    assert room.seats["a"].accepted == 2 and room.seats["a"].pending == 2
+    before = dict(player(room, "a"))
+    outcome = room.step()
+    assert outcome.events == [
+        ["i", "b", 1, [0.0, 1.0]],
+        ["i", "a", 1, [1.0, 0.0]],
+        ["i", "a", 2, [0.0, -1.0]],
+    ]
+    after = player(room, "a")
+    assert after["x"] == before["x"]  # the last input of the tick set the heading
+    assert after["y"] == pytest.approx(max(0.0, before["y"] - 0.6))
+    assert (room.seats["a"].ack, room.seats["b"].ack) == (2, 1)
+    assert (after["inputs"], player(room, "b")["inputs"]) == (2, 1)
+    assert room.seats["a"].pending == 0
+
+
+def test_duplicates_are_dropped_before_and_after_apply() -> None:
+    room = joined("a")
+    assert room.offer_input("a", 1, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 1, RIGHT) is Verdict.DUPLICATE
+    room.step()
+    for seq in (1, 0, -5):
+        assert room.offer_input("a", seq, RIGHT) is Verdict.DUPLICATE
+    assert room.offer_input("a", 3, RIGHT) is Verdict.ACCEPTED  # gaps are allowed
+    assert room.offer_input("a", 2, RIGHT) is Verdict.DUPLICATE  # older than accepted
+    room.step()
+    assert room.seats["a"].ack == 3
+    assert player(room, "a")["inputs"] == 2
+
+
+def test_sequence_window() -> None:
+    room = joined("a")  # the default window is 1024
+    assert room.offer_input("a", 5, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 5 + 1025, RIGHT) is Verdict.OUT_OF_WINDOW
+    assert room.seats["a"].accepted == 5
+    assert room.offer_input("a", 5 + 1024, RIGHT) is Verdict.ACCEPTED
+    small = RoomEngine(Arena.create(1), input_window=2)
+    small.offer_join("a", "a")
+    small.offer_input("a", 1, RIGHT)
+    assert small.offer_input("a", 4, RIGHT) is Verdict.OUT_OF_WINDOW
+    assert small.offer_input("a", 3, RIGHT) is Verdict.ACCEPTED
+
+
+def test_queue_full_until_the_next_tick() -> None:
+    room = joined("a")
+    for seq in range(1, 33):
+        assert room.offer_input("a", seq, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 33, RIGHT) is Verdict.QUEUE_FULL
+    assert room.seats["a"].accepted == 32
+    room.step()
+    assert room.seats["a"].ack == 32 and room.seats["a"].pending == 0
+    assert room.offer_input("a", 33, RIGHT) is Verdict.ACCEPTED
+    room.step()
+    assert player(room, "a")["inputs"] == 33
+
+
+@pytest.mark.parametrize(
+    "data", [None, {"dx": 1}, {"dx": "1", "dy": 0}, {"dx": True, "dy": 0}, [1, 0]]
+)
+def test_illegal_input_raises_and_changes_nothing(data: Any) -> None:
+    room = joined("a")
+    room.offer_input("a", 1, RIGHT)
+    snapshot = room.snapshot()
+    seat_before = (room.seats["a"].accepted, room.seats["a"].pending, room.seats["a"].ack)
+    with pytest.raises(IllegalInput):
+        room.offer_input("a", 2, data)
+    assert (room.seats["a"].accepted, room.seats["a"].pending, room.seats["a"].ack) == seat_before
+    assert room.snapshot() == snapshot
+    assert room.step().events == [["i", "a", 1, [1.0, 0.0]]]
+    assert room.offer_input("a", 2, RIGHT) is Verdict.ACCEPTED  # seq 2 is still free
+
+
+def test_apply_refuses_a_gap_in_the_journal() -> None:
+    room = joined("a")
+    with pytest.raises(JournalGap):
+        room.apply(room.tick + 2, [])
+    with pytest.raises(JournalGap):
+        room.apply(room.tick, [])
+    room.apply(room.tick + 1, [])
+    assert room.tick == 2
+
+
+def test_apply_refuses_an_unknown_event() -> None:
+    room = joined("a")
+    with pytest.raises(IllegalInput):
+        room.apply(room.tick + 1, [["x", "a"]])
+
+
+def test_apply_ignores_inputs_already_applied_and_of_unknown_players() -> None:
+    room = joined("a")
+    room.offer_input("a", 2, RIGHT)
+    room.step()
+    room.apply(room.tick + 1, [["i", "a", 2, [0.0, 1.0]], ["i", "ghost", 1, [1.0, 0.0]]])
+    assert player(room, "a")["inputs"] == 1 and room.seats["a"].ack == 2
+
+
+# -- snapshot, restore, replay -------------------------------------------------------------
+
+
+def test_snapshot_round_trips_through_msgpack_and_keeps_acks() -> None:
+    room = joined("a", "b")
+    room.offer_input("a", 1, RIGHT)
+    room.offer_input("a", 2, RIGHT)
+    room.step()
+    room.offer_input("b", 1, RIGHT)  # queued, not applied: not in the snapshot
+    snapshot = msgpack.unpackb(msgpack.packb(room.snapshot()), raw=False)
+    copy = RoomEngine.restore(Arena, snapshot)
+    assert copy.tick == room.tick
+    assert (copy.seats["a"].ack, copy.seats["a"].accepted) == (2, 2)
+    assert (copy.seats["b"].ack, copy.seats["b"].accepted) == (0, 0)
+    assert copy.offer_input("a", 2, RIGHT) is Verdict.DUPLICATE
+    assert copy.offer_input("b", 1, RIGHT) is Verdict.ACCEPTED  # the client resends it
+
+
+def test_snapshot_leaves_out_a_seat_whose_join_is_still_queued() -> None:
+    room = joined("a")
+    room.offer_join("b", "B")
+    snapshot = room.snapshot()
+    assert [seat[0] for seat in snapshot["seats"]] == ["a"]
+    copy = RoomEngine.restore(Arena, snapshot)
+    assert copy.offer_join("b", "B") is True  # a fresh join, not a false resume
+    copy.step()
+    assert player(copy, "b")["name"] == "B"
+
+
+def test_restore_refuses_an_unknown_snapshot_version() -> None:
+    with pytest.raises(GameError):
+        RoomEngine.restore(Arena, {"v": 0, "tick": 0, "game": {}, "seats": []})
+
+
+def test_restore_passes_options() -> None:
+    room = joined("a")
+    copy = RoomEngine.restore(Arena, room.snapshot(), input_window=3, max_pending_per_player=1)
+    assert (copy.input_window, copy.max_pending_per_player) == (3, 1)
+
+
+# Operations for the determinism property: what clients and the clock do to a room.
+player_ids = st.sampled_from(["a", "b", "c", "d", "e"])
+direction = st.fixed_dictionaries(
+    {
+        "dx": st.one_of(st.integers(-3, 3), st.floats(-2, 2, allow_nan=False)),
+        "dy": st.one_of(st.integers(-3, 3), st.floats(-2, 2, allow_nan=False)),
+    }
+)
+operation = st.one_of(
+    st.tuples(st.just("join"), player_ids),
+    st.tuples(st.just("leave"), player_ids),
+    st.tuples(st.just("input"), player_ids, st.integers(0, 6), direction),
+    st.tuples(st.just("step")),
+    st.tuples(st.just("step")),
+)
+
+
+def drive(room: RoomEngine, operations: list[Any]) -> list[tuple[int, list[Event], bytes]]:
+    """Play operations against a live room; return the journal (tick, events, encoded state)."""
+    journal = []
+    next_seq: dict[str, int] = {}
+    for op in operations:
+        if op[0] == "join":
+            try:
+                room.offer_join(op[1], op[1].upper())
+            except RoomFull:
+                pass
+        elif op[0] == "leave":
+            room.offer_leave(op[1])
+        elif op[0] == "input":
+            # Mostly the next seq, sometimes a resend or a skip: duplicates and gaps.
+            base = next_seq.get(op[1], 1)
+            seq = max(1, base + op[2] - 2)
+            if room.offer_input(op[1], seq, op[3]) is Verdict.ACCEPTED:
+                next_seq[op[1]] = seq + 1
+        else:
+            outcome = room.step()
+            # The journal travels as msgpack.
+            events = msgpack.unpackb(msgpack.packb(outcome.events), raw=False)
+            journal.append((outcome.tick, events, orjson.dumps(outcome.state)))
+    outcome = room.step()
+    journal.append((outcome.tick, outcome.events, orjson.dumps(outcome.state)))
+    return journal
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    before=st.lists(operation, max_size=40),
+    after=st.lists(operation, max_size=40),
+)
+def test_snapshot_restore_replay_gives_identical_states_tick_by_tick(
+    seed: int, before: list[Any], after: list[Any]
+) -> None:
+    live = engine(seed)
+    head = drive(live, before)
+    snapshot = msgpack.unpackb(msgpack.packb(live.snapshot()), raw=False)
+    tail = drive(live, after)
+
+    # A new owner: restore the checkpoint and replay the journal after it.
+    rebuilt = RoomEngine.restore(Arena, snapshot)
+    for tick, events, state in tail:
+        assert orjson.dumps(rebuilt.apply(tick, events)) == state
+    assert rebuilt.snapshot() == live.snapshot()
+
+    # And from nothing: the whole journal from tick 1 rebuilds the same room.
+    scratch = engine(seed)
+    for tick, events, state in head + tail:
+        assert orjson.dumps(scratch.apply(tick, events)) == state
+    assert scratch.snapshot() == live.snapshot()
+
+
+@FAST
+@given(counts=st.lists(st.lists(st.integers(0, 40), min_size=2, max_size=2), max_size=15))
+def test_acked_inputs_are_applied_exactly_once(counts: list[list[int]]) -> None:
+    """After any tick, a player that sent seq 1..N has inputs == ack (the bots' invariant)."""
+    room = joined("a", "b")
+    sent = {"a": 0, "b": 0}
+    for per_player in counts:
+        for player_id, count in zip(("a", "b"), per_player, strict=True):
+            for _ in range(count):
+                seq = sent[player_id] + 1
+                if room.offer_input(player_id, seq, RIGHT) is Verdict.ACCEPTED:
+                    sent[player_id] = seq
+                # A resend of anything already accepted changes nothing.
+                if sent[player_id]:
+                    resend = room.offer_input(player_id, sent[player_id], RIGHT)
+                    assert resend is Verdict.DUPLICATE
+        room.step()
+        for player_id in ("a", "b"):
+            assert room.seats[player_id].ack == sent[player_id]
+            assert player(room, player_id)["inputs"] == sent[player_id]

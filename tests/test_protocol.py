@@ -303,6 +303,8 @@ def big_valid(codec: Codec, size: int) -> bytes:
     "message",
     [
         {"s": "x" * MAX_STR_LEN},
+        {"s": "é" * MAX_STR_LEN},  # characters, not bytes, in both encodings
+        {"s": "😀" * (MAX_STR_LEN // 2)},
         {"a": list(range(MAX_ARRAY_LEN))},
         {f"k{i}": i for i in range(MAX_MAP_LEN)},
         {"k" * 64: 1},
@@ -330,6 +332,7 @@ def test_a_frame_of_exactly_the_maximum_size_is_accepted(codec: Codec) -> None:
     ("message", "words"),
     [
         ({"s": "x" * (MAX_STR_LEN + 1)}, "str"),
+        ({"s": "é" * (MAX_STR_LEN + 1)}, "str"),
         ({"a": list(range(MAX_ARRAY_LEN + 1))}, "array"),
         ({f"k{i}": i for i in range(MAX_MAP_LEN + 1)}, "map"),
         ({"k" * 65: 1}, "keys"),

@@ -100,7 +100,9 @@ class Codec:
                 frame,
                 raw=False,
                 strict_map_key=True,
-                max_str_len=MAX_STR_LEN,
+                # msgpack counts bytes; the limit is in characters (check_value), as
+                # for JSON, so allow the UTF-8 bytes of MAX_STR_LEN characters here.
+                max_str_len=4 * MAX_STR_LEN,
                 max_bin_len=0,
                 max_array_len=MAX_ARRAY_LEN,
                 max_map_len=MAX_MAP_LEN,

@@ -134,7 +134,9 @@ class TokenVerifier:
             return False
         if self._fetched_at is None:
             return True
-        return time.monotonic() - self._fetched_at >= self.refetch_interval
+        # With no keys at all (login service was down), retry much sooner.
+        interval = self.refetch_interval if self._keys else min(1.0, self.refetch_interval)
+        return time.monotonic() - self._fetched_at >= interval
 
     async def _refresh(self) -> None:
         """Fetch the JWKS if due; concurrent callers share one fetch."""
@@ -158,6 +160,10 @@ class TokenVerifier:
         if self._due():
             await self._refresh()
         key = self._keys.get(kid)
+        if key is None and self._lock.locked():
+            async with self._lock:  # a fetch is in flight: wait for its keys
+                pass
+            key = self._keys.get(kid)
         if key is None and self._due():
             await self._refresh()
             key = self._keys.get(kid)

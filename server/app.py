@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -30,6 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from server import settings as settings_module
 from server.engine import RoomEngine, RoomFull
@@ -79,13 +81,15 @@ class Unavailable:
     reason: str
 
 
-def _select_subprotocol(connection: ServerConnection, offered: Any) -> str | None:
+def _select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
     """msgpack when the client offers nothing; 400 when it offers only unknown ones."""
     if not offered:
         return None
     for name in offered:
         if name in SUBPROTOCOLS:
-            return str(name)
+            return name
     raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
 
 
@@ -128,6 +132,7 @@ class RoomServer:
         self.live: set[str] = set()
         self.live_at = 0.0
         self._missing: dict[str, int] = {}
+        self._gone_polls: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Server | None = None
         self.stopping = asyncio.Event()
@@ -206,6 +211,7 @@ class RoomServer:
             "heartbeat_at": time.time(),
             "rooms": len(self.rooms),
             "players": sum(len(r.sessions) for r in self.rooms.values()),
+            "room_players": {name: len(r.sessions) for name, r in self.rooms.items()},
         }
 
     async def _heartbeat_once(self) -> None:
@@ -223,7 +229,11 @@ class RoomServer:
             except (*_REDIS_DOWN, RedisError) as exc:
                 self.redis_ok = False
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(min(self.settings.heartbeat_s, 0.25) if not self.redis_ok else self.settings.heartbeat_s)
+            await asyncio.sleep(
+                min(self.settings.heartbeat_s, 0.25)
+                if not self.redis_ok
+                else self.settings.heartbeat_s
+            )
 
     def _settled(self) -> bool:
         """Our own liveness connection is old enough that peers have had time to reconnect."""
@@ -258,6 +268,7 @@ class RoomServer:
         live = await self._refresh_live()
         if not self._settled():
             return
+        await self._forget_dead_servers(live)
         index = await self.store.rooms_index()
         names = [name for name in index if name not in self.rooms and name not in self.claiming]
         if not names:
@@ -269,7 +280,7 @@ class RoomServer:
                 # Released by a draining owner, or expired (frozen/partitioned owner).
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None)
                 continue
-            lease = Lease.parse(name, value.decode())
+            lease = Lease.parse(name, value.decode() if isinstance(value, bytes) else value)
             if lease.server_id == self.server_id or lease.server_id in live:
                 continue
             missing_now.add(lease.server_id)
@@ -277,9 +288,17 @@ class RoomServer:
             if self._missing.get(lease.server_id, 0) >= 1:
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
-        for server_id in list((await self.store.servers()).keys()):
-            if server_id not in live and server_id != self.server_id and self._missing.get(server_id, 0) >= 2:
+
+    async def _forget_dead_servers(self, live: set[str]) -> None:
+        """Drop registry entries of servers whose liveness connection stayed gone."""
+        registered = await self.store.servers()
+        gone = {sid for sid in registered if sid not in live and sid != self.server_id}
+        for server_id in gone:
+            self._gone_polls[server_id] = self._gone_polls.get(server_id, 0) + 1
+            if self._gone_polls[server_id] >= 3:
                 await self.store.unregister_server(server_id)
+                log.info("server %s is gone: removed from the registry", server_id)
+        self._gone_polls = {sid: n for sid, n in self._gone_polls.items() if sid in gone and n < 3}
 
     def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
         async def claim() -> None:
@@ -315,7 +334,9 @@ class RoomServer:
         finally:
             del self.claiming[name]
 
-    async def _claim_and_restore(self, name: str, game: str, replacing: Lease | None) -> Room | None:
+    async def _claim_and_restore(
+        self, name: str, game: str, replacing: Lease | None
+    ) -> Room | None:
         started = time.perf_counter()
         claim = await self.store.claim(name, self.server_id, self.settings.ws_url, game, replacing)
         if not claim.won:
@@ -349,7 +370,8 @@ class RoomServer:
         self.metrics.rooms.set(len(self.rooms))
         room.start()
         log.info(
-            "claimed room=%s epoch=%d game=%s tick=%d (checkpoint %s + %d journal ticks) in %.1f ms%s",
+            "claimed room=%s epoch=%d game=%s tick=%d (checkpoint %s + %d journal ticks)"
+            " in %.1f ms%s",
             name,
             claim.lease.epoch,
             claim.game,
@@ -414,7 +436,8 @@ class RoomServer:
         if path == "/readyz":
             ok = self.redis_ok and self._ws_server is not None
             return connection.respond(
-                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "ready\n" if ok else "not ready\n"
+                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                "ready\n" if ok else "not ready\n",
             )
         if path == "/metrics":
             response = connection.respond(HTTPStatus.OK, "")
@@ -423,7 +446,9 @@ class RoomServer:
             response.headers["Content-Length"] = str(len(body))
             return Response(response.status_code, response.reason_phrase, response.headers, body)
         if path == "/status":
-            body = orjson.dumps({**self.info(), "room_list": [r.status() for r in self.rooms.values()]})
+            body = orjson.dumps(
+                {**self.info(), "room_list": [r.status() for r in self.rooms.values()]}
+            )
             response = connection.respond(HTTPStatus.OK, "")
             response.headers["Content-Type"] = "application/json"
             response.headers["Content-Length"] = str(len(body))
@@ -440,13 +465,16 @@ class RoomServer:
             self.settings.input_rate,
             self.settings.input_burst,
         )
-        room = await self._join(ws, session)
-        if room is None:
-            return
         try:
-            await self._serve(ws, session, room)
+            room = await self._join(ws, session)
+            if room is None:
+                return
+            try:
+                await self._serve(ws, session, room)
+            finally:
+                room.detach(session)
         finally:
-            room.detach(session)
+            await session.wait_closed()
 
     async def _join(self, ws: ServerConnection, session: Session) -> Room | None:
         """Authenticate and seat the client; None when it was refused (and closed)."""
@@ -480,7 +508,9 @@ class RoomServer:
         try:
             verified = await self.verifier.verify(token)
         except InvalidToken as exc:
-            code = ErrorCode.TOKEN_EXPIRED if exc.code == "token_expired" else ErrorCode.UNAUTHORIZED
+            code = (
+                ErrorCode.TOKEN_EXPIRED if exc.code == "token_expired" else ErrorCode.UNAUTHORIZED
+            )
             session.send_error(code, exc.message)
             session.close(CloseCode.UNAUTHORIZED, exc.code)
             return None
@@ -547,7 +577,9 @@ class RoomServer:
                     session.close(1000, "left the room")
                     return
                 else:
-                    session.send_error(ErrorCode.ALREADY_JOINED, "this connection already joined a room")
+                    session.send_error(
+                        ErrorCode.ALREADY_JOINED, "this connection already joined a room"
+                    )
         except ConnectionClosed:
             return
 
@@ -576,12 +608,13 @@ def configure_logging() -> None:
 
 def run_loop(coro: Any) -> None:
     """Run on uvloop where available."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
 
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - non-Linux
-        factory = asyncio.new_event_loop
+        pass
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(coro)
 

@@ -110,7 +110,7 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG
+                preexec_fn=die_with_parent,
             )
             if self._wait_ready(timeout):
                 return self

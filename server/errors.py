@@ -1,11 +1,11 @@
 """Errors raised by the room-server package.
 
-    StateroomError
-    ├── EmbeddedRedisError      the embedded valkey-server could not start
-    ├── ConfigError             a setting is missing or out of range
-    ├── GameError               illegal input or game state (turned into an error message)
-    │   └── IllegalInput
-    └── OwnershipLost           this process no longer holds a room's lease (fenced)
+StateroomError
+├── EmbeddedRedisError      the embedded valkey-server could not start
+├── ConfigError             a setting is missing or out of range
+├── GameError               illegal input or game state (turned into an error message)
+│   └── IllegalInput
+└── OwnershipLost           this process no longer holds a room's lease (fenced)
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ class ServerMetrics:
             registry=r,
         )
         self.tick_overruns = Counter(
-            "stateroom_tick_overruns_total", "Ticks that started late (the room fell behind)", registry=r
+            "stateroom_tick_overruns_total",
+            "Ticks that started late (the room fell behind)",
+            registry=r,
         )
         self.journal_seconds = Histogram(
             "stateroom_journal_write_seconds",
@@ -47,18 +49,29 @@ class ServerMetrics:
             "stateroom_inputs_total", "Inputs by verdict", ["verdict"], registry=r
         )
         self.evicted = Counter(
-            "stateroom_evicted_clients_total", "Clients closed by the server", ["reason"], registry=r
+            "stateroom_evicted_clients_total",
+            "Clients closed by the server",
+            ["reason"],
+            registry=r,
         )
         self.takeovers = Counter(
-            "stateroom_room_takeovers_total", "Rooms claimed from a dead or expired owner", registry=r
+            "stateroom_room_takeovers_total",
+            "Rooms claimed from a dead or expired owner",
+            registry=r,
         )
         self.recoveries = Counter(
-            "stateroom_room_recoveries_total", "Rooms rebuilt from checkpoint and journal", registry=r
+            "stateroom_room_recoveries_total",
+            "Rooms rebuilt from checkpoint and journal",
+            registry=r,
         )
         self.fenced = Counter(
-            "stateroom_rooms_fenced_total", "Rooms this server stopped because it lost the lease", registry=r
+            "stateroom_rooms_fenced_total",
+            "Rooms this server stopped because it lost the lease",
+            registry=r,
         )
-        self.redirects = Counter("stateroom_redirects_total", "Joins redirected to the owner", registry=r)
+        self.redirects = Counter(
+            "stateroom_redirects_total", "Joins redirected to the owner", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -106,12 +106,22 @@ class Room:
     def transition(self, new: RoomState) -> None:
         if new not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"room {self.name} cannot go from {self.state.value} to {new.value}")
-        log.info("room=%s state %s -> %s epoch=%d", self.name, self.state.value, new.value, self.lease.epoch)
+        log.info(
+            "room=%s state %s -> %s epoch=%d",
+            self.name,
+            self.state.value,
+            new.value,
+            self.lease.epoch,
+        )
         self.state = new
 
     def start(self) -> None:
         self.transition(RoomState.RUNNING)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"room:{self.name}")
+
+    @property
+    def running(self) -> bool:
+        return self.state is RoomState.RUNNING
 
     @property
     def tick_rate(self) -> int:
@@ -145,7 +155,9 @@ class Room:
                 resumed=resumed,
             )
         )
-        log.info("join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack)
+        log.info(
+            "join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack
+        )
         self.metrics.players.inc()
         return resumed
 
@@ -176,7 +188,9 @@ class Room:
                 message.seq,
             )
         elif verdict is Verdict.QUEUE_FULL:
-            session.send_error(ErrorCode.QUEUE_FULL, "too many inputs pending for this tick", message.seq)
+            session.send_error(
+                ErrorCode.QUEUE_FULL, "too many inputs pending for this tick", message.seq
+            )
         elif verdict is Verdict.NOT_SEATED:
             session.send_error(ErrorCode.NOT_JOINED, "not seated in this room", message.seq)
 
@@ -196,7 +210,7 @@ class Room:
                     self.metrics.tick_overruns.inc()
                     if delay < -period:
                         next_at = loop.time()
-                if self.state is not RoomState.RUNNING:
+                if not self.running:
                     break
                 started = time.perf_counter()
                 await self._tick()
@@ -226,7 +240,9 @@ class Room:
 
     async def _append_durably(self, tick: int, events: list[Any]) -> None:
         """Journal one tick, retrying transient errors until the lease would run out."""
-        deadline = self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        deadline = (
+            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        )
         while True:
             sent_at = time.monotonic()
             remaining = deadline - sent_at
@@ -250,23 +266,24 @@ class Room:
 
     async def _already_journaled(self, tick: int) -> bool:
         """A retried append whose first attempt did land (the reply was lost)."""
-        last = await self.store.redis.xrevrange(
-            f"sr:{{{self.name}}}:journal", max="+", min="-", count=1
-        )
-        return bool(last) and last[0][0].decode() == f"{tick}-{self.lease.epoch}"
+        return await self.store.last_journaled(self.name) == (tick, self.lease.epoch)
 
     async def _renew_if_due(self) -> None:
         now = time.monotonic()
         if now - self.lease_renewed_at < self.settings.lease_ms / 3000:
             return
-        deadline = self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        deadline = (
+            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        )
         try:
             async with asyncio.timeout(max(0.001, deadline - now)):
                 await self.store.renew(self.lease)
             self.lease_renewed_at = now
         except _REDIS_TRANSIENT:
             if time.monotonic() >= deadline:
-                raise OwnershipLost(f"room {self.name}: could not renew the lease in time") from None
+                raise OwnershipLost(
+                    f"room {self.name}: could not renew the lease in time"
+                ) from None
 
     def _publish(self, frame: StateFrame) -> None:
         seats = self.engine.seats

@@ -155,3 +155,8 @@ class Session:
         self._close_task = asyncio.get_running_loop().create_task(
             self.ws.close(int(code), reason[:120])
         )
+
+    async def wait_closed(self) -> None:
+        """Let our close frame go out before the handler returns (which would send 1000)."""
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)

@@ -151,6 +151,11 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _parse_entry_id(entry_id: Any) -> tuple[int, int]:
+    tick, _, epoch = _s(entry_id).partition("-")
+    return int(tick), int(epoch)
+
+
 def _is_fenced(exc: ResponseError) -> bool:
     return "FENCED" in str(exc)
 
@@ -202,10 +207,14 @@ class RoomStore:
 
     async def renew(self, lease: Lease) -> None:
         try:
-            await self._renew(keys=[room_keys(lease.room)["lease"]], args=[lease.token, self.lease_ms])
+            await self._renew(
+                keys=[room_keys(lease.room)["lease"]], args=[lease.token, self.lease_ms]
+            )
         except ResponseError as exc:
             if _is_fenced(exc):
-                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+                raise OwnershipLost(
+                    f"room {lease.room}: epoch {lease.epoch} was replaced"
+                ) from None
             raise
 
     async def release(self, lease: Lease) -> bool:
@@ -244,7 +253,9 @@ class RoomStore:
             )
         except ResponseError as exc:
             if _is_fenced(exc):
-                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+                raise OwnershipLost(
+                    f"room {lease.room}: epoch {lease.epoch} was replaced"
+                ) from None
             raise
 
     async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
@@ -257,30 +268,38 @@ class RoomStore:
             )
         except ResponseError as exc:
             if _is_fenced(exc):
-                raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+                raise OwnershipLost(
+                    f"room {lease.room}: epoch {lease.epoch} was replaced"
+                ) from None
             raise
 
     async def load(self, room: str) -> tuple[Checkpoint | None, list[JournalEntry]]:
         """The latest checkpoint and every journal entry after it, in tick order."""
         keys = room_keys(room)
-        raw = await self.redis.hgetall(keys["ckpt"])
+        raw: dict[Any, Any] = await self.redis.hgetall(keys["ckpt"])
         checkpoint = None
         start = "-"
         if raw:
-            fields = {_s(k): v for k, v in raw.items()}
-            tick = int(_s(fields["tick"]))
+            stored = {_s(k): v for k, v in raw.items()}
+            tick = int(_s(stored["tick"]))
             checkpoint = Checkpoint(
                 tick=tick,
-                epoch=int(_s(fields["epoch"])),
-                snapshot=msgpack.unpackb(fields["data"], raw=False, strict_map_key=False),
+                epoch=int(_s(stored["epoch"])),
+                snapshot=msgpack.unpackb(stored["data"], raw=False, strict_map_key=False),
             )
             start = f"{tick + 1}-0"
         entries = []
-        for entry_id, fields in await self.redis.xrange(keys["journal"], min=start, max="+"):
-            tick_part, _, epoch_part = _s(entry_id).partition("-")
-            events = msgpack.unpackb(fields[b"e"], raw=False, strict_map_key=False)
-            entries.append(JournalEntry(int(tick_part), int(epoch_part), events))
+        raw_entries: Any = await self.redis.xrange(keys["journal"], min=start, max="+")
+        for entry_id, entry_fields in raw_entries:
+            tick, epoch = _parse_entry_id(entry_id)
+            events = msgpack.unpackb(entry_fields[b"e"], raw=False, strict_map_key=False)
+            entries.append(JournalEntry(tick, epoch, events))
         return checkpoint, entries
+
+    async def last_journaled(self, room: str) -> tuple[int, int] | None:
+        """(tick, epoch) of the newest journal entry, or None for an empty journal."""
+        last: Any = await self.redis.xrevrange(room_keys(room)["journal"], count=1)
+        return _parse_entry_id(last[0][0]) if last else None
 
     # -- servers --------------------------------------------------------------
 

@@ -37,9 +37,7 @@ class CloseCode(IntEnum):
         return self in _RETRYABLE
 
 
-_RETRYABLE = frozenset(
-    {CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR}
-)
+_RETRYABLE = frozenset({CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR})
 
 
 class ErrorCode(StrEnum):

@@ -1,0 +1,293 @@
+"""``stateroom up``: the whole system on one machine, supervised like Kubernetes would.
+
+Starts Redis (embedded, persistent under DIR, unless --redis), the login
+service on BASE and N room servers on BASE+1…BASE+N, writes
+DIR/cluster.json, restarts any child that dies, and on Ctrl-C/SIGTERM stops
+the room servers first (they hand their rooms over and checkpoint), then the
+login service, then Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from server.embedded_redis import EmbeddedRedis, die_with_parent
+
+log = logging.getLogger("stateroom.up")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=".stateroom", help="data folder (default .stateroom)")
+    parser.add_argument("--servers", type=int, default=2, help="room servers to run (default 2)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="auth on PORT, room servers on PORT+1… (default 8000)",
+    )
+    parser.add_argument(
+        "--redis", default=None, help="use this Redis URL instead of the embedded one"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class Child:
+    """One supervised process and how to start it again."""
+
+    name: str
+    args: list[str]
+    ready_url: str
+    log_path: Path
+    ws_url: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff: float = 0.0
+    retry_at: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def start(self) -> None:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=die_with_parent,
+        )
+        log_file.close()
+        self.started_at = time.monotonic()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited while starting; see {self.log_path}")
+            if _healthy(self.ready_url):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Cluster:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.data = Path(args.data).resolve()
+        self.count = args.servers
+        self.base = args.port
+        self.host = args.host
+        self.external_redis = args.redis
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url = args.redis or ""
+        self.auth: Child | None = None
+        self.servers: list[Child] = []
+        self.stopping = False
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://{self.host}:{self.base}"
+
+    def check_ports(self) -> None:
+        """Fail fast, before starting anything, if a port is taken (another cluster?)."""
+        for port in range(self.base, self.base + self.count + 1):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.host, port))
+                except OSError:
+                    raise RuntimeError(
+                        f"port {port} on {self.host} is in use (is another `stateroom up` "
+                        "running?); stop it or pass --port BASE"
+                    ) from None
+
+    def start(self) -> None:
+        from auth.keys import ensure_key_file
+
+        self.check_ports()
+        self.data.mkdir(parents=True, exist_ok=True)
+        logs = self.data / "logs"
+        logs.mkdir(exist_ok=True)
+        if not self.external_redis:
+            self.redis = EmbeddedRedis(self.data / "redis").start()
+            self.redis_url = self.redis.url
+            log.info(
+                "redis   %s (pid %s, data %s)", self.redis_url, self.redis.pid, self.redis.data_dir
+            )
+        key = self.data / "auth-key.pem"
+        ensure_key_file(key)
+        self.auth = Child(
+            "auth",
+            [
+                "auth",
+                "--host",
+                self.host,
+                "--port",
+                str(self.base),
+                "--redis",
+                self.redis_url,
+                "--key",
+                str(key),
+            ],
+            f"{self.auth_url}/healthz",
+            logs / "auth.log",
+        )
+        self.auth.start()
+        for index in range(1, self.count + 1):
+            port = self.base + index
+            self.servers.append(
+                Child(
+                    f"s{index}",
+                    [
+                        "server",
+                        "--host",
+                        self.host,
+                        "--port",
+                        str(port),
+                        "--redis-url",
+                        self.redis_url,
+                        "--auth-url",
+                        self.auth_url,
+                        "--name",
+                        f"s{index}",
+                    ],
+                    f"http://{self.host}:{port}/readyz",
+                    logs / f"s{index}.log",
+                    ws_url=f"ws://{self.host}:{port}/v1/ws",
+                )
+            )
+        for child in self.servers:
+            child.start()
+        self.auth.wait_ready()
+        log.info(
+            "auth    %s (pid %s)", self.auth_url, self.auth.proc.pid if self.auth.proc else "-"
+        )
+        for child in self.servers:
+            child.wait_ready()
+            log.info(
+                "%-7s %s (pid %s)", child.name, child.ws_url, child.proc.pid if child.proc else "-"
+            )
+        self.write_cluster_file()
+
+    def write_cluster_file(self) -> None:
+        body = {
+            "redis_url": self.redis_url,
+            "auth_url": self.auth_url,
+            "servers": [
+                {"id": c.name, "ws_url": c.ws_url, "pid": c.proc.pid if c.proc else None}
+                for c in self.servers
+            ],
+        }
+        path = self.data / "cluster.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n")
+        tmp.replace(path)
+
+    def supervise(self) -> None:
+        """Restart whatever died, as a Deployment would; return when asked to stop."""
+        while not self.stopping:
+            time.sleep(0.1)
+            changed = False
+            for child in [*([self.auth] if self.auth else []), *self.servers]:
+                if self.stopping or child.alive:
+                    continue
+                now = time.monotonic()
+                if child.retry_at == 0.0:
+                    # A child that keeps dying right after start is restarted with backoff.
+                    quick = now - child.started_at < 5
+                    child.backoff = min(10.0, max(0.5, child.backoff * 2)) if quick else 0.0
+                    child.retry_at = now + child.backoff
+                    code = child.proc.returncode if child.proc else None
+                    log.warning(
+                        "%s exited (%s); restarting in %.1fs", child.name, code, child.backoff
+                    )
+                if now < child.retry_at:
+                    continue
+                child.retry_at = 0.0
+                child.restarts += 1
+                child.start()
+                changed = True
+            if changed:
+                self.write_cluster_file()
+
+    def stop(self) -> None:
+        self.stopping = True
+        log.info("stopping: room servers hand their rooms over, then auth, then redis")
+        for child in self.servers:
+            if child.alive and child.proc:
+                child.proc.send_signal(signal.SIGCONT)
+                child.proc.terminate()
+        for child in self.servers:
+            child.stop()
+        if self.auth:
+            self.auth.stop()
+        if self.redis:
+            self.redis.stop()
+        log.info("stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cluster = Cluster(args)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        cluster.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        cluster.start()
+        cluster_file = cluster.data / "cluster.json"
+        print(
+            f"\nStateroom is up. Cluster file: {cluster_file}\n"
+            f"  guest login:  curl -s -X POST {cluster.auth_url}/v1/guest\n"
+            f"  play:         .venv/bin/stateroom play --cluster {cluster_file} --room lobby\n"
+            f"  bots:         .venv/bin/stateroom bots --cluster {cluster_file} --room lobby --count 50 --seconds 10\n"
+            f"  kill a room:  .venv/bin/stateroom kill-room lobby --cluster {cluster_file}\n"
+            f"  status:       .venv/bin/stateroom status --cluster {cluster_file}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        cluster.supervise()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        cluster.stop()
+        return 1
+    cluster.stop()
+    return 0

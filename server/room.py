@@ -184,7 +184,8 @@ class Room:
         if verdict is Verdict.OUT_OF_WINDOW:
             session.send_error(
                 ErrorCode.SEQUENCE_OUT_OF_WINDOW,
-                f"seq {message.seq} is more than {self.engine.input_window} ahead of the last accepted",
+                f"seq {message.seq} is more than {self.engine.input_window} ahead of the last"
+                " accepted one",
                 message.seq,
             )
         elif verdict is Verdict.QUEUE_FULL:

@@ -35,7 +35,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=1) as response:
             return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -62,7 +62,7 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.children.append(proc)

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import msgpack
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
@@ -382,7 +383,7 @@ class RoomClient:
                 except TimeoutError:
                     await ws.close(1000, "stalled")
                     return 1006, "no state within the stall timeout"
-                message = self.codec.decode(frame) if self.codec.text else _decode_fast(frame)
+                message = _decode_server_frame(frame, self.codec.text)
                 self._handle(ws, message)
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
@@ -455,9 +456,16 @@ class RoomClient:
         self.stats.max_ack = max(self.stats.max_ack, ack)
 
 
-def _decode_fast(frame: bytes | str) -> dict[str, Any]:
-    """Server frames are trusted more than client ones, but still must be a map."""
-    value = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+def _decode_server_frame(frame: bytes | str, text: bool) -> dict[str, Any]:
+    """Decode a server frame. States can be far larger than the 16 KiB limit on client
+    messages, so only the shape is checked here, not the client-side size limits."""
+    try:
+        if text:
+            value = orjson.loads(frame)
+        else:
+            value = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"undecodable server frame: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "server sent a non-map message")
     return value

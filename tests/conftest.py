@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from server.embedded_redis import EmbeddedRedis
+from tests.cluster import LocalCluster, start_cluster
 from tests.support import Processes
 
 
@@ -41,3 +42,14 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop_all()
+
+
+@pytest.fixture
+def cluster(processes: Processes, tmp_path: Path) -> Iterator[LocalCluster]:
+    """Valkey + login service + two room servers, all real processes on free ports."""
+    local = start_cluster(processes, tmp_path)
+    try:
+        yield local
+    finally:
+        processes.stop_all()
+        local.redis.stop()

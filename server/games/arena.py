@@ -94,7 +94,7 @@ class Arena(Game):
 
     name: ClassVar[str] = "arena"
     tick_rate: ClassVar[int] = 20
-    max_players: ClassVar[int] = 64
+    max_players: ClassVar[int] = 512
 
     def __init__(self, rng: int, players: dict[str, _Player], pickups: list[list[float]]) -> None:
         self._rng = rng & _MASK64

@@ -1,0 +1,625 @@
+"""Shared bench helpers: the stack (Valkey + auth + room servers), CPU pinning, /proc sampling,
+Prometheus scraping, percentiles, and one measured arena point.
+
+Every child is started with PDEATHSIG (``die_with_parent``) and stopped by PID in ``Stack.stop``;
+nothing here ever signals a process it did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from server.embedded_redis import EmbeddedRedis, die_with_parent  # noqa: E402
+from server.ports import free_port  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The arena bench's server runs the built-in arena rules with a larger seat cap (see worldgame).
+BENCH_ARENA = "bench.worldgame:BenchArena"
+
+REFERENCE = {
+    "colyseus_0_18_node22_n200_one_room": {
+        "server_cpu_cores": 0.16,
+        "cpu_us_per_input": 41,
+        "latency_p99_ms": 58,
+    },
+    "bare_python_websockets_msgpack_n200_one_room": {
+        "server_cpu_cores": 0.18,
+        "latency_p99_ms": 54,
+        "note": "no validation, no durability",
+    },
+}
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """One JSON object per line on stdout, flushed at once."""
+    print(json.dumps(obj, sort_keys=False), flush=True)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank on the sorted values (the same rule as client.bots)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 0.50), 3),
+        "p99": round(percentile(values, 0.99), 3),
+        "max": round(max(values, default=0.0), 3),
+        "mean": round(sum(values) / len(values), 3) if values else 0.0,
+        "n": len(values),
+    }
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` (like ``taskset -a -p``); silently skipped on 1 core."""
+    if cpu_count() < 2:
+        return
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def _pinned_child(cpus: set[int] | None) -> Any:
+    def preexec() -> None:
+        die_with_parent()
+        if cpus is not None and len(os.sched_getaffinity(0)) >= 2:
+            os.sched_setaffinity(0, cpus)
+
+    return preexec
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+class CpuWindow:
+    """CPU cores used by some processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.started = 0.0
+        self.wall = 0.0
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.before = {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.wall = time.monotonic() - self.started
+        self.used = {
+            name: proc_cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()
+        }
+
+    def cores(self, name: str) -> float:
+        return self.used[name] / self.wall if self.wall else 0.0
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text → {'name{labels}': value} (samples only)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = float(value)
+    return out
+
+
+def metric_delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def histogram_mean_ms(after: dict[str, float], before: dict[str, float], name: str) -> float | None:
+    count = metric_delta(after, before, f"{name}_count")
+    total = metric_delta(after, before, f"{name}_sum")
+    return round(total / count * 1000, 3) if count else None
+
+
+def histogram_quantile_ms(
+    after: dict[str, float], before: dict[str, float], name: str, q: float
+) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` of the observations in the window."""
+    buckets: list[tuple[float, float]] = []
+    for key in after:
+        if key.startswith(f"{name}_bucket{{le="):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets.append((bound, metric_delta(after, before, key)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    target = q * buckets[-1][1]
+    for bound, count in buckets:
+        if count >= target:
+            return bound * 1000
+    return None
+
+
+# -- the stack -------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    ready_url: str
+    log_path: Path
+    cpus: set[int] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", *self.args],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_pinned_child(self.cpus),
+            )
+        finally:
+            log_file.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited while starting; see {self.log_path}")
+            if http_ok(self.ready_url, timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Stack:
+    """Valkey + auth + room servers in a temp dir, on free ports; ``stop()`` ends them all.
+
+    ``server_cpus`` / ``aux_cpus``: where the room servers and Valkey (server side) and auth
+    (load-generator side) run when there are 2+ cores; None leaves them unpinned.
+    """
+
+    servers: int = 1
+    server_args: list[str] = field(default_factory=list)
+    server_cpus: set[int] | None = None
+    redis_cpus: set[int] | None = None
+    auth_cpus: set[int] | None = None
+    supervise: bool = False
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    redis: EmbeddedRedis | None = None
+    auth: Child | None = None
+    children: list[Child] = field(default_factory=list)
+    cluster_file: Path = Path()
+    _stop_supervisor: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
+
+    @property
+    def dir(self) -> Path:
+        assert self.tmp is not None
+        return Path(self.tmp.name)
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    def start(self) -> Stack:
+        from auth.keys import ensure_key_file
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="stateroom-bench-")
+        logs = self.dir / "logs"
+        logs.mkdir()
+        self.redis = EmbeddedRedis(self.dir / "redis").start()
+        if self.redis_cpus is not None and self.redis.pid:
+            pin(self.redis.pid, self.redis_cpus)
+        key = self.dir / "auth-key.pem"
+        ensure_key_file(key)
+        auth_port = free_port()
+        auth_url = f"http://127.0.0.1:{auth_port}"
+        self.auth = Child(
+            "auth",
+            [
+                "auth",
+                "--host", "127.0.0.1",
+                "--port", str(auth_port),
+                "--redis", self.redis.url,
+                "--key", str(key),
+                # Hundreds of bots log in from one address; the default limit is 600/min.
+                "--rate-limit-per-minute", "1000000",
+                "--no-access-log",
+            ],
+            f"{auth_url}/healthz",
+            logs / "auth.log",
+            cpus=self.auth_cpus,
+        )  # fmt: skip
+        self.auth.start()
+        for index in range(1, self.servers + 1):
+            port = free_port()
+            args = [
+                "server",
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                "--redis-url", self.redis.url,
+                "--auth-url", auth_url,
+                "--name", f"s{index}",
+                *self.server_args,
+            ]  # fmt: skip
+            self.children.append(
+                Child(
+                    f"s{index}",
+                    args,
+                    f"http://127.0.0.1:{port}/readyz",
+                    logs / f"s{index}.log",
+                    cpus=self.server_cpus,
+                )
+            )
+        for child in self.children:
+            child.start()
+        self.auth.wait_ready()
+        for child in self.children:
+            child.wait_ready()
+        self.cluster_file = self.dir / "cluster.json"
+        self.cluster_file.write_text(
+            json.dumps(
+                {
+                    "redis_url": self.redis.url,
+                    "auth_url": auth_url,
+                    "servers": [
+                        {"id": c.name, "ws_url": self.ws_url(c), "pid": c.pid}
+                        for c in self.children
+                    ],
+                }
+            )
+        )
+        if self.supervise:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+        return self
+
+    @staticmethod
+    def ws_url(child: Child) -> str:
+        port = child.ready_url.split(":")[2].split("/")[0]
+        return f"ws://127.0.0.1:{port}/v1/ws"
+
+    def metrics_url(self, child: Child) -> str:
+        return child.ready_url.replace("/readyz", "/metrics")
+
+    def _supervise(self) -> None:
+        """Restart a room server that died, as ``stateroom up`` does."""
+        while not self._stop_supervisor.wait(0.1):
+            for child in self.children:
+                if not child.alive and not self._stop_supervisor.is_set():
+                    child.restarts += 1
+                    child.start()
+
+    def all_ready(self) -> bool:
+        return all(c.alive and http_ok(c.ready_url, timeout=0.5) for c in self.children)
+
+    def stop(self) -> None:
+        self._stop_supervisor.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=2)
+        for child in self.children:
+            if child.alive and child.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGCONT)
+                    child.proc.terminate()
+        for child in self.children:
+            child.stop()
+        if self.auth is not None:
+            self.auth.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.tmp is not None:
+            if os.environ.get("BENCH_KEEP"):
+                log(f"BENCH_KEEP: logs kept in {self.dir / 'logs'}")
+            else:
+                self.tmp.cleanup()
+            self.tmp = None
+
+
+class BotsProcess:
+    """``stateroom bots --json`` in a child process (the load generator), pinned if asked."""
+
+    def __init__(
+        self,
+        cluster_file: Path,
+        room: str,
+        count: int,
+        seconds: float,
+        rooms_of: int = 0,
+        cpus: set[int] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        args = [
+            sys.executable, "-m", "server.cli", "bots",
+            "--cluster", str(cluster_file),
+            "--room", room,
+            "--count", str(count),
+            "--seconds", str(seconds),
+            "--json",
+        ]  # fmt: skip
+        if rooms_of:
+            args += ["--rooms-of", str(rooms_of)]
+        self.seconds = seconds
+        self.count = count
+        self.stderr_path = log_path or cluster_file.parent / "bots.log"
+        err = open(self.stderr_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_pinned_child(cpus),
+            )
+        finally:
+            err.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"bots did not finish within {timeout:.0f}s") from None
+        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(
+                f"bots exited {self.proc.returncode} without a summary; see {self.stderr_path}"
+            )
+        summary: dict[str, Any] = json.loads(lines[-1])
+        return summary
+
+    def log_tail(self, chars: int = 600) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# -- one arena point ---------------------------------------------------------------------------
+
+WARMUP_S = 2.0
+
+
+def placement() -> dict[str, Any]:
+    """Which CPU runs what (only when there are 2+ cores)."""
+    if cpu_count() < 2:
+        return {"pinned": False, "cpus": cpu_count()}
+    return {
+        "pinned": True,
+        "room_server_cpu": 0,
+        "valkey_cpu": 0,
+        "auth_cpu": 1,
+        "load_generator_cpu": 1,
+        "bench_driver_cpu": 1,
+    }
+
+
+def arena_stack(durable: bool, extra: list[str] | None = None) -> Stack:
+    two = cpu_count() >= 2
+    args = ["--games", BENCH_ARENA]
+    if not durable:
+        args.append("--no-durable")
+    return Stack(
+        servers=1,
+        server_args=[*args, *(extra or [])],
+        server_cpus={0} if two else None,
+        redis_cpus={0} if two else None,
+        auth_cpus={1} if two else None,
+    )
+
+
+def measure_arena_point(
+    stack: Stack, scenario: str, n: int, seconds: float, durable: bool, room: str
+) -> dict[str, Any]:
+    """Bots join, warm up ``WARMUP_S``, then ``seconds`` of measured play."""
+    two = cpu_count() >= 2
+    server = stack.children[0]
+    metrics_url = stack.metrics_url(server)
+    rooms_of = 4 if scenario == "rooms_of_4" else 0
+    base = scrape(metrics_url)
+    base_players = base.get("stateroom_players", 0.0)
+    bots = BotsProcess(
+        stack.cluster_file,
+        room,
+        n,
+        WARMUP_S + seconds + 1.0,
+        rooms_of=rooms_of,
+        cpus={1} if two else None,
+        log_path=stack.dir / "logs" / f"bots-{room}.log",
+    )
+    try:
+        join_started = time.monotonic()
+        wait_for(
+            lambda: (
+                scrape(metrics_url).get("stateroom_players", 0.0) - base_players >= n
+                or bots.proc.poll() is not None
+            ),
+            timeout=60 + n * 0.2,
+            what=f"{n} bots to join",
+            step=0.1,
+        )
+        join_s = time.monotonic() - join_started
+        time.sleep(WARMUP_S)
+        if bots.proc.poll() is not None:
+            raise RuntimeError(
+                f"bots exited ({bots.proc.returncode}) before the measured window: "
+                + bots.log_tail()
+            )
+        assert stack.redis is not None and stack.redis.pid is not None
+        window = CpuWindow({"server": server.pid, "loadgen": bots.pid, "redis": stack.redis.pid})
+        before = scrape(metrics_url)
+        window.start()
+        time.sleep(seconds)
+        window.stop()
+        after = scrape(metrics_url)
+        rss = proc_rss_mb(server.pid)
+        summary = bots.result(timeout=seconds + 60)
+    finally:
+        bots.kill()
+    applied = metric_delta(after, before, 'stateroom_inputs_total{verdict="accepted"}')
+    server_cores = window.cores("server")
+    loadgen_cores = window.cores("loadgen")
+    evicted = {
+        k.split('reason="', 1)[1].rstrip('"}'): metric_delta(after, base, k)
+        for k in after
+        if k.startswith("stateroom_evicted_clients_total{")
+    }
+    point: dict[str, Any] = {
+        "scenario": scenario,
+        "n": n,
+        "rooms": n // 4 if rooms_of else 1,
+        "durable": durable,
+        "window_s": round(window.wall, 2),
+        "server_cpu_cores": round(server_cores, 4),
+        "cpu_us_per_input": round(window.used["server"] / applied * 1e6, 1) if applied else None,
+        "inputs_applied_in_window": int(applied),
+        "inputs_applied_per_s": round(applied / window.wall, 1) if window.wall else 0.0,
+        "redis_cpu_cores": round(window.cores("redis"), 4),
+        "loadgen_cpu_cores": round(loadgen_cores, 4),
+        "loadgen_saturated": loadgen_cores >= 0.9,
+        "latency_ms": summary.get("latency_ms"),
+        "rss_mb": rss,
+        "tick_ms": {
+            "mean": histogram_mean_ms(after, before, "stateroom_tick_seconds"),
+            "p99_bucket_upper": histogram_quantile_ms(
+                after, before, "stateroom_tick_seconds", 0.99
+            ),
+        },
+        "tick_overruns": int(metric_delta(after, before, "stateroom_tick_overruns_total")),
+        "journal_write_ms_mean": histogram_mean_ms(
+            after, before, "stateroom_journal_write_seconds"
+        ),
+        "bytes_out_per_s": round(
+            metric_delta(after, before, "stateroom_bytes_out_total") / window.wall
+        ),
+        "evicted_clients": {k: int(v) for k, v in evicted.items() if v},
+        "join_s": round(join_s, 2),
+    }
+    for key in (
+        "players",
+        "failed_players",
+        "inputs_sent",
+        "inputs_acked",
+        "lost_acked_inputs",
+        "duplicate_inputs",
+        "rollbacks",
+        "reconnects",
+        "errors",
+        "failures",
+    ):
+        point[key] = summary.get(key)
+    point["bots_seconds"] = round(bots.seconds, 1)
+    if point["loadgen_saturated"]:
+        point["note"] = (
+            "the load generator used >= 0.9 cores: latency is inflated by the load generator, "
+            "not only the server"
+        )
+    return point

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,7 +272,7 @@ class Stack:
     redis_cpus: set[int] | None = None
     auth_cpus: set[int] | None = None
     supervise: bool = False
-    tmp: tempfile.TemporaryDirectory[str] | None = None
+    tmp: str | None = None
     redis: EmbeddedRedis | None = None
     auth: Child | None = None
     children: list[Child] = field(default_factory=list)
@@ -282,7 +283,7 @@ class Stack:
     @property
     def dir(self) -> Path:
         assert self.tmp is not None
-        return Path(self.tmp.name)
+        return Path(self.tmp)
 
     @property
     def redis_url(self) -> str:
@@ -292,7 +293,7 @@ class Stack:
     def start(self) -> Stack:
         from auth.keys import ensure_key_file
 
-        self.tmp = tempfile.TemporaryDirectory(prefix="stateroom-bench-")
+        self.tmp = tempfile.mkdtemp(prefix="stateroom-bench-")
         logs = self.dir / "logs"
         logs.mkdir()
         self.redis = EmbeddedRedis(self.dir / "redis").start()
@@ -400,7 +401,7 @@ class Stack:
             if os.environ.get("BENCH_KEEP"):
                 log(f"BENCH_KEEP: logs kept in {self.dir / 'logs'}")
             else:
-                self.tmp.cleanup()
+                shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
 

@@ -7,7 +7,7 @@ so the layout, the world-to-screen scaling, the scoreboard and the status
 texts are unit-tested without curses. ``client/play.py`` owns the terminal
 and the event loop and maps each :class:`Style` to curses attributes.
 
-Screen layout (a side panel on the right, one footer line)::
+Screen layout (a side panel on the right, a footer line under the world)::
 
     +--------------------------+ STATEROOM  room demo
     |   *        g             | you    alice (12)
@@ -377,11 +377,17 @@ def render(state: Mapping[str, Any] | None, status: Status, rows: int, cols: int
     panel_left = box.left + box.cols + 2
     out += panel(state, status, 0, panel_left, rows - 1, cols - panel_left)
     if status.error:
-        out.append(Segment(rows - 1, 0, clip(status.error, cols - 1), Style.BAD))
+        text, style = status.error, Style.BAD
     elif status.notice:
-        out.append(Segment(rows - 1, 0, clip(status.notice, cols - 1), Style.NOTICE))
+        text, style = status.notice, Style.NOTICE
     else:
-        out.append(Segment(rows - 1, 0, clip(HELP_TEXT, cols - 1), Style.DIM))
+        text, style = HELP_TEXT, Style.DIM
+    text = sanitize(text)
+    # Right under the world, where the eyes are, if it fits beside the panel; else the last row.
+    row, width = box.top + box.rows + 1, panel_left - 1
+    if row >= rows - 1 or sum(char_width(c) for c in text) > width:
+        row, width = rows - 1, cols - 1
+    out.append(Segment(row, 0, clip(text, width), style))
     return out
 
 

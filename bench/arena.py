@@ -70,6 +70,7 @@ def summarize(points: list[dict[str, Any]], durable: bool, elapsed: float) -> di
                     "n": best["n"],
                     "p99_ms": best["latency_ms"]["p99"],
                     "loadgen_saturated": best["loadgen_saturated"],
+                    "offered_rate_ratio": best.get("offered_rate_ratio"),
                 }
                 if best
                 else None
@@ -85,6 +86,8 @@ def summarize(points: list[dict[str, Any]], durable: bool, elapsed: float) -> di
             "rss_mb": p.get("rss_mb"),
             "loadgen_cpu_cores": p.get("loadgen_cpu_cores"),
             "loadgen_saturated": p.get("loadgen_saturated"),
+            "offered_rate_ratio": p.get("offered_rate_ratio"),
+            "other_processes_cpu_cores": p.get("other_processes_cpu_cores"),
             "error": p.get("error"),
         }
         for p in points

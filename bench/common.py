@@ -153,6 +153,44 @@ class CpuWindow:
         return self.used[name] / self.wall if self.wall else 0.0
 
 
+def cpu_busy_seconds() -> dict[int, float]:
+    """Busy time of each CPU (everything but idle and iowait) from /proc/stat, in seconds."""
+    out: dict[int, float] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in values]
+                # user nice system idle iowait irq softirq steal (guest is inside user)
+                out[int(name[3:])] = (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+    return out
+
+
+class MachineWindow:
+    """CPU used on each core by processes other than ours, over a window."""
+
+    def __init__(self, ours: CpuWindow, ours_by_cpu: dict[int, list[str]]) -> None:
+        self.ours = ours
+        self.ours_by_cpu = ours_by_cpu
+        self.before: dict[int, float] = {}
+        self.after: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.before = cpu_busy_seconds()
+
+    def stop(self) -> None:
+        self.after = cpu_busy_seconds()
+
+    def others_cores(self) -> dict[str, float]:
+        wall = self.ours.wall or 1.0
+        out: dict[str, float] = {}
+        for cpu, before in self.before.items():
+            busy = self.after.get(cpu, before) - before
+            mine = sum(self.ours.used.get(name, 0.0) for name in self.ours_by_cpu.get(cpu, []))
+            out[f"cpu{cpu}"] = round(max(0.0, busy - mine) / wall, 3)
+        return out
+
+
 def scrape(url: str) -> dict[str, float]:
     """Prometheus text → {'name{labels}': value} (samples only)."""
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -555,11 +593,25 @@ def measure_arena_point(
                 + bots.log_tail()
             )
         assert stack.redis is not None and stack.redis.pid is not None
-        window = CpuWindow({"server": server.pid, "loadgen": bots.pid, "redis": stack.redis.pid})
+        assert stack.auth is not None
+        window = CpuWindow(
+            {
+                "server": server.pid,
+                "loadgen": bots.pid,
+                "redis": stack.redis.pid,
+                "auth": stack.auth.pid,
+                "driver": os.getpid(),
+            }
+        )
+        machine = MachineWindow(
+            window, {0: ["server", "redis"], 1: ["loadgen", "auth", "driver"]} if two else {}
+        )
         before = scrape(metrics_url)
+        machine.start()
         window.start()
         time.sleep(seconds)
         window.stop()
+        machine.stop()
         after = scrape(metrics_url)
         rss = proc_rss_mb(server.pid)
         summary = bots.result(timeout=seconds + 60)
@@ -586,6 +638,10 @@ def measure_arena_point(
         "redis_cpu_cores": round(window.cores("redis"), 4),
         "loadgen_cpu_cores": round(loadgen_cores, 4),
         "loadgen_saturated": loadgen_cores >= 0.9,
+        # Inputs applied / inputs the scenario asks for (N x 20/s): under ~0.95 the load
+        # generator could not keep its rate (saturated, or starved of CPU by other processes).
+        "offered_rate_ratio": round(applied / window.wall / (n * 20.0), 3) if window.wall else 0,
+        "other_processes_cpu_cores": machine.others_cores() if two else None,
         "latency_ms": summary.get("latency_ms"),
         "rss_mb": rss,
         "tick_ms": {
@@ -618,9 +674,24 @@ def measure_arena_point(
     ):
         point[key] = summary.get(key)
     point["bots_seconds"] = round(bots.seconds, 1)
+    notes = []
     if point["loadgen_saturated"]:
-        point["note"] = (
+        notes.append(
             "the load generator used >= 0.9 cores: latency is inflated by the load generator, "
             "not only the server"
         )
+    if point["offered_rate_ratio"] < 0.95:
+        notes.append(
+            "the server applied fewer inputs than N x 20/s: the load generator fell behind "
+            "(see loadgen_cpu_cores and other_processes_cpu_cores), so latency is not the "
+            "server's alone"
+        )
+    others = point["other_processes_cpu_cores"] or {}
+    if any(v >= 0.2 for v in others.values()):
+        notes.append(
+            "other processes on this machine used >= 0.2 of a core we pinned to: the figures "
+            "are contaminated by them"
+        )
+    if notes:
+        point["notes"] = notes
     return point

@@ -203,10 +203,14 @@ async def _ui(client: RoomClient, args: argparse.Namespace) -> tuple[int, str]:
     import curses
 
     os.environ.setdefault("ESCDELAY", "25")
+    try:
+        stdscr = curses.initscr()
+    except curses.error as exc:
+        term = os.environ.get("TERM", "")
+        return 1, f"cannot start the terminal UI ({exc}); TERM={term!r}"
     trap = _LogTrap()
     root = logging.getLogger()
     root.addHandler(trap)
-    stdscr = curses.initscr()
     try:
         curses.noecho()
         curses.cbreak()

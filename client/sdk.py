@@ -14,8 +14,9 @@ application a state older than one it already delivered.
 
 Errors:
     ClientError
-    ├── LoginError      the login service refused (carries its error code)
-    └── RoomError       the room refused us for good (close code + reason)
+    ├── LoginError        the login service refused (carries its error code)
+    ├── TokenUnavailable  the token callable failed (retried with backoff)
+    └── RoomError         the room refused us for good (close code + reason)
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class LoginError(ClientError):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
+
+
+class TokenUnavailable(ClientError):
+    """The token callable failed; the session retries with backoff."""
 
 
 class RoomError(ClientError):
@@ -166,6 +171,15 @@ class _Pending:
     sent_at: float
 
 
+# Flow control. The server drops an input that arrives while 32 of ours wait for the next tick
+# (queue_full) or over its message rate (rate_limited, 60/s with a burst of 60), and a later
+# seq it accepts gets an ack that covers the dropped one: resending after the fact is too late,
+# the input would be lost. So never trigger either, even when resending a backlog after a
+# failover: at most _WINDOW unacked inputs on the wire, at most _SEND_RATE messages a second.
+_WINDOW = 24
+_SEND_RATE = 40.0
+_SEND_BURST = 40.0
+
 _RETRYABLE_CLOSES = {
     int(CloseCode.RECONNECT),
     int(CloseCode.REDIRECT),
@@ -217,11 +231,15 @@ class RoomClient:
         self.latency_ms: float | None = None
         self._seq = 0
         self._pending: deque[_Pending] = deque()
+        self._sent_upto = 0  # highest seq written on the current connection
+        self._tokens = _SEND_BURST
+        self._tokens_at = time.monotonic()
         self._ws: ClientConnection | None = None
         self._states: asyncio.Queue[State | BaseException] = asyncio.Queue(queue_size)
         self._runner: asyncio.Task[None] | None = None
         self._joined = asyncio.Event()
         self._closing = False
+        self._welcomed_this_session = False
         self._next_url: str | None = None
         self._url_index = random.randrange(len(self.urls))
         self.on_latency: Callable[[float], None] | None = None
@@ -252,6 +270,10 @@ class RoomClient:
             joined.cancel()
         if self._runner in done:
             self._runner.result()
+            if not self._states.empty():
+                refusal = self._states.get_nowait()
+                if isinstance(refusal, BaseException):
+                    raise refusal
             raise ClientError("session ended before joining")
         if not self._joined.is_set():
             await self.close()
@@ -265,9 +287,7 @@ class RoomClient:
         pending = _Pending(self._seq, data, time.monotonic())
         self._pending.append(pending)
         self.stats.inputs_sent += 1
-        ws = self._ws
-        if ws is not None and self.connection_state is ConnectionState.CONNECTED:
-            self._send_now(ws, {"t": "input", "seq": pending.seq, "data": data})
+        self._flush()
         return pending.seq
 
     async def states(self) -> AsyncIterator[State]:
@@ -317,7 +337,10 @@ class RoomClient:
     async def _token(self) -> str:
         if isinstance(self._token_source, str):
             return self._token_source
-        return await self._token_source()
+        try:
+            return await self._token_source()
+        except Exception as exc:  # the callable is the application's; retry later
+            raise TokenUnavailable(f"token source failed: {exc}") from exc
 
     def _pick_url(self) -> str:
         if self._next_url:
@@ -331,14 +354,19 @@ class RoomClient:
         attempt = 0
         while not self._closing:
             url = self._pick_url()
+            self._welcomed_this_session = False
             try:
                 code, reason = await self._session(url)
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
                 code, reason = 1006, str(exc) or type(exc).__name__
             except ProtocolError as exc:
                 code, reason = int(CloseCode.PROTOCOL_ERROR), exc.message
+            except TokenUnavailable as exc:
+                code, reason = 1013, str(exc)
             if self.closing:
                 return
+            if self._welcomed_this_session:
+                attempt = 0  # that connection worked: the next drop starts a fresh backoff
             if code == CloseCode.REDIRECT and self._next_url:
                 self.stats.redirects += 1
                 continue
@@ -346,14 +374,10 @@ class RoomClient:
                 self.connection_state = ConnectionState.CLOSED
                 await self._states.put(RoomError(code, reason))
                 return
-            if self._joined.is_set():
-                self.stats.reconnects += 1
             self.connection_state = ConnectionState.RECONNECTING
-            attempt += 1 if code != CloseCode.REDIRECT else 0
+            attempt += 1
             delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 10))
             await asyncio.sleep(random.uniform(delay / 2, delay))
-            if self.connection_state is ConnectionState.CONNECTED:
-                attempt = 0
 
     async def _session(self, url: str) -> tuple[int, str]:
         """One WebSocket connection; returns its close code and reason."""
@@ -395,6 +419,23 @@ class RoomClient:
             with contextlib.suppress(Exception):
                 await ws.close()
 
+    def _flush(self) -> None:
+        """Send the pending inputs not yet sent on this connection, within the flow limits."""
+        ws = self._ws
+        if ws is None or self.connection_state is not ConnectionState.CONNECTED:
+            return
+        now = time.monotonic()
+        self._tokens = min(_SEND_BURST, self._tokens + (now - self._tokens_at) * _SEND_RATE)
+        self._tokens_at = now
+        for pending in self._pending:
+            if pending.seq <= self._sent_upto:
+                continue
+            if pending.seq - self.stats.max_ack > _WINDOW or self._tokens < 1:
+                break
+            self._tokens -= 1
+            self._sent_upto = pending.seq
+            self._send_now(ws, {"t": "input", "seq": pending.seq, "data": pending.data})
+
     def _send_now(self, ws: ClientConnection, message: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(ws, message))
         task.add_done_callback(_ignore_result)
@@ -417,6 +458,9 @@ class RoomClient:
             log.debug("server error %s: %s", code, message.get("message"))
 
     def _on_welcome(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        if self._joined.is_set():
+            self.stats.reconnects += 1  # a resumed session, not a failed attempt
+        self._welcomed_this_session = True
         self.player_id = message["player_id"]
         self.server = message["server"]
         self.epoch = int(message["epoch"])
@@ -424,8 +468,10 @@ class RoomClient:
         self.connection_state = ConnectionState.CONNECTED
         self._joined.set()
         self._apply_ack(int(message["ack"]))
-        for pending in self._pending:
-            self._send_now(ws, {"t": "input", "seq": pending.seq, "data": pending.data})
+        # A new connection: resend every input the server has not applied, in order.
+        self._sent_upto = 0
+        self._tokens, self._tokens_at = _SEND_BURST, time.monotonic()
+        self._flush()
 
     def _on_state(self, message: dict[str, Any]) -> None:
         tick = int(message["tick"])
@@ -435,6 +481,7 @@ class RoomClient:
             return
         self.stats.last_tick = tick
         self._apply_ack(ack)
+        self._flush()
         state = State(tick, ack, message["state"], self.server, self.epoch)
         if self._states.full():
             with contextlib.suppress(asyncio.QueueEmpty):

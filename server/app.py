@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,17 @@ def _select_subprotocol(
         if name in SUBPROTOCOLS:
             return name
     raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
+
+
+def _http_response(body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(HTTPStatus.OK, "OK", headers, body)
 
 
 def _bearer(headers: Headers) -> str | None:
@@ -440,22 +452,17 @@ class RoomServer:
                 "ready\n" if ok else "not ready\n",
             )
         if path == "/metrics":
-            response = connection.respond(HTTPStatus.OK, "")
-            body = self.metrics.render()
-            response.headers["Content-Type"] = "text/plain; version=0.0.4"
-            response.headers["Content-Length"] = str(len(body))
-            return Response(response.status_code, response.reason_phrase, response.headers, body)
+            return _http_response(self.metrics.render(), "text/plain; version=0.0.4")
         if path == "/status":
-            body = orjson.dumps(
-                {**self.info(), "room_list": [r.status() for r in self.rooms.values()]}
-            )
-            response = connection.respond(HTTPStatus.OK, "")
-            response.headers["Content-Type"] = "application/json"
-            response.headers["Content-Length"] = str(len(body))
-            return Response(response.status_code, response.reason_phrase, response.headers, body)
+            status = {**self.info(), "room_list": [r.status() for r in self.rooms.values()]}
+            return _http_response(orjson.dumps(status), "application/json")
         return connection.respond(HTTPStatus.NOT_FOUND, "not found: use a WebSocket on /v1/ws\n")
 
     async def handle(self, ws: ServerConnection) -> None:
+        if self.settings.socket_sndbuf:
+            sock = ws.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_sndbuf)
         codec = codec_for_subprotocol(ws.subprotocol)
         session = Session(
             ws,

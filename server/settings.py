@@ -49,6 +49,9 @@ class ServerSettings:
     max_message_bytes: int = 16 * 1024
     # Per-client outbox bound (bytes waiting to be written); over it the client is closed 4009.
     outbox_bytes: int = 256 * 1024
+    # Kernel send buffer per client socket (0: OS autotuning). Bounded so that a client that
+    # stops reading shows up in the outbox within seconds instead of after megabytes.
+    socket_sndbuf: int = 64 * 1024
     # Per-connection message rate (token bucket): sustained rate and burst.
     input_rate: float = 60.0
     input_burst: float = 60.0
@@ -92,6 +95,7 @@ SETTINGS_HELP: dict[str, str] = {
     "join_timeout_s": "seconds a new connection has to send join",
     "max_message_bytes": "largest accepted WebSocket message",
     "outbox_bytes": "bytes queued for one client before it is closed as a slow consumer",
+    "socket_sndbuf": "kernel send buffer per client socket in bytes (0 lets the OS autotune)",
     "input_rate": "messages per second per connection (sustained)",
     "input_burst": "messages per connection allowed in a burst",
     "origins": "allowed Origin values (repeatable; empty allows any)",

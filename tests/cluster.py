@@ -53,6 +53,7 @@ class LocalCluster:
     processes: Processes
     redis: EmbeddedRedis
     auth_url: str
+    key_file: Path
     servers: dict[str, RoomServerProcess] = field(default_factory=dict)
 
     @property
@@ -121,7 +122,7 @@ def start_cluster(
         "auth",
         ready_url=f"http://127.0.0.1:{auth_port}/healthz",
     )
-    cluster = LocalCluster(processes, redis, f"http://127.0.0.1:{auth_port}")
+    cluster = LocalCluster(processes, redis, f"http://127.0.0.1:{auth_port}", key)
     for index in range(1, servers + 1):
         cluster.add_server(f"s{index}", extra)
     return cluster

@@ -1,0 +1,458 @@
+"""The room server against real clients: auth, placement, redirects, hardening, resume.
+
+One cluster (Valkey + auth + two room servers) serves the whole module; each
+test uses its own room names, so tests stay independent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+import pytest_asyncio
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from auth.keys import Keyring
+from auth.tokens import TokenIssuer
+from client.bots import run_bots
+from client.sdk import AuthClient, RoomClient
+from server.protocol import CloseCode
+from tests.cluster import LocalCluster, start_cluster
+from tests.support import Processes
+
+MSGPACK = [Subprotocol("stateroom.v1.msgpack")]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    tmp = tmp_path_factory.mktemp("room-server")
+    processes = Processes(tmp)
+    local = None
+    try:
+        local = start_cluster(processes, tmp, extra=("--input-rate", "40", "--input-burst", "40"))
+        yield local
+    finally:
+        processes.stop_all()
+        if local is not None:
+            local.redis.stop()
+
+
+@pytest_asyncio.fixture
+async def token(shared: LocalCluster) -> AsyncIterator[str]:
+    auth = AuthClient(shared.auth_url)
+    try:
+        yield (await auth.guest("tester")).access_token
+    finally:
+        await auth.aclose()
+
+
+async def guest_token(cluster: LocalCluster, name: str = "p") -> str:
+    auth = AuthClient(cluster.auth_url)
+    try:
+        return (await auth.guest(name)).access_token
+    finally:
+        await auth.aclose()
+
+
+async def open_ws(url: str, token: str | None = None, **kwargs: Any) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return await connect(
+        url,
+        subprotocols=kwargs.pop("subprotocols", MSGPACK),
+        additional_headers=headers,
+        open_timeout=5,
+        compression=None,
+        max_size=None,
+        **kwargs,
+    )
+
+
+async def recv(ws: ClientConnection, within: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        frame = await ws.recv()
+    message = orjson.loads(frame) if isinstance(frame, str) else msgpack.unpackb(frame)
+    assert isinstance(message, dict)
+    return message
+
+
+async def recv_until(ws: ClientConnection, kind: str, within: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        while True:
+            message = await recv(ws, within)
+            if message["t"] == kind:
+                return message
+
+
+async def close_code(ws: ClientConnection, within: float = 8) -> int:
+    """Read until the server closes; return its close code."""
+    try:
+        async with asyncio.timeout(within):
+            async for _ in ws:
+                pass
+    except ConnectionClosed:
+        pass
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+async def join_owner(
+    cluster: LocalCluster, room: str, token: str, **kwargs: Any
+) -> tuple[ClientConnection, dict[str, Any]]:
+    """Join a room on whichever server owns it, following one redirect."""
+    url = cluster.info.ws_urls[0]
+    for _ in range(3):
+        ws = await open_ws(url, token, **kwargs)
+        await ws.send(msgpack.packb({"t": "join", "v": 1, "room": room}))
+        message = await recv(ws)
+        if message["t"] == "welcome":
+            return ws, message
+        assert message["t"] == "redirect", message
+        assert await close_code(ws) == CloseCode.REDIRECT
+        url = message["url"]
+    raise AssertionError("no welcome after redirects")
+
+
+# -- authentication ---------------------------------------------------------------------
+
+
+async def test_missing_token_is_refused(shared: LocalCluster) -> None:
+    ws = await open_ws(shared.info.ws_urls[0])
+    await ws.send(msgpack.packb({"t": "join", "room": "r-auth"}))
+    error = await recv(ws)
+    assert error == {"t": "error", "code": "unauthorized", "message": "an access token is required"}
+    assert await close_code(ws) == CloseCode.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("bad", ["garbage", "a.b.c", "x" * 4100])
+async def test_wrong_token_is_refused(shared: LocalCluster, bad: str) -> None:
+    ws = await open_ws(shared.info.ws_urls[0])
+    await ws.send(msgpack.packb({"t": "join", "room": "r-auth", "token": bad}))
+    assert (await recv(ws))["code"] == "unauthorized"
+    assert await close_code(ws) == CloseCode.UNAUTHORIZED
+
+
+async def test_expired_token_is_refused_with_token_expired(shared: LocalCluster) -> None:
+    issuer = TokenIssuer(Keyring(shared.key_file), issuer="stateroom", audience="stateroom", ttl=60)
+    expired = issuer.issue("g_old", "old", now=time.time() - 3600)
+    ws = await open_ws(shared.info.ws_urls[0], expired)
+    await ws.send(msgpack.packb({"t": "join", "room": "r-auth"}))
+    assert (await recv(ws))["code"] == "token_expired"
+    assert await close_code(ws) == CloseCode.UNAUTHORIZED
+
+
+async def test_token_in_first_message_for_browsers(shared: LocalCluster, token: str) -> None:
+    url = shared.info.ws_urls[0]
+    for _ in range(2):
+        ws = await open_ws(url, subprotocols=[Subprotocol("stateroom.v1.json")])
+        await ws.send(orjson.dumps({"t": "join", "room": "r-browser", "token": token}).decode())
+        message = await recv(ws)
+        if message["t"] == "redirect":
+            url = message["url"]
+            continue
+        assert message["t"] == "welcome"
+        state = await recv_until(ws, "state")
+        assert isinstance(await ws.recv(), str)  # JSON rides in text frames
+        assert state["ack"] == 0
+        await ws.close()
+        return
+    raise AssertionError("not welcomed")
+
+
+async def test_join_timeout_closes_4002(shared: LocalCluster) -> None:
+    server = next(iter(shared.servers.values()))
+    ws = await open_ws(server.ws_url)
+    started = time.monotonic()
+    # The cluster's join timeout is the default 5 s.
+    assert await close_code(ws, within=10) == CloseCode.AUTH_TIMEOUT
+    assert time.monotonic() - started >= 4
+
+
+# -- protocol misuse ------------------------------------------------------------------------
+
+
+async def test_first_message_must_be_join(shared: LocalCluster, token: str) -> None:
+    ws = await open_ws(shared.info.ws_urls[0], token)
+    await ws.send(msgpack.packb({"t": "input", "seq": 1, "data": {}}))
+    assert (await recv(ws))["code"] == "not_joined"
+    assert await close_code(ws) == CloseCode.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize(
+    ("join", "code", "close"),
+    [
+        ({"t": "join", "room": "bad room!"}, "invalid_room", CloseCode.INVALID_ROOM),
+        ({"t": "join", "room": "ok", "game": "nope"}, "unknown_game", CloseCode.INVALID_ROOM),
+        ({"t": "join", "room": "ok", "v": 2}, "unsupported_version", CloseCode.UNSUPPORTED_VERSION),
+    ],
+)
+async def test_bad_join_is_refused(
+    shared: LocalCluster, token: str, join: dict[str, Any], code: str, close: int
+) -> None:
+    ws = await open_ws(shared.info.ws_urls[0], token)
+    await ws.send(msgpack.packb(join))
+    assert (await recv(ws))["code"] == code
+    assert await close_code(ws) == close
+
+
+async def test_malformed_frames_after_join_get_errors_and_room_goes_on(
+    shared: LocalCluster, token: str
+) -> None:
+    ws, _ = await join_owner(shared, "r-malformed", token)
+    bad_frames: list[bytes | str] = [
+        b"\xdd\xff\xff\xff\xff",  # array32 declaring 4 billion items
+        msgpack.packb({"t": "input"}) + b"trailing",
+        b"\x91" * 3000,  # deep nesting
+        msgpack.packb({"t": "input", "seq": 1, "data": float("nan")}),
+        msgpack.packb({"t": "input", "seq": "one", "data": {}}),
+        msgpack.packb({"t": "warp"}),
+        msgpack.packb([1, 2, 3]),
+        "text frame for msgpack",
+        msgpack.packb({"t": "input", "seq": 1, "data": {"dx": "fast", "dy": 0}}),
+    ]
+    for frame in bad_frames:
+        await ws.send(frame)
+    codes = []
+    async with asyncio.timeout(5):
+        while len(codes) < len(bad_frames):
+            message = await recv(ws)
+            if message["t"] == "error":
+                codes.append(message["code"])
+    assert set(codes) <= {"invalid_message", "unknown_type", "illegal_input"}
+    assert codes[-1] == "illegal_input"
+    # Still in the room, still playing.
+    await ws.send(msgpack.packb({"t": "input", "seq": 1, "data": {"dx": 1, "dy": 0}}))
+    async with asyncio.timeout(5):
+        while (await recv_until(ws, "state"))["ack"] != 1:
+            pass
+    await ws.close()
+
+
+async def test_oversized_frame_closes_1009(shared: LocalCluster, token: str) -> None:
+    ws, _ = await join_owner(shared, "r-big", token)
+    await ws.send(b"\x00" * (64 * 1024))
+    assert await close_code(ws) == 1009
+
+
+async def test_unknown_subprotocol_is_refused_at_handshake(shared: LocalCluster) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_ws(shared.info.ws_urls[0], subprotocols=[Subprotocol("chat")])
+    assert refused.value.response.status_code == 400
+
+
+async def test_sequence_rules(shared: LocalCluster, token: str) -> None:
+    ws, _ = await join_owner(shared, "r-seq", token)
+    for seq in (1, 2, 2, 1, 3):  # duplicates are dropped silently
+        await ws.send(msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}}))
+    await ws.send(msgpack.packb({"t": "input", "seq": 5000, "data": {"dx": 1, "dy": 0}}))
+    error = await recv_until(ws, "error")
+    assert error["code"] == "sequence_out_of_window" and error["seq"] == 5000
+    async with asyncio.timeout(5):
+        while True:
+            state = await recv_until(ws, "state")
+            if state["ack"] == 3:
+                break
+    mine = [p for p in state["state"]["players"].values() if p["name"] == "tester"]
+    assert [p["inputs"] for p in mine] == [3]
+    await ws.send(msgpack.packb({"t": "ping", "id": 7}))
+    pong = await recv_until(ws, "pong")
+    assert pong["id"] == 7 and pong["tick"] >= state["tick"]
+    await ws.close()
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+
+async def test_non_owner_redirects_to_owner(shared: LocalCluster, token: str) -> None:
+    ws, welcome = await join_owner(shared, "r-redirect", token)
+    owner_id = welcome["server"]
+    other = next(s for s in shared.servers.values() if not owner_id.startswith(s.name + "-"))
+    second = await open_ws(other.ws_url, await guest_token(shared))
+    await second.send(msgpack.packb({"t": "join", "room": "r-redirect"}))
+    redirect = await recv(second)
+    assert redirect["t"] == "redirect" and redirect["server"] == owner_id
+    owner = next(s for s in shared.servers.values() if owner_id.startswith(s.name + "-"))
+    assert redirect["url"].startswith(owner.ws_url)
+    assert await close_code(second) == CloseCode.REDIRECT
+    await ws.close()
+
+
+async def test_many_rooms_spread_over_both_servers(shared: LocalCluster) -> None:
+    summary = await run_bots(shared.info, "spread", count=24, seconds=2, rate=10, rooms_of=2)
+    assert summary["failed_players"] == 0, summary
+    assert summary["lost_acked_inputs"] == summary["duplicate_inputs"] == summary["rollbacks"] == 0
+    assert summary["inputs_acked"] == summary["inputs_sent"] > 0
+    owners: dict[str, int] = {}
+    for server in shared.servers.values():
+        with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as response:
+            status = orjson.loads(response.read())
+        owners[server.name] = sum(1 for r in status["room_list"] if r["room"].startswith("spread-"))
+    assert sum(owners.values()) == 12
+    assert min(owners.values()) >= 3, owners  # least-loaded placement used both servers
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+async def test_second_connection_replaces_first_and_resumes_seat(
+    shared: LocalCluster, token: str
+) -> None:
+    first, welcome = await join_owner(shared, "r-replace", token)
+    assert welcome["resumed"] is False
+    await first.send(msgpack.packb({"t": "input", "seq": 1, "data": {"dx": 0, "dy": 1}}))
+    while (await recv_until(first, "state"))["ack"] != 1:
+        pass
+    second, again = await join_owner(shared, "r-replace", token)
+    assert again["resumed"] is True and again["ack"] == 1
+    assert again["player_id"] == welcome["player_id"]
+    assert await close_code(first) == CloseCode.REPLACED
+    await second.close()
+
+
+async def test_leave_frees_the_seat_at_once(shared: LocalCluster, token: str) -> None:
+    watcher_token = await guest_token(shared, "watcher")
+    watcher, _ = await join_owner(shared, "r-leave", watcher_token)
+    leaver, welcome = await join_owner(shared, "r-leave", token)
+    await leaver.send(msgpack.packb({"t": "leave"}))
+    assert await close_code(leaver) == 1000
+    async with asyncio.timeout(5):
+        while welcome["player_id"] in (await recv_until(watcher, "state"))["state"]["players"]:
+            pass
+    await watcher.close()
+
+
+# -- hardening ----------------------------------------------------------------------------------
+
+
+async def test_input_flood_is_limited_then_closed(shared: LocalCluster, token: str) -> None:
+    ws, _ = await join_owner(shared, "r-flood", token)
+    frames = [
+        msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}})
+        for seq in range(1, 3001)
+    ]
+    with contextlib.suppress(ConnectionClosed):
+        for frame in frames:
+            await ws.send(frame)
+    assert await close_code(ws) == CloseCode.RATE_LIMITED
+
+
+async def test_moderate_excess_is_dropped_with_an_error(shared: LocalCluster, token: str) -> None:
+    ws, _ = await join_owner(shared, "r-excess", token)
+    for seq in range(1, 81):  # twice the burst of 40, at once
+        await ws.send(msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}}))
+    errors: set[str] = set()
+    ack = 0
+    async with asyncio.timeout(5):
+        while ack < 32 or "rate_limited" not in errors:
+            message = await recv(ws)
+            if message["t"] == "error":
+                errors.add(message["code"])
+            elif message["t"] == "state":
+                ack = message["ack"]
+    # Over the burst: dropped with rate_limited; over 32 pending in one tick: queue_full.
+    assert errors == {"rate_limited", "queue_full"}
+    assert ack == 32 and ws.close_code is None  # still connected, still playing
+    await ws.send(msgpack.packb({"t": "input", "seq": 81, "data": {"dx": 1, "dy": 0}}))
+    async with asyncio.timeout(5):
+        while (await recv_until(ws, "state"))["ack"] != 81:
+            pass
+    await ws.close()
+
+
+async def open_unread_socket(url: str, token: str) -> ClientConnection:
+    """A WebSocket on a socket with a tiny receive buffer, for a client that won't read."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    return await connect(
+        url,
+        sock=sock,
+        subprotocols=MSGPACK,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=None,
+        max_queue=1,
+        ping_interval=None,
+    )
+
+
+async def test_slow_reader_is_evicted_and_others_keep_the_tick_rate(
+    processes: Processes, tmp_path: Path
+) -> None:
+    local = start_cluster(
+        processes, tmp_path, servers=1, extra=("--outbox-bytes", "16384", "--socket-sndbuf", "8192")
+    )
+    room = "r-slow"
+    try:
+        fast = RoomClient(local.info.ws_urls, room, await guest_token(local, "fast"))
+        await fast.connect()
+        slow = await open_unread_socket(local.info.ws_urls[0], await guest_token(local, "slow"))
+        await slow.send(msgpack.packb({"t": "join", "room": room}))
+        assert (await recv(slow))["t"] == "welcome"
+        slow.transport.pause_reading()  # never read again: the buffers fill up
+        server = next(iter(local.servers.values()))
+        evicted_line = 'stateroom_evicted_clients_total{reason="slow_consumer"} 1.0'
+
+        def evicted() -> bool:
+            with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
+                return evicted_line in response.read().decode()
+
+        started = time.monotonic()
+        ticks: list[int] = []
+        async with asyncio.timeout(40):
+            while not ticks or ticks[-1] % 20 or not await asyncio.to_thread(evicted):
+                ticks.append((await fast.next_state()).tick)
+        elapsed = time.monotonic() - started
+        assert len(ticks) / elapsed > 15, (len(ticks), elapsed)  # the others kept the tick rate
+        assert ticks == sorted(set(ticks))
+        slow.transport.resume_reading()
+        assert await close_code(slow, within=10) == CloseCode.SLOW_CONSUMER
+        await fast.close()
+    finally:
+        processes.stop_all()
+        local.redis.stop()
+
+
+# -- HTTP probes ----------------------------------------------------------------------------------
+
+
+def test_http_probes(shared: LocalCluster) -> None:
+    server = next(iter(shared.servers.values()))
+    for path, needle in (
+        ("/healthz", b"ok"),
+        ("/readyz", b"ready"),
+        ("/metrics", b"stateroom_rooms"),
+    ):
+        with urllib.request.urlopen(server.http_url + path, timeout=5) as response:
+            assert response.status == 200
+            assert needle in response.read()
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(server.http_url + "/nope", timeout=5)
+    assert missing.value.code == 404
+
+
+async def test_origin_allow_list(processes: Processes, tmp_path: Path) -> None:
+    local = start_cluster(
+        processes, tmp_path, servers=1, extra=("--origins", "https://game.example")
+    )
+    try:
+        url = local.info.ws_urls[0]
+        with pytest.raises(InvalidStatus) as refused:
+            await open_ws(url, origin=websockets.Origin("https://evil.example"))
+        assert refused.value.response.status_code == 403
+        ws = await open_ws(url, origin=websockets.Origin("https://game.example"))
+        await ws.close()
+    finally:
+        processes.stop_all()
+        local.redis.stop()

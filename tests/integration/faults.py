@@ -85,11 +85,12 @@ class JournalRecorder:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.poll_once()
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self.poll_once()
         await self.redis.aclose()
 
     async def _run(self) -> None:
@@ -231,7 +232,10 @@ class Player:
         assert stats.rollbacks == 0, f"{self.client.player_id}: {stats.rollbacks} rollbacks"
         assert stats.ack_regressions == 0, f"{self.client.player_id}: acked inputs lost"
         assert self.excess == 0, f"{self.client.player_id}: inputs applied twice"
-        assert self.last["ack"] == self.client._seq == self.last["inputs"], self.last
+        assert self.last["ack"] == self.client._seq == self.last["inputs"], (
+            f"{self.client.player_id}: sent {self.client._seq}, last state {self.last},"
+            f" errors {stats.errors}"
+        )
         ticks = [s.tick for s in self.client.seen]
         assert ticks == sorted(set(ticks)), "a state was received twice or out of order"
         journaled = journal.epoch_of()

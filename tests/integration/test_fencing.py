@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -31,6 +33,7 @@ from tests.integration.faults import (
     wait_for,
 )
 from tests.integration.test_failover import assert_clean, room_running
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +133,67 @@ async def _journaled_under(store: RoomStore, room: str, epoch: int) -> bool:
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def test_owner_cut_off_from_redis_fences_itself_and_the_room_moves(
+    cluster: LocalCluster, store: RoomStore
+) -> None:
+    room = "cut-off"
+    stop = asyncio.Event()
+    with TcpProxy("127.0.0.1", cluster.redis.port) as proxy:
+        # s3 reaches Redis only through the proxy.
+        s3 = await asyncio.to_thread(cluster.add_server, "s3", (), proxy.url)
+        async with asyncio.timeout(45), JournalRecorder(cluster.redis_url, room) as journal:
+            # A join marked as placed is served where it lands: s3 creates the room.
+            creator = await Player.join(cluster, room, "creator", urls=[f"{s3.ws_url}?placed=1"])
+            players = [await Player.join(cluster, room, f"p{i}", **PATIENT) for i in range(3)]
+            await creator.client.leave()
+            for player in players:
+                player.play(stop)
+            await room_running(store, room)
+            old = await store.owner(room)
+            assert old is not None and await server_name(store, old.server_id) == "s3"
+            assert {p.client.server for p in players} == {old.server_id}
+            await asyncio.sleep(1.0)  # play for a while
+
+            proxy.blackhole()
+            cut_at = time.monotonic()
+            # It cannot renew: it stops and sends its clients away before its lease runs out.
+            for player in players:
+                await wait_for(
+                    lambda p=player: _true(reconnect_closes(p, old.server_id)),
+                    10,
+                    "a 4020 close from the cut-off owner",
+                )
+            fenced_after = time.monotonic() - cut_at
+            assert fenced_after < 1.5, f"fenced {fenced_after:.2f}s after the cut (lease 1.5 s)"
+            new = await moved_away(store, room, old)
+            assert await server_name(store, new.server_id) in {"s1", "s2"}
+            for player in players:
+                await wait_for(
+                    lambda p=player: _true(p.client.server == new.server_id),
+                    15,
+                    "the player to resume on the new owner",
+                )
+            await asyncio.sleep(0.5)  # play on the new owner
+
+            # Heal: the writes s3 sent during the partition now reach Redis, and must fail.
+            proxy.heal()
+            await wait_for(lambda: _http_ok(f"{s3.http_url}/readyz"), 15, "s3 to reach Redis again")
+            assert room not in await rooms_on(s3.http_url)
+            await asyncio.sleep(0.5)  # play on after the heal
+            stop.set()
+            for player in players:
+                await player.finish()
+            assert await store.owner(room) == new
+
+    assert "fenced" in cluster.log("s3")
+    journal.check()
+    assert journal.epochs() == [old.epoch, new.epoch]
+    for player in players:
+        player.check(journal)
+
+
+async def _http_ok(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=1) as http:
+        return (await http.get(url)).status_code == 200

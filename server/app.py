@@ -315,9 +315,7 @@ class RoomServer:
     def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
         async def claim() -> None:
             with contextlib.suppress(*_REDIS_DOWN, RedisError, OwnershipLost):
-                room = await self.take_room(name, game, replacing)
-                if room is not None:
-                    self.metrics.takeovers.inc()
+                await self.take_room(name, game, replacing)
 
         task = asyncio.get_running_loop().create_task(claim())
         self._tasks.append(task)
@@ -367,6 +365,8 @@ class RoomServer:
             engine.apply(entry.tick, entry.events)
         if checkpoint is not None or entries:
             self.metrics.recoveries.inc()
+        if replacing is not None:
+            self.metrics.takeovers.inc()
         room = Room(
             name,
             game_class,
@@ -630,6 +630,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         settings = settings_module.from_args(args)
+        available_games(list(settings.games))  # fail fast on a bad --games reference
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -8,7 +8,7 @@ rebuilt on another server after a crash (checkpoint + journal replay). So:
 no wall clock, no global ``random`` — keep a seeded RNG inside the state.
 
 Register a game by listing it in the ``stateroom.games`` entry-point group
-(``mygame = "my_package.game:MyGame"``) or with ``stateroom server --game
+(``mygame = "my_package.game:MyGame"``) or with ``stateroom server --games
 my_package.game:MyGame``; the built-in games are in ``server.games``.
 """
 

@@ -36,7 +36,9 @@ class ServerSettings:
     lease_margin_ms: int = 1000
     # How often peers look for dead owners and expired leases.
     failover_poll_ms: int = 100
-    # A peer's liveness connection must be missing this long (and ours this old) to count as dead.
+    # Our own liveness connection must be this old before we judge peers dead: after a Redis
+    # restart every server needs a moment to reconnect. A peer is dead when its connection is
+    # missing from two polls in a row.
     liveness_grace_ms: int = 1500
     # Journal every tick before publishing it (off only for measuring durability's cost).
     durable: bool = True
@@ -87,7 +89,8 @@ SETTINGS_HELP: dict[str, str] = {
     "lease_ms": "room ownership lease",
     "lease_margin_ms": "stop serving this long before an unrenewed lease would expire",
     "failover_poll_ms": "how often to look for dead owners and expired leases",
-    "liveness_grace_ms": "how long a peer's liveness connection must be gone to be dead",
+    "liveness_grace_ms": "age our own Redis liveness connection must reach before we judge peers"
+    " dead (covers Redis restarts)",
     "durable": "journal each tick before publishing it",
     "checkpoint_every_s": "seconds between checkpoints of a room",
     "grace_s": "seconds a disconnected player keeps its seat",
@@ -106,6 +109,10 @@ SETTINGS_HELP: dict[str, str] = {
 }
 
 
+# Extra spellings of some flags (``--redis`` as in ``stateroom auth`` and the issue texts).
+_ALIASES: dict[str, tuple[str, ...]] = {"redis_url": ("--redis",), "games": ("--game",)}
+
+
 def _env_name(name: str) -> str:
     return "STATEROOM_" + name.upper()
 
@@ -117,18 +124,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{SETTINGS_HELP[f.name]} (env {_env_name(f.name)}; default {default!r})"
+        names = [flag, *_ALIASES.get(f.name, ())]
         if isinstance(default, bool):
             parser.add_argument(
-                flag,
+                *names,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=help_text,
             )
         elif isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+            parser.add_argument(*names, dest=f.name, action="append", default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+            parser.add_argument(*names, dest=f.name, default=None, help=help_text)
 
 
 def _convert(name: str, raw: Any, default: Any) -> Any:

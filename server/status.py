@@ -44,12 +44,11 @@ async def collect(redis_url: str) -> dict[str, Any]:
             keys = room_keys(name)
             lease = await store.owner(name)
             last = await store.last_journaled(name)
-            ckpt_tick = await redis.hget(keys["ckpt"], "tick")
+            ckpt_tick, ckpt_at = await redis.hmget(keys["ckpt"], ["tick", "at"])
             tick = last[0] if last else 0
             players = None
             if lease is not None:
                 players = servers.get(lease.server_id, {}).get("room_players", {}).get(name)
-            rate = 20
             rooms.append(
                 {
                     "room": name,
@@ -60,9 +59,7 @@ async def collect(redis_url: str) -> dict[str, Any]:
                     "tick": tick,
                     "players": players,
                     "checkpoint_tick": int(ckpt_tick) if ckpt_tick else None,
-                    "checkpoint_age_s": round((tick - int(ckpt_tick)) / rate, 2)
-                    if ckpt_tick
-                    else None,
+                    "checkpoint_age_s": round(now - int(ckpt_at) / 1000, 2) if ckpt_at else None,
                 }
             )
         return {"servers": server_rows, "rooms": rooms}

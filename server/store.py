@@ -7,7 +7,7 @@ Cluster slot and its scripts run atomically:
     sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
     sr:{R}:meta      hash: game, seed, owner, url, epoch, created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
-    sr:{R}:ckpt      hash: tick, epoch, data (msgpack snapshot); :ckpt:prev the one before
+    sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
 
 Global, advisory keys (not needed for correctness):
 
@@ -76,7 +76,7 @@ if prev_tick then
   redis.call('RENAME', KEYS[2], KEYS[3])
   redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(prev_tick) + 1) .. '-0')
 end
-redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4])
+redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4], 'at', ARGV[5])
 return 1
 """
 
@@ -264,7 +264,7 @@ class RoomStore:
         try:
             await self._checkpoint(
                 keys=[keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
-                args=[lease.token, tick, lease.epoch, data],
+                args=[lease.token, tick, lease.epoch, data, int(time.time() * 1000)],
             )
         except ResponseError as exc:
             if _is_fenced(exc):

@@ -440,6 +440,7 @@ def test_http_probes(shared: LocalCluster) -> None:
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.http_url + "/nope", timeout=5)
     assert missing.value.code == 404
+    missing.value.close()
 
 
 async def test_origin_allow_list(processes: Processes, tmp_path: Path) -> None:

@@ -196,9 +196,17 @@ class RoomServer:
             self._ws_server.server.close()
         for task in self._tasks:
             task.cancel()
+        successors: list[tuple[str, str]] = []
         with contextlib.suppress(*_REDIS_DOWN, RedisError):
             await self.store.unregister_server(self.server_id)
-        await asyncio.gather(*(room.drain() for room in list(self.rooms.values())))
+            successors = await self._successors()
+        rooms = list(self.rooms.values())
+        await asyncio.gather(
+            *(
+                room.drain(successors[i % len(successors)] if successors else None)
+                for i, room in enumerate(rooms)
+            )
+        )
         if self._ws_server is not None:
             self._ws_server.close()
             with contextlib.suppress(Exception):
@@ -399,6 +407,17 @@ class RoomServer:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.rooms.set(len(self.rooms))
+
+    async def _successors(self) -> list[tuple[str, str]]:
+        """Live peers, least loaded first, to hand rooms to when this server stops."""
+        servers = await self.store.servers()
+        live = await self._refresh_live()
+        peers = [
+            (info.get("rooms", 0), sid, info["ws_url"])
+            for sid, info in servers.items()
+            if sid in live and sid != self.server_id and info.get("ws_url")
+        ]
+        return [(sid, url) for _, sid, url in sorted(peers)]
 
     async def _least_loaded(self) -> tuple[str, str] | None:
         """(server id, ws url) of the live server with the fewest rooms."""

@@ -35,6 +35,7 @@ from server.protocol import (
     ErrorCode,
     InputMessage,
     StateFrame,
+    redirect_message,
     welcome_message,
 )
 from server.session import Session, SessionState
@@ -362,8 +363,13 @@ class Room:
         self._close_sessions(CloseCode.RECONNECT, "room moved to another server; reconnect")
         self._set_closed()
 
-    async def drain(self) -> None:
-        """Graceful handover: checkpoint, release the lease, send clients to another server."""
+    async def drain(self, successor: tuple[str, str] | None = None) -> None:
+        """Graceful handover: checkpoint, release the lease, send clients to another server.
+
+        With a ``successor`` (server id, ws url), clients are redirected straight to it
+        (redirect + 4021), and it claims the released room when the first one arrives;
+        without one they get 4020 and reconnect to any server.
+        """
         if self.state is not RoomState.RUNNING:
             return
         self.transition(RoomState.DRAINING)
@@ -373,7 +379,14 @@ class Room:
             await self.store.release(self.lease)
         except (OwnershipLost, *_REDIS_TRANSIENT) as exc:
             log.warning("room=%s drain could not release cleanly: %s", self.name, exc)
-        self._close_sessions(CloseCode.RECONNECT, "server shutting down; reconnect")
+        if successor is not None:
+            server_id, url = successor
+            message = redirect_message(self.name, url + "?placed=1", server_id)
+            for session in self.sessions.values():
+                session.send(message)
+            self._close_sessions(CloseCode.REDIRECT, "server shutting down; room moves")
+        else:
+            self._close_sessions(CloseCode.RECONNECT, "server shutting down; reconnect")
         self._set_closed()
 
     async def close_empty(self) -> None:

@@ -181,6 +181,13 @@ class MachineWindow:
     def stop(self) -> None:
         self.after = cpu_busy_seconds()
 
+    def busy_cores(self) -> dict[str, float]:
+        wall = self.ours.wall or 1.0
+        return {
+            f"cpu{cpu}": round((self.after.get(cpu, before) - before) / wall, 3)
+            for cpu, before in self.before.items()
+        }
+
     def others_cores(self) -> dict[str, float]:
         wall = self.ours.wall or 1.0
         out: dict[str, float] = {}
@@ -525,6 +532,7 @@ def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.05) -> N
 # -- one arena point ---------------------------------------------------------------------------
 
 WARMUP_S = 2.0
+IDLE_S = 2.0
 
 
 def placement() -> dict[str, Any]:
@@ -588,6 +596,11 @@ def measure_arena_point(
     server = stack.children[0]
     metrics_url = stack.metrics_url(server)
     rooms_of = 4 if scenario == "rooms_of_4" else 0
+    # The server's own background work (registry heartbeat, failover watcher) with no player.
+    idle = CpuWindow({"server": server.pid})
+    idle.start()
+    time.sleep(IDLE_S)
+    idle.stop()
     base = scrape(metrics_url)
     base_players = base.get("stateroom_players", 0.0)
     bots = BotsProcess(
@@ -662,16 +675,20 @@ def measure_arena_point(
         "durable": durable,
         "window_s": round(window.wall, 2),
         "server_cpu_cores": round(server_cores, 4),
+        "server_idle_cpu_cores": round(idle.cores("server"), 4),
         "cpu_us_per_input": round(window.used["server"] / applied * 1e6, 1) if applied else None,
         "inputs_applied_in_window": int(applied),
         "inputs_applied_per_s": round(applied / window.wall, 1) if window.wall else 0.0,
         "redis_cpu_cores": round(window.cores("redis"), 4),
         "loadgen_cpu_cores": round(loadgen_cores, 4),
-        "loadgen_saturated": loadgen_cores >= 0.9,
+        # The load generator's core was full (by itself, or with other processes on it).
+        "loadgen_saturated": loadgen_cores >= 0.9
+        or (two and machine.busy_cores().get("cpu1", 0.0) >= 0.95),
         # Inputs applied / inputs the scenario asks for (N x 20/s): under ~0.95 the load
         # generator could not keep its rate (saturated, or starved of CPU by other processes).
         "offered_rate_ratio": round(applied / window.wall / (n * 20.0), 3) if window.wall else 0,
         "other_processes_cpu_cores": machine.others_cores() if two else None,
+        "busy_cores": machine.busy_cores() if two else None,
         "latency_ms": summary.get("latency_ms"),
         "rss_mb": rss,
         "tick_ms": {
@@ -696,8 +713,8 @@ def measure_arena_point(
     notes = []
     if point["loadgen_saturated"]:
         notes.append(
-            "the load generator used >= 0.9 cores: latency is inflated by the load generator, "
-            "not only the server"
+            "the load generator used >= 0.9 cores, or its core was >= 95% busy with other "
+            "processes: latency is inflated by the load generator, not only the server"
         )
     if point["offered_rate_ratio"] < 0.95:
         notes.append(

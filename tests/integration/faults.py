@@ -79,25 +79,29 @@ class JournalRecorder:
         self.entries: list[tuple[int, int]] = []
         self._last_id = "-"
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def __aenter__(self) -> JournalRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Stop the poller instead of cancelling it: a cancellation can be swallowed inside
+        # redis-py, and swallowing it here would also swallow the test's own timeout.
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._stop.set()
+        await self._task
         with contextlib.suppress(RedisError, OSError):
             await self.poll_once()
         await self.redis.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(RedisError, OSError):
                 await self.poll_once()
-            await asyncio.sleep(self.every)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await self._stop.wait()
 
     async def poll_once(self) -> None:
         start = self._last_id if self._last_id == "-" else f"({self._last_id}"
@@ -218,9 +222,7 @@ class Player:
                 await asyncio.sleep(0.02)
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.client.leave()
 

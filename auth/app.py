@@ -48,6 +48,7 @@ from auth.ratelimit import RateLimiter
 from auth.refresh import RefreshStore
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer
+from server.redis_url import connect as connect_redis
 
 log = logging.getLogger("stateroom.auth")
 
@@ -86,9 +87,7 @@ class Services:
     @classmethod
     def create(cls, settings: AuthSettings) -> Services:
         metrics = Metrics()
-        redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
+        redis = connect_redis(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         keyring = Keyring(settings.key_file, settings.key_check_interval)
         return cls(
             settings=settings,

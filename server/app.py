@@ -24,7 +24,6 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -54,6 +53,7 @@ from server.protocol import (
     pong_message,
     redirect_message,
 )
+from server.redis_url import connect as connect_redis
 from server.room import Room, RoomState
 from server.session import Session
 from server.settings import ServerSettings
@@ -123,14 +123,14 @@ class RoomServer:
         self.rooms: dict[str, Room] = {}
         self.claiming: dict[str, asyncio.Future[Room | None]] = {}
         self.started_at = time.time()
-        self.redis = aioredis.Redis.from_url(
+        self.redis = connect_redis(
             settings.redis_url,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             max_connections=256,
             health_check_interval=0,
         )
-        self.liveness = aioredis.Redis.from_url(
+        self.liveness = connect_redis(
             settings.redis_url,
             single_connection_client=True,
             client_name=liveness_name(self.server_id),

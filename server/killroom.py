@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from client.cluster import load_cluster
+from server.redis_url import connect as connect_redis
 from server.store import RoomStore
 
 
@@ -36,7 +35,7 @@ class KillRoomError(Exception):
 
 
 async def kill_room(redis_url: str, room: str, timeout: float = 15.0) -> dict[str, Any]:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = connect_redis(redis_url)
     store = RoomStore(redis)
     try:
         lease = await store.owner(room)

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from client.cluster import load_cluster
+from server.redis_url import connect as connect_redis
 from server.store import RoomStore, room_keys
 
 
@@ -21,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def collect(redis_url: str) -> dict[str, Any]:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = connect_redis(redis_url)
     store = RoomStore(redis)
     try:
         live = await store.live_server_ids()

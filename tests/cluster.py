@@ -55,10 +55,12 @@ class LocalCluster:
     auth_url: str
     key_file: Path
     servers: dict[str, RoomServerProcess] = field(default_factory=dict)
+    # How components reach Redis, when not directly (e.g. a redis+sentinel:// URL).
+    redis_url_override: str | None = None
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        return self.redis_url_override or self.redis.url
 
     @property
     def info(self) -> ClusterInfo:
@@ -109,6 +111,7 @@ def start_cluster(
     servers: int = 2,
     extra: tuple[str, ...] = (),
     redis: EmbeddedRedis | None = None,
+    redis_url: str | None = None,
 ) -> LocalCluster:
     from auth.keys import ensure_key_file
 
@@ -118,11 +121,11 @@ def start_cluster(
     ensure_key_file(key)
     auth_port = free_port()
     processes.start_stateroom(
-        ["auth", "--port", str(auth_port), "--redis", redis.url, "--key", str(key)],
+        ["auth", "--port", str(auth_port), "--redis", redis_url or redis.url, "--key", str(key)],
         "auth",
         ready_url=f"http://127.0.0.1:{auth_port}/healthz",
     )
-    cluster = LocalCluster(processes, redis, f"http://127.0.0.1:{auth_port}", key)
+    cluster = LocalCluster(processes, redis, f"http://127.0.0.1:{auth_port}", key, {}, redis_url)
     for index in range(1, servers + 1):
         cluster.add_server(f"s{index}", extra)
     return cluster

@@ -1,0 +1,77 @@
+"""One way to reach Redis from a URL, for every component: plain, TLS, or through Sentinel.
+
+    redis://[:password@]host:port/db            one server (or a managed endpoint)
+    rediss://…                                  the same over TLS
+    redis+sentinel://[:password@]h1:p1[,h2:p2…]/service[/db]
+                                                the current primary of ``service``,
+                                                found through Sentinel and followed
+                                                across failovers
+
+The password in a Sentinel URL is the data nodes' password; the sentinels
+themselves are assumed open on the internal network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from server.errors import ConfigError
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse ``redis+sentinel://…``; raise ConfigError with the expected shape."""
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ConfigError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+    netloc = parts.netloc
+    password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        password = unquote(credentials.split(":", 1)[-1]) or None
+    sentinels = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"bad sentinel address {item!r} in {url!r}; expected "
+                f"{SENTINEL_SCHEME}://host:port[,host:port…]/service[/db]"
+            )
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError(f"{url!r} must name the monitored service: …/service[/db]")
+    return SentinelTarget(
+        tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0, password
+    )
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A redis.asyncio client for ``url``; ``options`` go to every connection."""
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        target = parse_sentinel_url(url)
+        timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+        single = bool(options.pop("single_connection_client", False))
+        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            target.service, sentinel, db=target.db, password=target.password, **options
+        )
+        return aioredis.Redis(connection_pool=pool, single_connection_client=single)
+    try:
+        return aioredis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None

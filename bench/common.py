@@ -676,7 +676,12 @@ def measure_arena_point(
         "window_s": round(window.wall, 2),
         "server_cpu_cores": round(server_cores, 4),
         "server_idle_cpu_cores": round(idle.cores("server"), 4),
-        "cpu_us_per_input": round(window.used["server"] / applied * 1e6, 1) if applied else None,
+        # Meaningless when the load generator could not offer the load (clients evicted...).
+        "cpu_us_per_input": (
+            round(window.used["server"] / applied * 1e6, 1)
+            if applied >= 0.5 * n * 20.0 * window.wall
+            else None
+        ),
         "inputs_applied_in_window": int(applied),
         "inputs_applied_per_s": round(applied / window.wall, 1) if window.wall else 0.0,
         "redis_cpu_cores": round(window.cores("redis"), 4),

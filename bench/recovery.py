@@ -58,8 +58,8 @@ STEADY_S = 1.5
 
 def kill_under_load(kills: int, bots_count: int) -> dict[str, Any]:
     room = "recovery"
-    # Generous: each kill takes recovery (<1 s) + a server restart (~1-2 s) + steady play.
-    bots_seconds = kills * 6.0 + 10.0
+    # Each kill takes recovery (<1 s) + a server restart (~1 s) + steady play: ~2.5 s here.
+    bots_seconds = kills * 4.0 + 10.0
     stack = Stack(servers=2, supervise=True)
     results: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -263,15 +263,15 @@ async def world_cost(sizes: list[int], live_ticks: int, replay_ticks: int) -> di
 # -- part 3: durability overhead ------------------------------------------------------------------
 
 
-def durability_overhead(ns: list[int], seconds: float) -> dict[str, Any]:
+def durability_overhead(points: list[tuple[str, int]], seconds: float) -> dict[str, Any]:
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
-    for n in ns:
-        row: dict[str, Any] = {"n": n}
+    for scenario, n in points:
+        row: dict[str, Any] = {"scenario": scenario, "n": n}
         for durable in (True, False):
-            log(f"durability overhead: one_room n={n} durable={durable}")
+            log(f"durability overhead: {scenario} n={n} durable={durable}")
             try:
-                point = run_point("one_room", n, seconds, durable)
+                point = run_point(scenario, n, seconds, durable)
             except (RuntimeError, TimeoutError) as exc:
                 point = {"error": str(exc)}
             key = "durable" if durable else "not_durable"
@@ -283,6 +283,8 @@ def durability_overhead(ns: list[int], seconds: float) -> dict[str, Any]:
                     "redis_cpu_cores",
                     "loadgen_cpu_cores",
                     "loadgen_saturated",
+                    "offered_rate_ratio",
+                    "other_processes_cpu_cores",
                     "latency_ms",
                     "tick_ms",
                     "journal_write_ms_mean",
@@ -295,7 +297,14 @@ def durability_overhead(ns: list[int], seconds: float) -> dict[str, Any]:
                 )
             }
         on, off = row["durable"], row["not_durable"]
-        if on.get("server_cpu_cores") and off.get("server_cpu_cores"):
+        # Compare only points where the load generator offered (nearly) the whole load.
+        row["comparable"] = all((p.get("offered_rate_ratio") or 0) >= 0.9 for p in (on, off))
+        if not row["comparable"]:
+            row["note"] = (
+                "not comparable: the load generator could not offer N x 20 inputs/s in one of "
+                "the two runs (see offered_rate_ratio, loadgen_cpu_cores)"
+            )
+        elif on.get("server_cpu_cores") and off.get("server_cpu_cores"):
             row["server_cpu_ratio_durable_over_not"] = round(
                 on["server_cpu_cores"] / off["server_cpu_cores"], 3
             )
@@ -304,12 +313,11 @@ def durability_overhead(ns: list[int], seconds: float) -> dict[str, Any]:
                 / (off["server_cpu_cores"] + off["redis_cpu_cores"]),
                 3,
             )
-        if on.get("cpu_us_per_input") and off.get("cpu_us_per_input"):
+        if row["comparable"] and on.get("cpu_us_per_input") and off.get("cpu_us_per_input"):
             row["extra_us_per_input"] = round(on["cpu_us_per_input"] - off["cpu_us_per_input"], 1)
         rows.append(row)
     return {
         "part": "durability_overhead",
-        "scenario": "one_room",
         "window_s": seconds,
         "rows": rows,
         "placement": placement(),
@@ -322,16 +330,21 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--bots", type=int, default=20, help="bots playing during the kills")
     parser.add_argument("--entities", default="100,1000,10000")
-    parser.add_argument("--overhead-n", default="100,200", help="arena N for part 3")
+    parser.add_argument(
+        "--overhead",
+        default="one_room:100,one_room:200,rooms_of_4:100",
+        help="arena points for part 3 (scenario:N,...)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="part 3 window per point")
     parser.add_argument("--parts", default="kill_room,world_cost,durability_overhead")
     parser.add_argument("--quick", action="store_true", help="3 kills, small worlds, short load")
     args = parser.parse_args()
     kills, entities = args.kills, [int(x) for x in args.entities.split(",") if x]
-    overhead_n, seconds = [int(x) for x in args.overhead_n.split(",") if x], args.seconds
+    overhead = [(p.split(":")[0], int(p.split(":")[1])) for p in args.overhead.split(",") if p]
+    seconds = args.seconds
     live_ticks, replay_ticks = 200, 200
     if args.quick:
-        kills, entities, overhead_n, seconds = 3, [100, 1000], [50], 4.0
+        kills, entities, overhead, seconds = 3, [100, 1000], [("one_room", 50)], 4.0
         live_ticks, replay_ticks = 40, 40
     parts = [p for p in args.parts.split(",") if p]
 
@@ -351,8 +364,8 @@ def main() -> int:
             combined["world_cost"] = asyncio.run(world_cost(entities, live_ticks, replay_ticks))
             emit(combined["world_cost"])
         if "durability_overhead" in parts:
-            log(f"part 3: durability overhead at N={overhead_n}")
-            combined["durability_overhead"] = durability_overhead(overhead_n, seconds)
+            log(f"part 3: durability overhead at {overhead}")
+            combined["durability_overhead"] = durability_overhead(overhead, seconds)
             emit(combined["durability_overhead"])
     except KeyboardInterrupt:
         log("interrupted; everything started has been stopped")

@@ -53,7 +53,7 @@ REFERENCE = {
 
 def emit(obj: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed at once."""
-    print(json.dumps(obj, sort_keys=False), flush=True)
+    print(json.dumps(obj, allow_nan=False), flush=True)
 
 
 def log(message: str) -> None:
@@ -224,8 +224,11 @@ def histogram_mean_ms(after: dict[str, float], before: dict[str, float], name: s
 
 def histogram_quantile_ms(
     after: dict[str, float], before: dict[str, float], name: str, q: float
-) -> float | None:
-    """Upper bound of the bucket holding quantile ``q`` of the observations in the window."""
+) -> float | str | None:
+    """Upper bound of the bucket holding quantile ``q`` of the observations in the window.
+
+    Past the last finite bucket it is the string ">LAST" (JSON has no infinity).
+    """
     buckets: list[tuple[float, float]] = []
     for key in after:
         if key.startswith(f"{name}_bucket{{le="):
@@ -236,9 +239,12 @@ def histogram_quantile_ms(
     if not buckets or buckets[-1][1] <= 0:
         return None
     target = q * buckets[-1][1]
+    finite = [b for b, _ in buckets if b != float("inf")]
     for bound, count in buckets:
         if count >= target:
-            return bound * 1000
+            if bound == float("inf"):
+                return f">{max(finite, default=0.0) * 1000:g}"
+            return round(bound * 1000, 3)
     return None
 
 

@@ -159,6 +159,7 @@ class ClientStats:
     redirects: int = 0
     rollbacks: int = 0  # states older than (or as old as) one already delivered
     ack_regressions: int = 0  # acked inputs the server later forgot (lost)
+    seat_resets: int = 0  # rejoined on a fresh seat (the old one had expired)
     max_ack: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_tick: int = 0
@@ -171,10 +172,10 @@ class _Pending:
     sent_at: float
 
 
-# Flow control. The server drops an input that arrives while 32 of ours wait for the next tick
-# (queue_full) or over its message rate (rate_limited, 60/s with a burst of 60), and a later
-# seq it accepts gets an ack that covers the dropped one: resending after the fact is too late,
-# the input would be lost. So never trigger either, even when resending a backlog after a
+# Flow control. The server applies inputs strictly in seq order: one it drops (over 32 pending
+# in a tick: queue_full; over its message rate: rate_limited) makes it drop every later seq
+# with sequence_gap until the missing one is resent. The SDK resends from the seq the server
+# names, and paces itself so that this stays rare even when resending a backlog after a
 # failover: at most _WINDOW unacked inputs on the wire, at most _SEND_RATE messages a second.
 _WINDOW = 24
 _SEND_RATE = 40.0
@@ -456,6 +457,9 @@ class RoomClient:
             code = str(message.get("code"))
             self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
             log.debug("server error %s: %s", code, message.get("message"))
+            expected = message.get("expected")
+            if isinstance(expected, int) and expected - 1 < self._sent_upto:
+                self._sent_upto = expected - 1  # resend from there, paced by _flush
 
     def _on_welcome(self, ws: ClientConnection, message: dict[str, Any]) -> None:
         if self._joined.is_set():
@@ -466,12 +470,24 @@ class RoomClient:
         self.epoch = int(message["epoch"])
         self.tick_rate = int(message["tick_rate"])
         self.connection_state = ConnectionState.CONNECTED
+        ack = int(message["ack"])
+        if not message.get("resumed") and self._joined.is_set():
+            self._new_seat()
         self._joined.set()
-        self._apply_ack(int(message["ack"]))
+        self._apply_ack(ack)
         # A new connection: resend every input the server has not applied, in order.
         self._sent_upto = 0
         self._tokens, self._tokens_at = _SEND_BURST, time.monotonic()
         self._flush()
+
+    def _new_seat(self) -> None:
+        """The room gave us a fresh seat (ours expired): sequences start again at 1."""
+        self.stats.seat_resets += 1
+        self.stats.max_ack = 0
+        self._seq = 0
+        for pending in self._pending:
+            self._seq += 1
+            pending.seq = self._seq
 
     def _on_state(self, message: dict[str, Any]) -> None:
         tick = int(message["tick"])

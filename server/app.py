@@ -419,19 +419,16 @@ class RoomServer:
         ]
         return [(sid, url) for _, sid, url in sorted(peers)]
 
-    async def _least_loaded(self) -> tuple[str, str] | None:
-        """(server id, ws url) of the live server with the fewest rooms."""
+    async def _place_new_room(self, name: str) -> tuple[str, str] | None:
+        """(server id, ws url) of the live server that should create room ``name``;
+        None when it is this one."""
         servers = await self.store.servers()
         live = await self._refresh_live()
-        counts: dict[str, int] = {sid: 0 for sid in servers if sid in live}
-        for entry in (await self.store.rooms_index()).values():
-            if entry.get("owner") in counts:
-                counts[entry["owner"]] += 1
-        counts[self.server_id] = len(self.rooms)
-        best = min(counts, key=lambda sid: (counts[sid], sid != self.server_id))
-        if best == self.server_id:
+        peers = sorted(sid for sid in servers if sid in live and sid != self.server_id)
+        chosen = await self.store.place(name, [self.server_id, *peers])
+        if chosen == self.server_id or chosen not in servers:
             return None
-        return best, servers[best]["ws_url"]
+        return chosen, servers[chosen]["ws_url"]
 
     async def locate(self, name: str, game: str, placed: bool) -> Room | Redirect | Unavailable:
         room = self.rooms.get(name)
@@ -448,7 +445,7 @@ class RoomServer:
                 taken = await self.take_room(name, game, lease)
             else:
                 if lease is None and not placed and not await self.store.meta(name):
-                    target = await self._least_loaded()
+                    target = await self._place_new_room(name)
                     if target is not None:
                         return Redirect(target[1] + "?placed=1", target[0])
                 taken = await self.take_room(name, game, lease)

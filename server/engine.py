@@ -39,7 +39,7 @@ class Verdict(Enum):
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"  # seq already accepted: dropped silently (a resend)
-    OUT_OF_WINDOW = "out_of_window"  # seq too far ahead of the last accepted one
+    OUT_OF_ORDER = "out_of_order"  # not the next seq: an earlier input was dropped
     QUEUE_FULL = "queue_full"  # too many inputs pending for this tick
     NOT_SEATED = "not_seated"
 
@@ -71,13 +71,11 @@ class RoomEngine:
         game: Game,
         *,
         tick: int = 0,
-        input_window: int = 1024,
         max_pending_per_player: int = 32,
     ) -> None:
         self.game = game
         self.tick = tick
         self.seats: dict[str, Seat] = {}
-        self.input_window = input_window
         self.max_pending_per_player = max_pending_per_player
         self._queue: list[Event] = []
         self.last_state: Mapping[str, Any] | None = None
@@ -111,8 +109,11 @@ class RoomEngine:
             return Verdict.NOT_SEATED
         if seq <= seat.accepted:
             return Verdict.DUPLICATE
-        if seat.accepted and seq > seat.accepted + self.input_window:
-            return Verdict.OUT_OF_WINDOW
+        # Strictly in order: an ack then means every input up to it was applied. If a gap
+        # were accepted, the ack would cover an input the server dropped (rate limit, full
+        # queue) and the client would forget it: an acked input lost.
+        if seq != seat.accepted + 1:
+            return Verdict.OUT_OF_ORDER
         if seat.pending >= self.max_pending_per_player:
             return Verdict.QUEUE_FULL
         validated = self.game.validate_input(player_id, data)

@@ -182,16 +182,15 @@ class Room:
             session.send_error(ErrorCode.ILLEGAL_INPUT, str(exc), message.seq)
             return
         self.metrics.inputs.labels(verdict.value).inc()
-        if verdict is Verdict.OUT_OF_WINDOW:
-            session.send_error(
-                ErrorCode.SEQUENCE_OUT_OF_WINDOW,
-                f"seq {message.seq} is more than {self.engine.input_window} ahead of the last"
-                " accepted one",
-                message.seq,
-            )
+        if verdict is Verdict.OUT_OF_ORDER:
+            seat = self.engine.seats[session.player_id]
+            session.report_gap(message.seq, seat.accepted + 1)
         elif verdict is Verdict.QUEUE_FULL:
             session.send_error(
-                ErrorCode.QUEUE_FULL, "too many inputs pending for this tick", message.seq
+                ErrorCode.QUEUE_FULL,
+                "too many inputs pending for this tick; resend from this seq",
+                message.seq,
+                message.seq,
             )
         elif verdict is Verdict.NOT_SEATED:
             session.send_error(ErrorCode.NOT_JOINED, "not seated in this room", message.seq)

@@ -83,6 +83,8 @@ class Session:
         self._dropped_in_window = 0
         self._window_start = time.monotonic()
         self._last_rate_error = 0.0
+        self._gap_reported = 0
+        self._gap_reported_at = 0.0
         self._close_task: asyncio.Task[None] | None = None
         self.close_code: int | None = None
 
@@ -119,8 +121,24 @@ class Session:
     def send(self, message: dict[str, Any]) -> bool:
         return self.send_frame(self.codec.encode(message))
 
-    def send_error(self, code: ErrorCode, message: str, seq: int | None = None) -> None:
-        self.send(error_message(code, message, seq))
+    def send_error(
+        self, code: ErrorCode, message: str, seq: int | None = None, expected: int | None = None
+    ) -> None:
+        self.send(error_message(code, message, seq, expected))
+
+    def report_gap(self, seq: int, expected: int) -> None:
+        """sequence_gap, at most once per expected seq and half second (a burst of inputs
+        after one drop gets one error, a client that did not react gets reminded)."""
+        now = time.monotonic()
+        if expected == self._gap_reported and now - self._gap_reported_at < 0.5:
+            return
+        self._gap_reported, self._gap_reported_at = expected, now
+        self.send_error(
+            ErrorCode.SEQUENCE_GAP,
+            f"expected seq {expected}; resend from there (inputs after a gap are dropped)",
+            seq,
+            expected,
+        )
 
     def admit(self) -> bool:
         """Rate limit: False drops the message; a sustained flood closes the connection."""

@@ -13,6 +13,8 @@ Global, advisory keys (not needed for correctness):
 
     sr:servers       hash SERVER -> JSON {ws_url, pid, rooms, players, ...}
     sr:rooms         hash ROOM -> JSON {owner, epoch, game}
+    sr:load          zset SERVER -> rooms (+ placements not yet claimed)
+    sr:placed:R      SERVER chosen for a new room R, for a few seconds
 
 Fencing: every write of a room is a Lua script that first checks that the
 lease still holds this owner's ``EPOCH|SERVER``; a stale owner gets
@@ -42,7 +44,21 @@ from server.errors import OwnershipLost
 
 SERVERS_KEY = "sr:servers"
 ROOMS_KEY = "sr:rooms"
+LOAD_KEY = "sr:load"
 LIVENESS_PREFIX = "sr:"
+
+_PLACE = """
+local placed = redis.call('GET', KEYS[2])
+if placed then return placed end
+local best, best_load = nil, nil
+for i = 2, #ARGV do
+  local load = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0')
+  if best == nil or load < best_load then best, best_load = ARGV[i], load end
+end
+redis.call('ZINCRBY', KEYS[1], 1, best)
+redis.call('SET', KEYS[2], best, 'PX', ARGV[1])
+return best
+"""
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -166,6 +182,7 @@ class RoomStore:
     def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
+        self._place = redis.register_script(_PLACE)
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
         self._append = redis.register_script(_APPEND)
@@ -308,6 +325,19 @@ class RoomStore:
 
     async def unregister_server(self, server_id: str) -> None:
         await self.redis.hdel(SERVERS_KEY, server_id)
+        await self.redis.zrem(LOAD_KEY, server_id)
+
+    async def report_load(self, server_id: str, rooms: int) -> None:
+        """Reset this server's load to what it really runs (placements became claims)."""
+        await self.redis.zadd(LOAD_KEY, {server_id: rooms})
+
+    async def place(self, room: str, candidates: list[str], hold_ms: int = 5000) -> str:
+        """Choose the least-loaded candidate for a new room, atomically: concurrent
+        placements see each other's choices, and every join of the room gets the same one."""
+        chosen = await self._place(
+            keys=[LOAD_KEY, f"sr:placed:{room}"], args=[hold_ms, *candidates]
+        )
+        return _s(chosen)
 
     async def servers(self) -> dict[str, dict[str, Any]]:
         raw = await self.redis.hgetall(SERVERS_KEY)

@@ -155,24 +155,36 @@ def test_duplicates_are_dropped_before_and_after_apply() -> None:
     room.step()
     for seq in (1, 0, -5):
         assert room.offer_input("a", seq, RIGHT) is Verdict.DUPLICATE
-    assert room.offer_input("a", 3, RIGHT) is Verdict.ACCEPTED  # gaps are allowed
-    assert room.offer_input("a", 2, RIGHT) is Verdict.DUPLICATE  # older than accepted
+    assert room.offer_input("a", 2, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 2, RIGHT) is Verdict.DUPLICATE
     room.step()
-    assert room.seats["a"].ack == 3
+    assert room.seats["a"].ack == 2
     assert player(room, "a")["inputs"] == 2
 
 
-def test_sequence_window() -> None:
-    room = joined("a")  # the default window is 1024
-    assert room.offer_input("a", 5, RIGHT) is Verdict.ACCEPTED
-    assert room.offer_input("a", 5 + 1025, RIGHT) is Verdict.OUT_OF_WINDOW
-    assert room.seats["a"].accepted == 5
-    assert room.offer_input("a", 5 + 1024, RIGHT) is Verdict.ACCEPTED
-    small = RoomEngine(Arena.create(1), input_window=2)
-    small.offer_join("a", "a")
-    small.offer_input("a", 1, RIGHT)
-    assert small.offer_input("a", 4, RIGHT) is Verdict.OUT_OF_WINDOW
-    assert small.offer_input("a", 3, RIGHT) is Verdict.ACCEPTED
+def test_sequences_are_strictly_in_order() -> None:
+    """A gap is refused, so an ack never covers an input the server did not apply."""
+    room = joined("a")
+    assert room.offer_input("a", 2, RIGHT) is Verdict.OUT_OF_ORDER  # a seat starts at 1
+    assert room.offer_input("a", 1, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 3, RIGHT) is Verdict.OUT_OF_ORDER  # 2 is missing
+    assert room.seats["a"].accepted == 1
+    assert room.offer_input("a", 2, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 3, RIGHT) is Verdict.ACCEPTED
+    room.step()
+    assert room.seats["a"].ack == 3 and player(room, "a")["inputs"] == 3
+
+
+def test_an_input_dropped_for_a_full_queue_blocks_later_ones_until_resent() -> None:
+    room = joined("a")
+    for seq in range(1, 33):
+        assert room.offer_input("a", seq, RIGHT) is Verdict.ACCEPTED
+    assert room.offer_input("a", 33, RIGHT) is Verdict.QUEUE_FULL
+    room.step()
+    assert room.offer_input("a", 34, RIGHT) is Verdict.OUT_OF_ORDER
+    assert room.offer_input("a", 33, RIGHT) is Verdict.ACCEPTED
+    room.step()
+    assert room.seats["a"].ack == 33 and player(room, "a")["inputs"] == 33
 
 
 def test_queue_full_until_the_next_tick() -> None:
@@ -264,8 +276,8 @@ def test_restore_refuses_an_unknown_snapshot_version() -> None:
 
 def test_restore_passes_options() -> None:
     room = joined("a")
-    copy = RoomEngine.restore(Arena, room.snapshot(), input_window=3, max_pending_per_player=1)
-    assert (copy.input_window, copy.max_pending_per_player) == (3, 1)
+    copy = RoomEngine.restore(Arena, room.snapshot(), max_pending_per_player=1)
+    assert copy.max_pending_per_player == 1
 
 
 # Operations for the determinism property: what clients and the clock do to a room.

@@ -48,7 +48,7 @@ class ErrorCode(StrEnum):
     NOT_JOINED = "not_joined"  # input or leave before join
     ALREADY_JOINED = "already_joined"  # a second join on one connection
     ILLEGAL_INPUT = "illegal_input"  # the game refused the input's data
-    SEQUENCE_OUT_OF_WINDOW = "sequence_out_of_window"  # seq too far ahead of the last one
+    SEQUENCE_GAP = "sequence_gap"  # not the next seq; "expected" says which one to resend
     RATE_LIMITED = "rate_limited"  # input dropped: over the per-connection rate
     QUEUE_FULL = "queue_full"  # input dropped: too many pending inputs this tick
     # The following precede a close with the matching CloseCode:

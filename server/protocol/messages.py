@@ -134,10 +134,14 @@ def redirect_message(room: str, url: str, server: str) -> dict[str, Any]:
     return {"t": "redirect", "room": room, "url": url, "server": server}
 
 
-def error_message(code: ErrorCode, message: str, seq: int | None = None) -> dict[str, Any]:
+def error_message(
+    code: ErrorCode, message: str, seq: int | None = None, expected: int | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"t": "error", "code": str(code), "message": message}
     if seq is not None:
         out["seq"] = seq
+    if expected is not None:
+        out["expected"] = expected
     return out
 
 

@@ -255,9 +255,10 @@ async def test_sequence_rules(shared: LocalCluster, token: str) -> None:
     ws, _ = await join_owner(shared, "r-seq", token)
     for seq in (1, 2, 2, 1, 3):  # duplicates are dropped silently
         await ws.send(msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}}))
-    await ws.send(msgpack.packb({"t": "input", "seq": 5000, "data": {"dx": 1, "dy": 0}}))
+    for seq in (5, 6):  # 4 is missing: refused, one error for the burst
+        await ws.send(msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}}))
     error = await recv_until(ws, "error")
-    assert error["code"] == "sequence_out_of_window" and error["seq"] == 5000
+    assert (error["code"], error["seq"], error["expected"]) == ("sequence_gap", 5, 4)
     async with asyncio.timeout(5):
         while True:
             state = await recv_until(ws, "state")
@@ -293,13 +294,19 @@ async def test_many_rooms_spread_over_both_servers(shared: LocalCluster) -> None
     assert summary["failed_players"] == 0, summary
     assert summary["lost_acked_inputs"] == summary["duplicate_inputs"] == summary["rollbacks"] == 0
     assert summary["inputs_acked"] == summary["inputs_sent"] > 0
-    owners: dict[str, int] = {}
+    spread: dict[str, int] = {}
+    total: dict[str, int] = {}
     for server in shared.servers.values():
         with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as response:
             status = orjson.loads(response.read())
-        owners[server.name] = sum(1 for r in status["room_list"] if r["room"].startswith("spread-"))
-    assert sum(owners.values()) == 12
-    assert min(owners.values()) >= 3, owners  # least-loaded placement used both servers
+        spread[server.name] = sum(1 for r in status["room_list"] if r["room"].startswith("spread-"))
+        total[server.name] = len(status["room_list"])
+    assert sum(spread.values()) == 12
+    # Least-loaded placement: new rooms evened out the load left by earlier tests.
+    assert max(total.values()) - min(total.values()) <= 2, (
+        spread,
+        total,
+    )
 
 
 # -- sessions -----------------------------------------------------------------------------------
@@ -349,7 +356,7 @@ async def test_input_flood_is_limited_then_closed(shared: LocalCluster, token: s
 
 async def test_moderate_excess_is_dropped_with_an_error(shared: LocalCluster, token: str) -> None:
     ws, _ = await join_owner(shared, "r-excess", token)
-    for seq in range(1, 81):  # twice the burst of 40, at once
+    for seq in range(1, 121):  # three times the burst of 40, at once
         await ws.send(msgpack.packb({"t": "input", "seq": seq, "data": {"dx": 1, "dy": 0}}))
     errors: set[str] = set()
     ack = 0
@@ -360,13 +367,16 @@ async def test_moderate_excess_is_dropped_with_an_error(shared: LocalCluster, to
                 errors.add(message["code"])
             elif message["t"] == "state":
                 ack = message["ack"]
-    # Over the burst: dropped with rate_limited; over 32 pending in one tick: queue_full.
-    assert errors == {"rate_limited", "queue_full"}
+    # Over 32 pending in one tick: queue_full; later seqs: one sequence_gap; over the
+    # burst: rate_limited (dropped before decoding).
+    assert errors == {"rate_limited", "queue_full", "sequence_gap"}
     assert ack == 32 and ws.close_code is None  # still connected, still playing
-    await ws.send(msgpack.packb({"t": "input", "seq": 81, "data": {"dx": 1, "dy": 0}}))
+    # A later seq is still refused (34 and up wait for 33), then the resent 33 is applied.
+    await ws.send(msgpack.packb({"t": "input", "seq": 121, "data": {"dx": 1, "dy": 0}}))
+    await ws.send(msgpack.packb({"t": "input", "seq": 33, "data": {"dx": 1, "dy": 0}}))
     async with asyncio.timeout(5):
-        while (await recv_until(ws, "state"))["ack"] != 81:
-            pass
+        while (state := await recv_until(ws, "state"))["ack"] != 33:
+            assert state["ack"] == 32
     await ws.close()
 
 

@@ -55,6 +55,7 @@ class BotResult:
     redirects: int = 0
     rollbacks: int = 0
     lost_acked_inputs: int = 0
+    seat_resets: int = 0
     duplicate_inputs: int = 0
     states: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -135,6 +136,7 @@ async def run_bot(
         result.redirects = stats.redirects
         result.rollbacks = stats.rollbacks
         result.lost_acked_inputs = stats.ack_regressions
+        result.seat_resets = stats.seat_resets
         result.duplicate_inputs = max(0, duplicate_excess)
         result.errors = dict(stats.errors)
         with contextlib.suppress(Exception):
@@ -172,6 +174,7 @@ def summarize(results: list[BotResult], seconds: float) -> dict[str, Any]:
         "reconnects": sum(r.reconnects for r in results),
         "redirects": sum(r.redirects for r in results),
         "lost_acked_inputs": sum(r.lost_acked_inputs for r in results),
+        "seat_resets": sum(r.seat_resets for r in results),
         "duplicate_inputs": sum(r.duplicate_inputs for r in results),
         "rollbacks": sum(r.rollbacks for r in results),
         "errors": errors,

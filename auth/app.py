@@ -87,7 +87,13 @@ class Services:
     @classmethod
     def create(cls, settings: AuthSettings) -> Services:
         metrics = Metrics()
-        redis = connect_redis(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis = connect_redis(
+            settings.redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            max_connections=64,
+            wait_for_connection=5,
+        )
         keyring = Keyring(settings.key_file, settings.key_check_interval)
         return cls(
             settings=settings,

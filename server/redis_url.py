@@ -60,8 +60,15 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
-    """A redis.asyncio client for ``url``; ``options`` go to every connection."""
+def connect(
+    url: str, *, wait_for_connection: float | None = None, **options: Any
+) -> aioredis.Redis:
+    """A redis.asyncio client for ``url``; ``options`` go to every connection.
+
+    ``wait_for_connection`` (seconds) makes a full pool queue callers for up to that long
+    instead of failing at once with "Too many connections" (a burst of logins must wait,
+    not fail).
+    """
     if url.startswith(SENTINEL_SCHEME + "://"):
         target = parse_sentinel_url(url)
         timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
@@ -72,6 +79,11 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
         )
         return aioredis.Redis(connection_pool=pool, single_connection_client=single)
     try:
+        if wait_for_connection is not None:
+            blocking = aioredis.BlockingConnectionPool.from_url(
+                url, timeout=wait_for_connection, **options
+            )
+            return aioredis.Redis(connection_pool=blocking)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None

@@ -77,13 +77,15 @@ def connect(
         pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             target.service, sentinel, db=target.db, password=target.password, **options
         )
-        return aioredis.Redis(connection_pool=pool, single_connection_client=single)
+        client = aioredis.Redis(connection_pool=pool, single_connection_client=single)
+        client.auto_close_connection_pool = True  # aclose() also closes the pool
+        return client
     try:
         if wait_for_connection is not None:
             blocking = aioredis.BlockingConnectionPool.from_url(
                 url, timeout=wait_for_connection, **options
             )
-            return aioredis.Redis(connection_pool=blocking)
+            return aioredis.Redis.from_pool(blocking)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None

@@ -9,7 +9,8 @@ reads every state. It checks, from what it sees:
 - lost acked inputs: the ack going backwards (an acked input forgotten);
 - duplicate inputs: the arena counts the inputs it applied for each player;
   with seq 1..ack sent once each, ``inputs`` must equal ``ack`` — more means
-  an input was applied twice.
+  an input was applied twice. Sampled (about once a second, see ``read_states``):
+  the other checks use only tick and ack and run on every state in the SDK.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ async def run_bot(
     index: int,
     joined: Callable[[], None] = lambda: None,
 ) -> BotResult:
-    from client.sdk import AuthClient, ClientError, RoomClient
+    from client.sdk import AuthClient, ClientError, RoomClient, State
+    from server.protocol import ProtocolError
 
     result = BotResult()
     auth = AuthClient(cluster.auth_url)
@@ -85,18 +87,55 @@ async def run_bot(
     client = RoomClient(cluster.ws_urls, room, tokens.access_token, encoding=encoding)
     rng = random.Random(index)
     duplicate_excess = 0
+    last: State | None = None  # the newest state read
+    last_checked: State | None = None
+    undecodable = 0
+
+    def check_duplicates(state: State) -> None:
+        nonlocal duplicate_excess, last_checked, undecodable
+        if state is last_checked:
+            return
+        last_checked = state
+        try:
+            world = state.state  # decodes the whole world: the one costly step of a bot
+        except ProtocolError:
+            undecodable += 1
+            return
+        me = world.get("players", {}).get(client.player_id) if isinstance(world, dict) else None
+        if me is not None:
+            duplicate_excess = max(duplicate_excess, int(me.get("inputs", 0)) - state.ack)
 
     async def read_states() -> None:
-        nonlocal duplicate_excess
+        # Decoding every state (~15 KB at 200 players, 20 a second, for every bot in one
+        # process) would make the load generator, not the server, the bottleneck; the SDK
+        # decodes a state only when it is read, so the duplicate check samples: at most one
+        # state a second (first one at a random offset, so the bots spread the work), the
+        # last state of the run, and the last state before any gap.
+        #
+        # Why sampling cannot miss a duplicate that persists: the server applies a player's
+        # inputs strictly in seq order and ``ack`` is the highest seq applied, so a new input
+        # adds 1 to both ``inputs`` and ``ack``, and an input applied a second time adds 1 to
+        # ``inputs`` only. ``inputs - ack`` therefore never decreases once an input was applied
+        # twice, and any later state of that seat shows the excess: the sample after it, or the
+        # last state. What it could miss is an excess that goes away before the next sample:
+        # for a game whose counter can decrease, or when the seat itself is reset (the seat
+        # expired; the rejoined player starts again from inputs = ack = 0). In the arena the
+        # counter only grows while the seat lives, and a reset seat needs a disconnection
+        # longer than the grace period, i.e. a gap in ticks (or ack going back): on a gap the
+        # last state before it, i.e. the old seat's last one, is checked, so nothing is missed.
+        nonlocal last
+        next_check = time.monotonic() + random.uniform(0.0, 1.0)  # not rng: inputs unchanged
         async for state in client.states():
             result.states += 1
-            me = (
-                state.state.get("players", {}).get(client.player_id)
-                if isinstance(state.state, dict)
-                else None
-            )
-            if me is not None:
-                duplicate_excess = max(duplicate_excess, int(me.get("inputs", 0)) - state.ack)
+            previous, last = last, state
+            if previous is not None and (
+                state.tick != previous.tick + 1 or state.ack < previous.ack
+            ):
+                check_duplicates(previous)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                check_duplicates(state)
 
     try:
         await client.connect()
@@ -128,6 +167,8 @@ async def run_bot(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
+        if last is not None:
+            check_duplicates(last)
         stats = client.stats
         result.inputs_sent = stats.inputs_sent
         result.inputs_acked = stats.inputs_acked
@@ -139,6 +180,8 @@ async def run_bot(
         result.seat_resets = stats.seat_resets
         result.duplicate_inputs = max(0, duplicate_excess)
         result.errors = dict(stats.errors)
+        if undecodable:
+            result.errors["undecodable_state"] = undecodable
         with contextlib.suppress(Exception):
             await client.leave()
         await auth.aclose()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -137,15 +138,85 @@ class ConnectionState(Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
 class State:
-    """One tick of the room as this player sees it."""
+    """One tick of the room as this player sees it.
+
+    ``State(tick, ack, state, server, epoch)``, immutable. On a msgpack connection the
+    ``state`` is decoded on first access (then cached): a reader that looks only at
+    ``tick`` and ``ack``, or at one state in N, does not pay for decoding the world every
+    tick. The SDK checks the state's msgpack structure on receipt; content that only a
+    full decode can reject (invalid UTF-8, an unhashable map key) raises ``ProtocolError``
+    on that first access instead.
+    """
+
+    __slots__ = ("_raw", "_state", "ack", "epoch", "server", "tick")
 
     tick: int
     ack: int
-    state: Any
     server: str
     epoch: int
+    _state: Any
+    _raw: memoryview | None  # the state's msgpack bytes while not decoded yet
+
+    def __init__(self, tick: int, ack: int, state: Any, server: str, epoch: int) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "tick", tick)
+        setattr_(self, "ack", ack)
+        setattr_(self, "_state", state)
+        setattr_(self, "_raw", None)
+        setattr_(self, "server", server)
+        setattr_(self, "epoch", epoch)
+
+    @classmethod
+    def lazy(cls, tick: int, ack: int, raw: memoryview, server: str, epoch: int) -> State:
+        """A state whose ``state`` is the msgpack value in ``raw``, decoded when first read."""
+        self = cls(tick, ack, None, server, epoch)
+        object.__setattr__(self, "_raw", raw)
+        return self
+
+    @property
+    def state(self) -> Any:
+        raw = self._raw
+        if raw is not None:
+            object.__setattr__(self, "_state", _unpack_value(raw))
+            object.__setattr__(self, "_raw", None)
+        return self._state
+
+    @property
+    def decoded(self) -> bool:
+        """Whether ``state`` has been decoded already (always, for JSON connections)."""
+        return self._raw is None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return (
+            self.tick == other.tick
+            and self.ack == other.ack
+            and self.server == other.server
+            and self.epoch == other.epoch
+            and self.state == other.state
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.tick, self.ack, self.server, self.epoch))
+
+    def __reduce__(self) -> tuple[type[State], tuple[int, int, Any, str, int]]:
+        return State, (self.tick, self.ack, self.state, self.server, self.epoch)
+
+    def __repr__(self) -> str:
+        raw = self._raw
+        state = f"<{len(raw)} msgpack bytes, not decoded>" if raw is not None else repr(self._state)
+        return (
+            f"State(tick={self.tick!r}, ack={self.ack!r}, state={state}, "
+            f"server={self.server!r}, epoch={self.epoch!r})"
+        )
 
 
 @dataclass
@@ -490,15 +561,15 @@ class RoomClient:
             pending.seq = self._seq
 
     def _on_state(self, message: dict[str, Any]) -> None:
-        tick = int(message["tick"])
-        ack = int(message["ack"])
+        tick: int = message["tick"]  # ints: checked by _decode_server_frame
+        ack: int = message["ack"]
         if tick <= self.stats.last_tick:
             self.stats.rollbacks += 1
             return
         self.stats.last_tick = tick
         self._apply_ack(ack)
         self._flush()
-        state = State(tick, ack, message["state"], self.server, self.epoch)
+        state = _make_state(message, self.server, self.epoch)
         if self._states.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._states.get_nowait()  # conflate: a slow reader gets the latest states
@@ -519,19 +590,100 @@ class RoomClient:
         self.stats.max_ack = max(self.stats.max_ack, ack)
 
 
+class _RawState:
+    """A state message's ``state`` field, still msgpack: the bytes it spans in the frame."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: memoryview) -> None:
+        self.raw = raw
+
+
+def _protocol_error(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, message)
+
+
+def _unpack_value(raw: bytes | memoryview) -> Any:
+    """Decode one msgpack value of a server frame (the client's decoding options)."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise _protocol_error(
+            f"undecodable server frame: {str(exc) or type(exc).__name__}"
+        ) from None
+
+
+def _parse_msgpack_frame(frame: bytes) -> dict[str, Any]:
+    """Parse a msgpack server frame without decoding a state message's ``state``.
+
+    Walks the top-level map with an ``Unpacker``: every field but ``state`` is decoded
+    (they are a few bytes); ``state`` is skipped (``skip()`` checks its structure but
+    builds no objects) and kept as the byte range it spans, a ``_RawState``. Keys may come
+    in any order. A message other than ``state`` gets its ``state`` field (if any) decoded.
+    """
+    if frame and not (0x80 <= frame[0] <= 0x8F or frame[0] in (0xDE, 0xDF)):
+        # Not a fixmap, map 16 or map 32 header; an empty frame is "undecodable" below.
+        raise _protocol_error("server sent a non-map message")
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame) or 1)
+    message: dict[Any, Any] = {}
+    span: tuple[int, int] | None = None  # where the "state" value is (the last one, if repeated)
+    try:
+        unpacker.feed(frame)
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "state":
+                begin = unpacker.tell()
+                unpacker.skip()
+                span = (begin, unpacker.tell())
+            else:
+                message[key] = unpacker.unpack()
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise _protocol_error(f"undecodable server frame: {detail}") from None
+    if unpacker.tell() != len(frame):
+        raise _protocol_error("undecodable server frame: extra data after the message")
+    if span is not None:
+        raw = memoryview(frame)[span[0] : span[1]]
+        message["state"] = _RawState(raw) if message.get("t") == "state" else _unpack_value(raw)
+    return message
+
+
 def _decode_server_frame(frame: bytes | str, text: bool) -> dict[str, Any]:
     """Decode a server frame. States can be far larger than the 16 KiB limit on client
-    messages, so only the shape is checked here, not the client-side size limits."""
-    try:
-        if text:
-            value = orjson.loads(frame)
-        else:
-            value = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"undecodable server frame: {exc}") from None
-    if not isinstance(value, dict):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "server sent a non-map message")
-    return value
+    messages, so only the shape is checked here, not the client-side size limits.
+
+    On a msgpack connection a state message's ``state`` is left undecoded (a
+    ``_RawState``, see ``_parse_msgpack_frame``); ``_make_state`` wraps it in a lazy
+    ``State``. A state message's ``tick`` and ``ack`` are checked to be ints.
+    """
+    if text:
+        try:
+            value: Any = orjson.loads(frame)
+        except ValueError as exc:
+            raise _protocol_error(f"undecodable server frame: {exc}") from None
+        if not isinstance(value, dict):
+            raise _protocol_error("server sent a non-map message")
+        message: dict[str, Any] = value
+    else:
+        if not isinstance(frame, bytes | bytearray | memoryview):
+            raise _protocol_error("server sent a text frame on a msgpack connection")
+        message = _parse_msgpack_frame(bytes(frame))
+    if message.get("t") == "state":
+        for name in ("tick", "ack"):
+            number = message.get(name)
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise _protocol_error(f"state message without an integer {name!r}")
+        if "state" not in message:
+            raise _protocol_error("state message without a 'state'")
+    return message
+
+
+def _make_state(message: dict[str, Any], server: str, epoch: int) -> State:
+    """The ``State`` of a state message from ``_decode_server_frame``."""
+    value = message["state"]
+    if isinstance(value, _RawState):
+        return State.lazy(message["tick"], message["ack"], value.raw, server, epoch)
+    return State(message["tick"], message["ack"], value, server, epoch)
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:

@@ -229,31 +229,38 @@ class RoomServer:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
+            "liveness_id": self.liveness_id,
             "rooms": len(self.rooms),
             "players": sum(len(r.sessions) for r in self.rooms.values()),
             "room_players": {name: len(r.sessions) for name, r in self.rooms.items()},
         }
 
-    async def _heartbeat_once(self) -> None:
+    async def _heartbeat_once(self, register: bool = True) -> None:
         client_id = int(await self.liveness.client_id())
         if client_id != self.liveness_id:
+            # A new liveness connection: publish its id at once, peers look for it by id.
             self.liveness_id = client_id
             self.liveness_since = time.monotonic()
-        await self.store.register_server(self.server_id, self.info())
+            register = True
+        if register:
+            await self.store.register_server(self.server_id, self.info())
+            await self.store.report_load(self.server_id, len(self.rooms) + len(self.claiming))
         self.redis_ok = True
 
     async def _heartbeat_loop(self) -> None:
+        """Keep the liveness connection up (checked 4x/s, so a dropped one is back at once)
+        and refresh this server's registry entry and load every heartbeat_s."""
+        registered_at = time.monotonic()
         while True:
+            register = time.monotonic() - registered_at >= self.settings.heartbeat_s
             try:
-                await self._heartbeat_once()
+                await self._heartbeat_once(register)
+                if register:
+                    registered_at = time.monotonic()
             except (*_REDIS_DOWN, RedisError) as exc:
                 self.redis_ok = False
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(
-                min(self.settings.heartbeat_s, 0.25)
-                if not self.redis_ok
-                else self.settings.heartbeat_s
-            )
+            await asyncio.sleep(min(self.settings.heartbeat_s, 0.25))
 
     def _settled(self) -> bool:
         """Our own liveness connection is old enough that peers have had time to reconnect."""
@@ -263,7 +270,7 @@ class RoomServer:
         )
 
     async def _refresh_live(self) -> set[str]:
-        self.live = await self.store.live_server_ids()
+        self.live = await self.store.live_server_ids(await self.store.servers())
         self.live_at = time.monotonic()
         return self.live
 
@@ -510,7 +517,7 @@ class RoomServer:
             return None
         except ConnectionClosed:
             return None
-        self.metrics.messages_in.inc()
+        self.metrics.traffic.messages_in += 1
         try:
             message = parse_client_message(session.codec.decode(frame))
         except ProtocolError as exc:
@@ -578,11 +585,11 @@ class RoomServer:
 
     async def _serve(self, ws: ServerConnection, session: Session, room: Room) -> None:
         codec = session.codec
-        metrics = self.metrics
+        traffic = self.metrics.traffic
         try:
             async for frame in ws:
-                metrics.messages_in.inc()
-                metrics.bytes_in.inc(len(frame))
+                traffic.messages_in += 1
+                traffic.bytes_in += len(frame)
                 if not session.admit():
                     continue
                 try:

@@ -114,8 +114,9 @@ class Session:
             self.ws.send_data()
         except Exception:  # the connection broke under us; its reader will clean up
             return False
-        self.metrics.messages_out.inc()
-        self.metrics.bytes_out.inc(len(frame))
+        traffic = self.metrics.traffic
+        traffic.messages_out += 1
+        traffic.bytes_out += len(frame)
         return True
 
     def send(self, message: dict[str, Any]) -> bool:

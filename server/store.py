@@ -30,6 +30,7 @@ Redis cannot tell), so peers wait for its lease to expire.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -38,7 +39,8 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OwnershipLost
 
@@ -176,12 +178,70 @@ def _is_fenced(exc: ResponseError) -> bool:
     return "FENCED" in str(exc)
 
 
+class ScriptBatcher:
+    """Sends the script calls made in one event-loop turn as one pipeline.
+
+    Rooms of a server tick on a common clock, so their journal appends of one tick
+    arrive together: one round trip and one write for all of them instead of one per
+    room. Each call stays atomic (a script); a call's error goes to its own caller only.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._queue: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((script, keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(
+        self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            if len(batch) == 1:
+                script, keys, args, future = batch[0]
+                results: list[Any] = [await script(keys=keys, args=args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    await script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else RedisError(str(exc))
+                    )
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # its caller gave up (timeout)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class RoomStore:
     """Room persistence and ownership on one Redis connection pool."""
 
     def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
+        self._batcher = ScriptBatcher(redis)
         self._place = redis.register_script(_PLACE)
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
@@ -259,9 +319,10 @@ class RoomStore:
         """Store one tick durably, renewing the lease; raise OwnershipLost if fenced."""
         keys = room_keys(lease.room)
         try:
-            await self._append(
-                keys=[keys["lease"], keys["journal"]],
-                args=[
+            await self._batcher.submit(
+                self._append,
+                [keys["lease"], keys["journal"]],
+                [
                     lease.token,
                     self.lease_ms,
                     f"{tick}-{lease.epoch}",
@@ -347,9 +408,18 @@ class RoomStore:
         raw = await self.redis.hgetall(ROOMS_KEY)
         return {_s(k): json.loads(v) for k, v in raw.items()}
 
-    async def live_server_ids(self) -> set[str]:
-        """Servers whose liveness connection is open right now."""
-        clients = await self.redis.client_list()
+    async def live_server_ids(self, servers: dict[str, dict[str, Any]] | None = None) -> set[str]:
+        """Servers whose liveness connection is open right now.
+
+        With the registry at hand, only the registered liveness connections are listed
+        (``CLIENT LIST ID …``), so the cost does not grow with every other client of Redis.
+        """
+        ids: list[Any] = [
+            str(info["liveness_id"])
+            for info in (servers or {}).values()
+            if isinstance(info.get("liveness_id"), int)
+        ]
+        clients = await (self.redis.client_list(client_id=ids) if ids else self.redis.client_list())
         return {
             c["name"][len(LIVENESS_PREFIX) :]
             for c in clients

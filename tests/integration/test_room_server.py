@@ -372,11 +372,15 @@ async def test_moderate_excess_is_dropped_with_an_error(shared: LocalCluster, to
     assert errors == {"rate_limited", "queue_full", "sequence_gap"}
     assert ack == 32 and ws.close_code is None  # still connected, still playing
     # A later seq is still refused (34 and up wait for 33), then the resent 33 is applied.
-    await ws.send(msgpack.packb({"t": "input", "seq": 121, "data": {"dx": 1, "dy": 0}}))
-    await ws.send(msgpack.packb({"t": "input", "seq": 33, "data": {"dx": 1, "dy": 0}}))
-    async with asyncio.timeout(5):
-        while (state := await recv_until(ws, "state"))["ack"] != 33:
-            assert state["ack"] == 32
+    # (Resent each tick, as a client does: the bucket may still be empty from the burst.)
+    async with asyncio.timeout(8):
+        while True:
+            await ws.send(msgpack.packb({"t": "input", "seq": 121, "data": {"dx": 1, "dy": 0}}))
+            await ws.send(msgpack.packb({"t": "input", "seq": 33, "data": {"dx": 1, "dy": 0}}))
+            state = await recv_until(ws, "state")
+            assert state["ack"] in (32, 33)
+            if state["ack"] == 33:
+                break
     await ws.close()
 
 

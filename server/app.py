@@ -36,6 +36,7 @@ from websockets.typing import Subprotocol
 from server import settings as settings_module
 from server.engine import RoomEngine, RoomFull
 from server.errors import ConfigError, OwnershipLost
+from server.fastpath import FastConnection
 from server.game import Game
 from server.games import available_games
 from server.metrics import ServerMetrics
@@ -55,7 +56,7 @@ from server.protocol import (
 )
 from server.redis_url import connect as connect_redis
 from server.room import Room, RoomState
-from server.session import Session
+from server.session import Session, SessionState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore, liveness_name
 
@@ -175,6 +176,7 @@ class RoomServer:
             open_timeout=self.settings.open_timeout_s,
             close_timeout=2,
             server_header="stateroom",
+            create_connection=FastConnection,
         )
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -584,34 +586,58 @@ class RoomServer:
         return located
 
     async def _serve(self, ws: ServerConnection, session: Session, room: Room) -> None:
-        codec = session.codec
-        traffic = self.metrics.traffic
+        """Feed the joined client's messages to the room until it disconnects.
+
+        Complete frames arrive synchronously through FastConnection.on_frame; this loop
+        only sees fragmented messages (rare) and waits for the connection to end.
+        """
+
+        def on_frame(frame: bytes | str) -> None:
+            try:
+                self._on_frame(session, room, frame)
+            except Exception:
+                log.exception(
+                    "room=%s player=%s message handling failed", room.name, session.player_id
+                )
+                session.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+        if isinstance(ws, FastConnection):
+            ws.on_frame = on_frame
         try:
             async for frame in ws:
-                traffic.messages_in += 1
-                traffic.bytes_in += len(frame)
-                if not session.admit():
-                    continue
-                try:
-                    message = parse_client_message(codec.decode(frame))
-                except ProtocolError as exc:
-                    session.send_error(exc.code, exc.message)
-                    continue
-                if isinstance(message, InputMessage):
-                    if room.state is RoomState.RUNNING:
-                        room.on_input(session, message)
-                elif isinstance(message, PingMessage):
-                    session.send(pong_message(message.id, room.engine.tick))
-                elif isinstance(message, LeaveMessage):
-                    room.leave(session)
-                    session.close(1000, "left the room")
+                on_frame(frame)
+                if session.state is SessionState.CLOSING:
                     return
-                else:
-                    session.send_error(
-                        ErrorCode.ALREADY_JOINED, "this connection already joined a room"
-                    )
         except ConnectionClosed:
             return
+        finally:
+            if isinstance(ws, FastConnection):
+                ws.on_frame = None
+
+    def _on_frame(self, session: Session, room: Room, frame: bytes | str) -> None:
+        """One message of a joined client: rate limit, decode, dispatch. Never awaits."""
+        if session.state is SessionState.CLOSING:
+            return
+        traffic = self.metrics.traffic
+        traffic.messages_in += 1
+        traffic.bytes_in += len(frame)
+        if not session.admit():
+            return
+        try:
+            message = parse_client_message(session.codec.decode(frame))
+        except ProtocolError as exc:
+            session.send_error(exc.code, exc.message)
+            return
+        if isinstance(message, InputMessage):
+            if room.state is RoomState.RUNNING:
+                room.on_input(session, message)
+        elif isinstance(message, PingMessage):
+            session.send(pong_message(message.id, room.engine.tick))
+        elif isinstance(message, LeaveMessage):
+            room.leave(session)
+            session.close(1000, "left the room")
+        else:
+            session.send_error(ErrorCode.ALREADY_JOINED, "this connection already joined a room")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

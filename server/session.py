@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+from server.fastpath import write_data_frame
 from server.protocol import CloseCode, Codec, ErrorCode, error_message
 
 if TYPE_CHECKING:
@@ -107,11 +108,12 @@ class Session:
             self.metrics.evicted.labels("slow_consumer").inc()
             return False
         try:
-            if self.codec.text:
-                self.ws.protocol.send_text(frame)
-            else:
-                self.ws.protocol.send_binary(frame)
-            self.ws.send_data()
+            if not write_data_frame(self.ws, frame, self.codec.text):
+                if self.codec.text:
+                    self.ws.protocol.send_text(frame)
+                else:
+                    self.ws.protocol.send_binary(frame)
+                self.ws.send_data()
         except Exception:  # the connection broke under us; its reader will clean up
             return False
         traffic = self.metrics.traffic

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from server.embedded_redis import EmbeddedRedis, die_with_parent
+from server.embedded_redis import EmbeddedRedis, die_with_parent, terminate
 
 log = logging.getLogger("stateroom.up")
 
@@ -95,16 +95,8 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, timeout)
 
 
 class Cluster:

@@ -31,9 +31,11 @@ Redis cannot tell), so peers wait for its lease to expire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,8 +176,15 @@ def _parse_entry_id(entry_id: Any) -> tuple[int, int]:
     return int(tick), int(epoch)
 
 
-def _is_fenced(exc: ResponseError) -> bool:
-    return "FENCED" in str(exc)
+@contextlib.contextmanager
+def _fenced(lease: Lease) -> Iterator[None]:
+    """Turn the scripts' FENCED reply into OwnershipLost."""
+    try:
+        yield
+    except ResponseError as exc:
+        if "FENCED" in str(exc):
+            raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+        raise
 
 
 class ScriptBatcher:
@@ -283,16 +292,10 @@ class RoomStore:
         return Claim(bool(won), lease, _s(stored_game))
 
     async def renew(self, lease: Lease) -> None:
-        try:
+        with _fenced(lease):
             await self._renew(
                 keys=[room_keys(lease.room)["lease"]], args=[lease.token, self.lease_ms]
             )
-        except ResponseError as exc:
-            if _is_fenced(exc):
-                raise OwnershipLost(
-                    f"room {lease.room}: epoch {lease.epoch} was replaced"
-                ) from None
-            raise
 
     async def release(self, lease: Lease) -> bool:
         keys = room_keys(lease.room)
@@ -318,7 +321,7 @@ class RoomStore:
     async def append(self, lease: Lease, tick: int, events: list[Any]) -> None:
         """Store one tick durably, renewing the lease; raise OwnershipLost if fenced."""
         keys = room_keys(lease.room)
-        try:
+        with _fenced(lease):
             await self._batcher.submit(
                 self._append,
                 [keys["lease"], keys["journal"]],
@@ -329,27 +332,15 @@ class RoomStore:
                     msgpack.packb(events, use_bin_type=True),
                 ],
             )
-        except ResponseError as exc:
-            if _is_fenced(exc):
-                raise OwnershipLost(
-                    f"room {lease.room}: epoch {lease.epoch} was replaced"
-                ) from None
-            raise
 
     async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
         """Store a packed snapshot and trim the journal up to the previous checkpoint."""
         keys = room_keys(lease.room)
-        try:
+        with _fenced(lease):
             await self._checkpoint(
                 keys=[keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
                 args=[lease.token, tick, lease.epoch, data, int(time.time() * 1000)],
             )
-        except ResponseError as exc:
-            if _is_fenced(exc):
-                raise OwnershipLost(
-                    f"room {lease.room}: epoch {lease.epoch} was replaced"
-                ) from None
-            raise
 
     async def load(self, room: str) -> tuple[Checkpoint | None, list[JournalEntry]]:
         """The latest checkpoint and every journal entry after it, in tick order."""

@@ -124,6 +124,12 @@ class TokenVerifier:
         verifier._static = True
         return verifier
 
+    async def warm(self) -> None:
+        """Fetch the JWKS now (creating the HTTP client costs tens of ms of blocking work),
+        so the first joins after a failover do not wait for it. Errors are left for later."""
+        if not self._static:
+            await self._refresh()
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -182,6 +182,7 @@ class RoomServer:
         self._tasks = [
             loop.create_task(self._heartbeat_loop(), name="heartbeat"),
             loop.create_task(self._watch_loop(), name="failover-watch"),
+            loop.create_task(self.verifier.warm(), name="jwks-warm"),
         ]
         log.info(
             "server %s listening on %s (pid %d, redis %s)",
@@ -284,12 +285,16 @@ class RoomServer:
     # -- failover watcher ----------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.settings.failover_poll_ms / 1000)
             try:
                 await self._watch_once()
+                failing = False
             except (*_REDIS_DOWN, RedisError) as exc:
-                log.debug("watcher: redis unavailable: %s", exc)
+                if not failing:  # once per outage, not every poll
+                    log.warning("watcher: redis unavailable: %s", exc)
+                failing = True
             except Exception:
                 log.exception("watcher failed")
 
@@ -315,6 +320,11 @@ class RoomServer:
             missing_now.add(lease.server_id)
             # Absent from two polls in a row: its process is gone.
             if self._missing.get(lease.server_id, 0) >= 1:
+                log.info(
+                    "room=%s owner %s is gone (no liveness connection): claiming",
+                    name,
+                    lease.server_id,
+                )
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
 
@@ -451,6 +461,7 @@ class RoomServer:
                     return Redirect(url, lease.server_id) if url else Unavailable("owner unknown")
                 if not self._settled():
                     return Unavailable("this server just reconnected to Redis")
+                log.info("room=%s owner %s is gone: claiming for a client", name, lease.server_id)
                 taken = await self.take_room(name, game, lease)
             else:
                 if lease is None and not placed and not await self.store.meta(name):

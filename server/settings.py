@@ -35,7 +35,7 @@ class ServerSettings:
     lease_ms: int = 3000
     lease_margin_ms: int = 1000
     # How often peers look for dead owners and expired leases.
-    failover_poll_ms: int = 100
+    failover_poll_ms: int = 50
     # Our own liveness connection must be this old before we judge peers dead: after a Redis
     # restart every server needs a moment to reconnect. A peer is dead when its connection is
     # missing from two polls in a row.

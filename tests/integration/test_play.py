@@ -42,7 +42,8 @@ async def test_two_players_play_in_one_room(cluster: LocalCluster) -> None:
         assert seen_by_bob.state["players"][bob.player_id]["inputs"] == 5
         start = players[alice.player_id]["x"]
         later = await state_where(alice, lambda s: s.tick > seen.tick + 5)
-        assert later.state["players"][alice.player_id]["x"] > start  # keeps moving right
+        moved = later.state["players"][alice.player_id]["x"]
+        assert moved > start or moved == later.state["w"]  # keeps moving right (or at the edge)
         assert alice.stats.rollbacks == 0 and alice.stats.ack_regressions == 0
         await bob.leave()
         await state_where(alice, lambda s: bob.player_id not in s.state["players"])

@@ -448,7 +448,7 @@ class RoomClient:
                 return
             self.connection_state = ConnectionState.RECONNECTING
             attempt += 1
-            delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 10))
+            delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt - 1, 10))
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _session(self, url: str) -> tuple[int, str]:

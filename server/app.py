@@ -382,14 +382,22 @@ class RoomServer:
         if game_class is None:
             await self.store.release(claim.lease)
             raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
-        checkpoint, entries = await self.store.load(name)
-        if checkpoint is not None:
-            engine = RoomEngine.restore(game_class, checkpoint.snapshot)
-        else:
-            seed = int((await self.store.meta(name)).get("seed", "0"))
-            engine = RoomEngine(game_class.create(seed))
-        for entry in entries:
-            engine.apply(entry.tick, entry.events)
+        try:
+            checkpoint, entries = await self.store.load(name)
+            if checkpoint is not None:
+                engine = RoomEngine.restore(game_class, checkpoint.snapshot)
+            else:
+                seed = int((await self.store.meta(name)).get("seed", "0"))
+                engine = RoomEngine(game_class.create(seed))
+            for entry in entries:
+                engine.apply(entry.tick, entry.events)
+        except Exception:
+            # A room that cannot be rebuilt must not sit behind our lease: give it back
+            # so the error shows up (and is retried) instead of a silent hang.
+            log.exception("room=%s cannot be rebuilt from its checkpoint and journal", name)
+            with contextlib.suppress(Exception):
+                await self.store.release(claim.lease)
+            raise
         if checkpoint is not None or entries:
             self.metrics.recoveries.inc()
         if replacing is not None:
@@ -578,6 +586,11 @@ class RoomServer:
         except ConfigError as exc:
             session.send_error(ErrorCode.UNKNOWN_GAME, str(exc))
             session.close(CloseCode.INVALID_ROOM, "game not available")
+            return None
+        except Exception:
+            log.exception("room=%s could not be located or rebuilt", message.room)
+            session.send_error(ErrorCode.UNAVAILABLE, "room unavailable; retry later")
+            session.close(CloseCode.INTERNAL_ERROR, "room unavailable")
             return None
         if isinstance(located, Redirect):
             self.metrics.redirects.inc()

@@ -226,6 +226,10 @@ class Room:
             log.exception("room=%s tick failed; closing the room on this server", self.name)
             self._close_sessions(CloseCode.INTERNAL_ERROR, "room failed on this server")
             self._set_closed()
+            # Hand the room back at once (it resumes from its last durable tick elsewhere)
+            # rather than holding the lease until it expires.
+            with contextlib.suppress(Exception):
+                await self.store.release(self.lease)
 
     async def _tick(self) -> None:
         self._expire_seats()

@@ -63,6 +63,7 @@ from server.store import Lease, RoomStore, liveness_name
 log = logging.getLogger("stateroom.server")
 
 DEFAULT_GAME = "arena"
+BROKEN_ROOM_RETRY_S = 10.0  # the watcher's pause before retrying a room it could not rebuild
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _PROTOCOL_CLOSE = {
@@ -146,6 +147,7 @@ class RoomServer:
         self.live_at = 0.0
         self._missing: dict[str, int] = {}
         self._gone_polls: dict[str, int] = {}
+        self._broken_until: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Server | None = None
         self.stopping = asyncio.Event()
@@ -340,9 +342,16 @@ class RoomServer:
         self._gone_polls = {sid: n for sid, n in self._gone_polls.items() if sid in gone and n < 3}
 
     def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
+        if time.monotonic() < self._broken_until.get(name, 0.0):
+            return  # could not be rebuilt a moment ago: don't retry every poll
+
         async def claim() -> None:
-            with contextlib.suppress(*_REDIS_DOWN, RedisError, OwnershipLost):
+            try:
                 await self.take_room(name, game, replacing)
+            except (*_REDIS_DOWN, RedisError, OwnershipLost):
+                pass
+            except Exception:  # logged by _claim_and_restore; retried later
+                self._broken_until[name] = time.monotonic() + BROKEN_ROOM_RETRY_S
 
         task = asyncio.get_running_loop().create_task(claim())
         self._tasks.append(task)

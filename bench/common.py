@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from server.embedded_redis import EmbeddedRedis, die_with_parent  # noqa: E402
+from client.bots import percentile  # noqa: E402
+from server.embedded_redis import EmbeddedRedis, die_with_parent, terminate  # noqa: E402
 from server.ports import free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -58,15 +59,6 @@ def emit(obj: dict[str, Any]) -> None:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank on the sorted values (the same rule as client.bots)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:
@@ -296,17 +288,9 @@ class Child:
         raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                terminate(self.proc, timeout)
 
 
 @dataclass

@@ -150,7 +150,6 @@ class RoomServer:
         self._broken_until: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Server | None = None
-        self.stopping = asyncio.Event()
         from auth.verify import TokenVerifier
 
         self.verifier = TokenVerifier(
@@ -263,8 +262,9 @@ class RoomServer:
                 if register:
                     registered_at = time.monotonic()
             except (*_REDIS_DOWN, RedisError) as exc:
+                if self.redis_ok:  # once per outage, not every retry
+                    log.warning("heartbeat failed: %s", exc)
                 self.redis_ok = False
-                log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(min(self.settings.heartbeat_s, 0.25))
 
     def _settled(self) -> bool:
@@ -274,10 +274,12 @@ class RoomServer:
             and time.monotonic() - self.liveness_since >= self.settings.liveness_grace_ms / 1000
         )
 
-    async def _refresh_live(self) -> set[str]:
-        self.live = await self.store.live_server_ids(await self.store.servers())
+    async def _refresh_live(self) -> dict[str, dict[str, Any]]:
+        """Read the server registry and which of its servers are alive; returns the registry."""
+        servers = await self.store.servers()
+        self.live = await self.store.live_server_ids(servers)
         self.live_at = time.monotonic()
-        return self.live
+        return servers
 
     async def is_live(self, server_id: str) -> bool:
         if time.monotonic() - self.live_at > 2 * self.settings.failover_poll_ms / 1000:
@@ -301,15 +303,14 @@ class RoomServer:
                 log.exception("watcher failed")
 
     async def _watch_once(self) -> None:
-        live = await self._refresh_live()
+        servers = await self._refresh_live()
+        live = self.live
         if not self._settled():
             return
-        await self._forget_dead_servers(live)
+        await self._forget_dead_servers(servers, live)
         index = await self.store.rooms_index()
         names = [name for name in index if name not in self.rooms and name not in self.claiming]
-        if not names:
-            return
-        leases = await self.redis.mget([f"sr:{{{name}}}:lease" for name in names])
+        leases = await self.redis.mget([f"sr:{{{name}}}:lease" for name in names]) if names else []
         missing_now: set[str] = set()
         for name, value in zip(names, leases, strict=True):
             if value is None:
@@ -330,9 +331,10 @@ class RoomServer:
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
 
-    async def _forget_dead_servers(self, live: set[str]) -> None:
+    async def _forget_dead_servers(
+        self, registered: dict[str, dict[str, Any]], live: set[str]
+    ) -> None:
         """Drop registry entries of servers whose liveness connection stayed gone."""
-        registered = await self.store.servers()
         gone = {sid for sid in registered if sid not in live and sid != self.server_id}
         for server_id in gone:
             self._gone_polls[server_id] = self._gone_polls.get(server_id, 0) + 1
@@ -446,21 +448,19 @@ class RoomServer:
 
     async def _successors(self) -> list[tuple[str, str]]:
         """Live peers, least loaded first, to hand rooms to when this server stops."""
-        servers = await self.store.servers()
-        live = await self._refresh_live()
+        servers = await self._refresh_live()
         peers = [
             (info.get("rooms", 0), sid, info["ws_url"])
             for sid, info in servers.items()
-            if sid in live and sid != self.server_id and info.get("ws_url")
+            if sid in self.live and sid != self.server_id and info.get("ws_url")
         ]
         return [(sid, url) for _, sid, url in sorted(peers)]
 
     async def _place_new_room(self, name: str) -> tuple[str, str] | None:
         """(server id, ws url) of the live server that should create room ``name``;
         None when it is this one."""
-        servers = await self.store.servers()
-        live = await self._refresh_live()
-        peers = sorted(sid for sid in servers if sid in live and sid != self.server_id)
+        servers = await self._refresh_live()
+        peers = sorted(sid for sid in servers if sid in self.live and sid != self.server_id)
         chosen = await self.store.place(name, [self.server_id, *peers])
         if chosen == self.server_id or chosen not in servers:
             return None

@@ -95,8 +95,6 @@ class Room:
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.recovered_tick = engine.tick
-        self.first_publish: asyncio.Event = asyncio.Event()
         now = time.monotonic()
         # After a takeover nobody is connected yet: every seat starts its grace period.
         for player_id in engine.seats:
@@ -247,9 +245,7 @@ class Room:
 
     async def _append_durably(self, tick: int, events: list[Any]) -> None:
         """Journal one tick, retrying transient errors until the lease would run out."""
-        deadline = (
-            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
-        )
+        deadline = self._lease_deadline()
         while True:
             sent_at = time.monotonic()
             remaining = deadline - sent_at
@@ -271,6 +267,13 @@ class Room:
             self.lease_renewed_at = sent_at
             return
 
+    def _lease_deadline(self) -> float:
+        """When this owner must consider its lease lost: lease_ms - margin after the last
+        successful write was *sent* (Redis extended it later than that, never earlier)."""
+        return (
+            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
+        )
+
     async def _already_journaled(self, tick: int) -> bool:
         """A retried append whose first attempt did land (the reply was lost)."""
         return await self.store.last_journaled(self.name) == (tick, self.lease.epoch)
@@ -279,9 +282,7 @@ class Room:
         now = time.monotonic()
         if now - self.lease_renewed_at < self.settings.lease_ms / 3000:
             return
-        deadline = (
-            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
-        )
+        deadline = self._lease_deadline()
         try:
             async with asyncio.timeout(max(0.001, deadline - now)):
                 await self.store.renew(self.lease)
@@ -298,7 +299,6 @@ class Room:
             seat = seats.get(player_id)
             if seat is not None:
                 session.send_frame(frame.encode_for(session.codec, seat.ack))
-        self.first_publish.set()
 
     def _expire_seats(self) -> None:
         if not self.disconnected_at:

@@ -48,7 +48,7 @@ from auth.ratelimit import RateLimiter
 from auth.refresh import RefreshStore
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer
-from server.redis_url import connect as connect_redis
+from infra.redis_url import connect as connect_redis
 
 log = logging.getLogger("stateroom.auth")
 

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from auth.app import create_app
     from auth.errors import ConfigError
     from auth.settings import from_sources
+    from infra.errors import RedisUrlError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = from_sources(args)
         app = create_app(settings)
-    except ConfigError as exc:
+    except (ConfigError, RedisUrlError) as exc:
         print(f"stateroom auth: {exc}", file=sys.stderr)
         return 2
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"

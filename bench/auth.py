@@ -29,7 +29,7 @@ from auth.passwords import Hasher
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer
 from auth.verify import TokenVerifier
-from server.embedded_redis import EmbeddedRedis
+from infra.embedded_redis import EmbeddedRedis
 
 
 async def guest_logins(redis_url: str, key: Path, count: int, concurrency: int) -> float:

@@ -28,8 +28,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from client.bots import percentile  # noqa: E402
-from server.embedded_redis import EmbeddedRedis, die_with_parent, terminate  # noqa: E402
-from server.ports import free_port  # noqa: E402
+from infra.embedded_redis import EmbeddedRedis, die_with_parent, terminate  # noqa: E402
+from infra.ports import free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The arena bench's server runs the built-in arena rules with a larger seat cap (see worldgame).
@@ -745,8 +745,8 @@ def loadgen_main(argv: list[str]) -> int:
 
     from client import sdk
     from client.bots import run_bots
-    from client.cluster import load_cluster
-    from server.app import run_loop
+    from infra.cluster_file import load_cluster
+    from infra.eventloop import run_loop
 
     parser = argparse.ArgumentParser(prog="bench loadgen")
     parser.add_argument("--cluster", required=True)

@@ -46,7 +46,7 @@ from bench.common import (
     wait_for,
 )
 from bench.worldgame import World
-from server.embedded_redis import EmbeddedRedis
+from infra.embedded_redis import EmbeddedRedis
 from server.engine import RoomEngine
 from server.killroom import KillRoomError, kill_room
 from server.store import RoomStore

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.cluster import ClusterInfo, load_cluster
+from infra.cluster_file import ClusterInfo, load_cluster
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,7 +266,7 @@ async def run_bots(
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.app import run_loop
+    from infra.eventloop import run_loop
 
     cluster = load_cluster(Path(args.cluster))
     summary: dict[str, Any] = {}

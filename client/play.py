@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.cluster import load_cluster
+    from infra.cluster_file import load_cluster
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return _fail("stateroom play needs an interactive terminal (stdin and stdout a tty)")

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -33,6 +33,11 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from infra.errors import RedisUrlError
+from infra.eventloop import run_loop
+from infra.redis_url import connect as connect_redis
+from infra.redis_url import redact
+from infra.redis_url import validate as parse_redis_url
 from server import settings as settings_module
 from server.engine import RoomEngine, RoomFull
 from server.errors import ConfigError, OwnershipLost
@@ -54,7 +59,6 @@ from server.protocol import (
     pong_message,
     redirect_message,
 )
-from server.redis_url import connect as connect_redis
 from server.room import Room, RoomState
 from server.session import Session, SessionState
 from server.settings import ServerSettings
@@ -695,25 +699,13 @@ def configure_logging() -> None:
     )
 
 
-def run_loop(coro: Any) -> None:
-    """Run on uvloop where available."""
-    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - non-Linux
-        pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coro)
-
-
 def run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         settings = settings_module.from_args(args)
         available_games(list(settings.games))  # fail fast on a bad --games reference
-    except ConfigError as exc:
+        parse_redis_url(settings.redis_url)  # fail fast on a malformed --redis-url
+    except (ConfigError, RedisUrlError) as exc:
         log.error("%s", exc)
         return 2
     run_loop(serve_forever(settings))

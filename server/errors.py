@@ -1,7 +1,6 @@
 """Errors raised by the room-server package.
 
 StateroomError
-├── EmbeddedRedisError      the embedded valkey-server could not start
 ├── ConfigError             a setting is missing or out of range
 ├── GameError               illegal input or game state (turned into an error message)
 │   └── IllegalInput
@@ -13,10 +12,6 @@ from __future__ import annotations
 
 class StateroomError(Exception):
     """Root of every error raised by ``server``."""
-
-
-class EmbeddedRedisError(StateroomError):
-    """The embedded Redis server could not be started or found."""
 
 
 class ConfigError(StateroomError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from server.embedded_redis import EmbeddedRedis, die_with_parent, terminate
+from infra.embedded_redis import EmbeddedRedis, die_with_parent, terminate
 
 log = logging.getLogger("stateroom.up")
 

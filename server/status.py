@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.cluster import load_cluster
-from server.redis_url import connect as connect_redis
+from infra.cluster_file import load_cluster
+from infra.redis_url import connect as connect_redis
 from server.store import RoomStore, room_keys
 
 

@@ -12,9 +12,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.cluster import ClusterInfo, ServerEntry
-from server.embedded_redis import EmbeddedRedis
-from server.ports import free_port
+from infra.cluster_file import ClusterInfo, ServerEntry
+from infra.embedded_redis import EmbeddedRedis
+from infra.ports import free_port
 from tests.support import Processes
 
 FAST_SERVER_FLAGS = (

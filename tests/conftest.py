@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from server.embedded_redis import EmbeddedRedis
+from infra.embedded_redis import EmbeddedRedis
 from tests.cluster import LocalCluster, start_cluster
 from tests.support import Processes
 

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from server.embedded_redis import die_with_parent
+from infra.embedded_redis import die_with_parent
 
 STATEROOM = [sys.executable, "-m", "server.cli"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import redis
 
-from server.embedded_redis import EmbeddedRedis, ping
+from infra.embedded_redis import EmbeddedRedis, ping
 
 
 def test_starts_persists_and_restarts(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from client.arena_view import (
     world_to_screen,
 )
 from client.sdk import ClientError, LoginError, Tokens
-from server.ports import free_port
+from infra.ports import free_port
 
 
 def arena_state(**players: tuple[str, float, float, int]) -> dict[str, Any]:

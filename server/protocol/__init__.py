@@ -19,12 +19,14 @@ from server.protocol.codes import (
 )
 from server.protocol.errors import DecodeError, ProtocolError
 from server.protocol.messages import (
+    AuthMessage,
     ClientMessage,
     InputMessage,
     JoinMessage,
     LeaveMessage,
     PingMessage,
     StateFrame,
+    authed_message,
     error_message,
     parse_client_message,
     pong_message,
@@ -38,6 +40,7 @@ __all__ = [
     "MSGPACK",
     "PROTOCOL_VERSION",
     "SUBPROTOCOLS",
+    "AuthMessage",
     "ClientMessage",
     "CloseCode",
     "Codec",
@@ -49,6 +52,7 @@ __all__ = [
     "PingMessage",
     "ProtocolError",
     "StateFrame",
+    "authed_message",
     "codec_for_subprotocol",
     "error_message",
     "parse_client_message",

@@ -27,6 +27,7 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4008  # far more messages than the input rate limit allows
     SLOW_CONSUMER = 4009  # the client did not read; its outbox overflowed
     REPLACED = 4010  # another connection of the same player took the seat
+    QUOTA_EXCEEDED = 4011  # a per-player, per-address or per-server budget is used up
     RECONNECT = 4020  # server draining or room moving: reconnect (any server)
     REDIRECT = 4021  # the room lives elsewhere: reconnect to the redirect url
     ROOM_CLOSED = 4030  # the room was closed
@@ -53,7 +54,11 @@ class ErrorCode(StrEnum):
     QUEUE_FULL = "queue_full"  # input dropped: too many pending inputs this tick
     # The following precede a close with the matching CloseCode:
     UNAUTHORIZED = "unauthorized"
-    TOKEN_EXPIRED = "token_expired"
+    TOKEN_EXPIRED = "token_expired"  # also sent at exp + leeway on an open session
+    SESSION_REVOKED = "session_revoked"  # the player logged out; log in again
+    ROOM_QUOTA = "room_quota"  # too many rooms created by this player or address
+    CONNECTION_QUOTA = "connection_quota"  # too many connections/sessions of one address/player
+    SERVER_FULL = "server_full"  # this server hosts as many rooms as it may
     UNSUPPORTED_VERSION = "unsupported_version"
     INVALID_ROOM = "invalid_room"
     UNKNOWN_GAME = "unknown_game"

@@ -1,7 +1,7 @@
 """Message types of protocol v1 and their strict parsing.
 
-Client → server: ``join``, ``input``, ``leave``, ``ping``.
-Server → client: ``welcome``, ``state``, ``redirect``, ``error``, ``pong``.
+Client → server: ``join``, ``input``, ``leave``, ``ping``, ``auth``.
+Server → client: ``welcome``, ``state``, ``redirect``, ``error``, ``pong``, ``authed``.
 Every message is a map whose ``t`` field names its type.
 """
 
@@ -47,7 +47,14 @@ class PingMessage:
     id: int
 
 
-ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage
+@dataclass(frozen=True, slots=True)
+class AuthMessage:
+    """A fresh access token for the open session (sent before the current one expires)."""
+
+    token: str
+
+
+ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage | AuthMessage
 
 
 def _invalid(message: str) -> ProtocolError:
@@ -100,6 +107,11 @@ def parse_client_message(message: dict[str, Any]) -> ClientMessage:
         return LeaveMessage()
     if kind == "ping":
         return PingMessage(id=_int_field(message, "id", 0, MAX_SEQ))
+    if kind == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise _invalid("'auth' needs a non-empty string 'token'")
+        return AuthMessage(token=token)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
 
@@ -114,6 +126,7 @@ def welcome_message(
     tick_rate: int,
     ack: int,
     resumed: bool,
+    token_exp: int,
 ) -> dict[str, Any]:
     return {
         "t": "welcome",
@@ -127,7 +140,14 @@ def welcome_message(
         "tick_rate": tick_rate,
         "ack": ack,
         "resumed": resumed,
+        "token_exp": token_exp,
     }
+
+
+def authed_message(token_exp: int) -> dict[str, Any]:
+    """The fresh token of an ``auth`` message was accepted; the session now ends at
+    ``token_exp`` (unix seconds) plus the server's leeway unless renewed again."""
+    return {"t": "authed", "token_exp": token_exp}
 
 
 def redirect_message(room: str, url: str, server: str) -> dict[str, Any]:

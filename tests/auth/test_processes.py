@@ -14,8 +14,8 @@ import pytest
 
 from auth.errors import InvalidToken
 from auth.verify import TokenVerifier
+from infra.ports import free_port
 from server.cli import COMMANDS
-from server.ports import free_port
 from tests.support import Processes, wait_until
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from client.bots import run_bots
-from server.embedded_redis import EmbeddedRedis, ping, valkey_binary
-from server.errors import ConfigError
-from server.ports import free_port
-from server.redis_url import SentinelTarget, parse_sentinel_url
+from infra.embedded_redis import EmbeddedRedis, ping, valkey_binary
+from infra.errors import RedisUrlError
+from infra.ports import free_port
+from infra.redis_url import SentinelTarget, parse_sentinel_url
 from tests.cluster import start_cluster
 from tests.support import Processes, wait_until
 
@@ -21,7 +21,7 @@ def test_sentinel_url_parsing() -> None:
     )
     assert parse_sentinel_url("redis+sentinel://[::1]:5000/svc").sentinels == (("::1", 5000),)
     for bad in ("redis+sentinel://a:1", "redis+sentinel://a/svc", "redis+sentinel://a:1/s/x"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(RedisUrlError):
             parse_sentinel_url(bad)
 
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from server.errors import ConfigError
+from infra.errors import RedisUrlError
 
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -34,10 +34,10 @@ class SentinelTarget:
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
-    """Parse ``redis+sentinel://…``; raise ConfigError with the expected shape."""
+    """Parse ``redis+sentinel://…``; raise RedisUrlError with the expected shape."""
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
-        raise ConfigError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+        raise RedisUrlError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
     netloc = parts.netloc
     password = None
     if "@" in netloc:
@@ -47,14 +47,14 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     for item in netloc.split(","):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise ConfigError(
+            raise RedisUrlError(
                 f"bad sentinel address {item!r} in {url!r}; expected "
                 f"{SENTINEL_SCHEME}://host:port[,host:port…]/service[/db]"
             )
         sentinels.append((host.strip("[]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ConfigError(f"{url!r} must name the monitored service: …/service[/db]")
+        raise RedisUrlError(f"{url!r} must name the monitored service: …/service[/db]")
     return SentinelTarget(
         tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0, password
     )
@@ -88,4 +88,28 @@ def connect(
             return aioredis.Redis.from_pool(blocking)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ConfigError(f"bad Redis URL {url!r}: {exc}") from None
+        raise RedisUrlError(f"bad Redis URL {url!r}: {exc}") from None
+
+
+def validate(url: str) -> None:
+    """Raise RedisUrlError if ``url`` is not a Redis URL we can connect to."""
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        parse_sentinel_url(url)
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise RedisUrlError(
+            f"bad Redis URL {url!r}: use redis://, rediss://, unix:// or {SENTINEL_SCHEME}://"
+        )
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``: the only form of a Redis URL that
+    may be logged, printed or written to a world-readable file."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    user = credentials.split(":", 1)[0] if ":" in credentials else ""
+    masked = f"{user}:***@{hosts}" if user or ":" in credentials else f"***@{hosts}"
+    return parts._replace(netloc=masked).geturl()

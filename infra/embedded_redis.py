@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from server.errors import EmbeddedRedisError
-from server.ports import free_port
+from infra.errors import EmbeddedRedisError
+from infra.ports import free_port
 
 _PR_SET_PDEATHSIG = 1
 

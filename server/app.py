@@ -194,7 +194,7 @@ class RoomServer:
             self.server_id,
             self.settings.ws_url,
             os.getpid(),
-            self.settings.redis_url,
+            redact(self.settings.redis_url),
         )
 
     async def stop(self) -> None:
@@ -585,6 +585,7 @@ class RoomServer:
             return None
         session.player_id = verified.player_id
         session.name = verified.name
+        session.token_exp = int(verified.expires_at)
         session.room_name = message.room
         game = message.game or DEFAULT_GAME
         if game not in self.games:

@@ -152,6 +152,7 @@ class Room:
                 tick_rate=self.tick_rate,
                 ack=seat.ack,
                 resumed=resumed,
+                token_exp=session.token_exp,
             )
         )
         log.info(

@@ -81,6 +81,7 @@ class Session:
         self.player_id = ""
         self.name = ""
         self.room_name = ""
+        self.token_exp = 0  # unix seconds: the session ends at this + the verifier's leeway
         self._dropped_in_window = 0
         self._window_start = time.monotonic()
         self._last_rate_error = 0.0

@@ -311,6 +311,7 @@ class Stack:
     redis: EmbeddedRedis | None = None
     auth: Child | None = None
     children: list[Child] = field(default_factory=list)
+    admin_ports: dict[str, int] = field(default_factory=dict)
     cluster_file: Path = Path()
     _stop_supervisor: threading.Event = field(default_factory=threading.Event)
     _supervisor: threading.Thread | None = None
@@ -357,10 +358,12 @@ class Stack:
         self.auth.start()
         for index in range(1, self.servers + 1):
             port = free_port()
+            self.admin_ports[f"s{index}"] = free_port()
             args = [
                 "server",
                 "--host", "127.0.0.1",
                 "--port", str(port),
+                "--admin-port", str(self.admin_ports[f"s{index}"]),
                 "--redis-url", self.redis.url,
                 "--auth-url", auth_url,
                 "--name", f"s{index}",
@@ -404,7 +407,8 @@ class Stack:
         return f"ws://127.0.0.1:{port}/v1/ws"
 
     def metrics_url(self, child: Child) -> str:
-        return child.ready_url.replace("/readyz", "/metrics")
+        """Metrics are served on the server's admin listener, not its player port."""
+        return f"http://127.0.0.1:{self.admin_ports[child.name]}/metrics"
 
     def _supervise(self) -> None:
         """Restart a room server that died, as ``stateroom up`` does."""

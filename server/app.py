@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -39,6 +38,7 @@ from infra.redis_url import connect as connect_redis
 from infra.redis_url import redact
 from infra.redis_url import validate as parse_redis_url
 from server import settings as settings_module
+from server.admin import AdminEndpoint
 from server.engine import RoomEngine, RoomFull
 from server.errors import ConfigError, OwnershipLost
 from server.fastpath import FastConnection
@@ -100,17 +100,6 @@ def _select_subprotocol(
     raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
 
 
-def _http_response(body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ]
-    )
-    return Response(HTTPStatus.OK, "OK", headers, body)
-
-
 def _bearer(headers: Headers) -> str | None:
     value = headers.get("Authorization")
     if value and value[:7].lower() == "bearer ":
@@ -154,6 +143,7 @@ class RoomServer:
         self._broken_until: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Server | None = None
+        self.admin = AdminEndpoint(self.status, self.metrics.render, self.ready)
         from auth.verify import TokenVerifier
 
         self.verifier = TokenVerifier(
@@ -163,6 +153,8 @@ class RoomServer:
     # -- startup and shutdown ------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.admin_port:
+            await self.admin.start(self.settings.admin_host, self.settings.admin_port)
         await self._heartbeat_once()
         self._ws_server = await serve(
             self.handle,
@@ -222,6 +214,8 @@ class RoomServer:
                     await self._ws_server.wait_closed()
         await self.verifier.aclose()
         with contextlib.suppress(Exception):
+            await self.admin.stop()
+        with contextlib.suppress(Exception):
             await self.liveness.aclose()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
@@ -234,6 +228,7 @@ class RoomServer:
             "id": self.server_id,
             "name": self.settings.name,
             "ws_url": self.settings.ws_url,
+            "admin_url": self.admin.url,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
@@ -497,23 +492,26 @@ class RoomServer:
     # -- connections ---------------------------------------------------------------------------
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The player port: WebSocket upgrades and the two health probes, nothing else
+        (/status and /metrics are on the admin listener)."""
         path = request.path.split("?", 1)[0]
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            ok = self.redis_ok and self._ws_server is not None
+            ok = self.ready()
             return connection.respond(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
                 "ready\n" if ok else "not ready\n",
             )
-        if path == "/metrics":
-            return _http_response(self.metrics.render(), "text/plain; version=0.0.4")
-        if path == "/status":
-            status = {**self.info(), "room_list": [r.status() for r in self.rooms.values()]}
-            return _http_response(orjson.dumps(status), "application/json")
         return connection.respond(HTTPStatus.NOT_FOUND, "not found: use a WebSocket on /v1/ws\n")
+
+    def ready(self) -> bool:
+        return self.redis_ok and self._ws_server is not None
+
+    def status(self) -> dict[str, Any]:
+        return {**self.info(), "room_list": [r.status() for r in self.rooms.values()]}
 
     async def handle(self, ws: ServerConnection) -> None:
         if self.settings.socket_sndbuf:

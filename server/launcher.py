@@ -61,6 +61,7 @@ class Child:
     ready_url: str
     log_path: Path
     ws_url: str = ""
+    admin_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     backoff: float = 0.0
@@ -116,9 +117,15 @@ class Cluster:
     def auth_url(self) -> str:
         return f"http://{self.host}:{self.base}"
 
+    def admin_port(self, index: int) -> int:
+        """Room server ``index``'s admin listener (/status, /metrics): BASE+100+index."""
+        return self.base + 100 + index
+
     def check_ports(self) -> None:
         """Fail fast, before starting anything, if a port is taken (another cluster?)."""
-        for port in range(self.base, self.base + self.count + 1):
+        ports = [*range(self.base, self.base + self.count + 1)]
+        ports += [self.admin_port(i) for i in range(1, self.count + 1)]
+        for port in ports:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -172,6 +179,8 @@ class Cluster:
                         self.host,
                         "--port",
                         str(port),
+                        "--admin-port",
+                        str(self.admin_port(index)),
                         "--redis-url",
                         self.redis_url,
                         "--auth-url",
@@ -182,6 +191,7 @@ class Cluster:
                     f"http://{self.host}:{port}/readyz",
                     logs / f"s{index}.log",
                     ws_url=f"ws://{self.host}:{port}/v1/ws",
+                    admin_url=f"http://{self.host}:{self.admin_port(index)}",
                 )
             )
         for child in self.servers:
@@ -202,7 +212,12 @@ class Cluster:
             "redis_url": self.redis_url,
             "auth_url": self.auth_url,
             "servers": [
-                {"id": c.name, "ws_url": c.ws_url, "pid": c.proc.pid if c.proc else None}
+                {
+                    "id": c.name,
+                    "ws_url": c.ws_url,
+                    "admin_url": c.admin_url,
+                    "pid": c.proc.pid if c.proc else None,
+                }
                 for c in self.servers
             ],
         }

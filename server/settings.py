@@ -63,6 +63,10 @@ class ServerSettings:
     ping_timeout_s: float = 10.0
     open_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
+    # Admin HTTP listener (/status, /metrics, /healthz, /readyz); 0: none. Keep it off the
+    # player network: the player port serves only WebSocket and the health probes.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
 
     @property
     def ws_url(self) -> str:
@@ -78,7 +82,7 @@ class ServerSettings:
 
 SETTINGS_HELP: dict[str, str] = {
     "host": "interface to listen on",
-    "port": "TCP port for WebSocket and HTTP (/healthz, /readyz, /metrics)",
+    "port": "TCP port for players: WebSocket, plus the /healthz and /readyz probes",
     "public_url": "WebSocket URL peers redirect clients to (default ws://HOST:PORT/v1/ws)",
     "redis_url": "Redis URL (redis://, rediss://)",
     "auth_url": "base URL of the login service (for its JWKS)",
@@ -106,6 +110,8 @@ SETTINGS_HELP: dict[str, str] = {
     "ping_timeout_s": "close a connection whose pong is this late",
     "open_timeout_s": "WebSocket opening handshake timeout",
     "heartbeat_s": "seconds between server registry heartbeats",
+    "admin_host": "interface of the admin HTTP listener (/status, /metrics)",
+    "admin_port": "TCP port of the admin HTTP listener (0: no admin listener)",
 }
 
 
@@ -182,3 +188,5 @@ def validate(settings: ServerSettings) -> None:
         raise ConfigError("--input-rate must be > 0 and --input-burst >= 1")
     if not 0 < settings.port < 65536:
         raise ConfigError("--port must be in 1-65535")
+    if not 0 <= settings.admin_port < 65536:
+        raise ConfigError("--admin-port must be in 0-65535 (0: no admin listener)")

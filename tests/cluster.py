@@ -32,6 +32,7 @@ class RoomServerProcess:
     name: str
     port: int
     args: list[str]
+    admin_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,6 +42,11 @@ class RoomServerProcess:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener (/status, /metrics): not on the player port."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def pid(self) -> int:
@@ -77,13 +83,14 @@ class LocalCluster:
         self, name: str, extra: tuple[str, ...] = (), redis_url: str | None = None
     ) -> RoomServerProcess:
         port = free_port()
+        admin_port = free_port()
         args = [
-            *("server", "--port", str(port), "--name", name),
+            *("server", "--port", str(port), "--admin-port", str(admin_port), "--name", name),
             *("--redis-url", redis_url or self.redis_url, "--auth-url", self.auth_url),
             *FAST_SERVER_FLAGS,
             *extra,
         ]
-        server = RoomServerProcess(name, port, args)
+        server = RoomServerProcess(name, port, args, admin_port)
         self.servers[name] = server
         self.start_server(name)
         return server

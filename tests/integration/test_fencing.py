@@ -97,7 +97,7 @@ async def test_frozen_owner_is_replaced_and_fenced_when_it_wakes(
 
         # Woken up, it finds it can no longer renew: it drops the room and its clients.
         async def dropped() -> bool:
-            return room not in await rooms_on(cluster.servers[old_name].http_url)
+            return room not in await rooms_on(cluster.servers[old_name].admin_url)
 
         await wait_for(dropped, 10, f"{old_name} to drop the room")
         for player in players:
@@ -180,7 +180,7 @@ async def test_owner_cut_off_from_redis_fences_itself_and_the_room_moves(
             # Heal: the writes s3 sent during the partition now reach Redis, and must fail.
             proxy.heal()
             await wait_for(lambda: _http_ok(f"{s3.http_url}/readyz"), 15, "s3 to reach Redis again")
-            assert room not in await rooms_on(s3.http_url)
+            assert room not in await rooms_on(s3.admin_url)
             await asyncio.sleep(0.5)  # play on after the heal
             stop.set()
             for player in players:

@@ -297,7 +297,7 @@ async def test_many_rooms_spread_over_both_servers(shared: LocalCluster) -> None
     spread: dict[str, int] = {}
     total: dict[str, int] = {}
     for server in shared.servers.values():
-        with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as response:
+        with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as response:
             status = orjson.loads(response.read())
         spread[server.name] = sum(1 for r in status["room_list"] if r["room"].startswith("spread-"))
         total[server.name] = len(status["room_list"])
@@ -424,7 +424,7 @@ async def test_slow_reader_is_evicted_and_others_keep_the_tick_rate(
         evicted_line = 'stateroom_evicted_clients_total{reason="slow_consumer"} 1.0'
 
         def evicted() -> bool:
-            with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
+            with urllib.request.urlopen(f"{server.admin_url}/metrics", timeout=5) as response:
                 return evicted_line in response.read().decode()
 
         started = time.monotonic()
@@ -447,19 +447,29 @@ async def test_slow_reader_is_evicted_and_others_keep_the_tick_rate(
 
 
 def test_http_probes(shared: LocalCluster) -> None:
+    """The player port serves only WebSocket and the probes; /status and /metrics are on
+    the admin listener."""
     server = next(iter(shared.servers.values()))
-    for path, needle in (
-        ("/healthz", b"ok"),
-        ("/readyz", b"ready"),
-        ("/metrics", b"stateroom_rooms"),
+    for base, path, needle in (
+        (server.http_url, "/healthz", b"ok"),
+        (server.http_url, "/readyz", b"ready"),
+        (server.admin_url, "/metrics", b"stateroom_rooms"),
+        (server.admin_url, "/status", b"room_list"),
+        (server.admin_url, "/readyz", b"ready"),
     ):
-        with urllib.request.urlopen(server.http_url + path, timeout=5) as response:
+        with urllib.request.urlopen(base + path, timeout=5) as response:
             assert response.status == 200
             assert needle in response.read()
-    with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(server.http_url + "/nope", timeout=5)
-    assert missing.value.code == 404
-    missing.value.close()
+    for base, path in (
+        (server.http_url, "/nope"),
+        (server.http_url, "/metrics"),
+        (server.http_url, "/status"),
+        (server.admin_url, "/nope"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert missing.value.code == 404, (base, path)
+        missing.value.close()
 
 
 async def test_origin_allow_list(processes: Processes, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ class Cluster:
     def __init__(self, args: argparse.Namespace) -> None:
         self.data = Path(args.data).resolve()
         self.count = args.servers
-        self.base = args.port
+        self.base: int = args.port
         self.host = args.host
         self.external_redis = args.redis
         self.redis: EmbeddedRedis | None = None

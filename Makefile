@@ -1,15 +1,25 @@
 # Two commands matter: `make run` and `make test`. Both build .venv from scratch when needed.
+# They install exact, hashed pins from the lock files (pip --require-hashes), then the
+# project itself without dependencies. `make lock` refreshes the locks from pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# requirements.lock: runtime dependencies (what deploy/Dockerfile installs);
+# requirements-dev.lock: runtime + the `test` extra (what .venv gets).
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# The lock tool lives in a throwaway venv, never in .venv; pinned for reproducible output.
+UV_VERSION := 0.13.8
+UV_COMPILE := pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--upgrade --custom-compile-command "make lock"
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -30,6 +40,17 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/arena.py
+
+# Re-resolve every dependency to the newest release allowed by pyproject.toml and rewrite
+# both lock files (for every platform, Python >= 3.11). Review the diff, run `make test`,
+# commit pyproject.toml and both locks together.
+lock:
+	@tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet "uv==$(UV_VERSION)" && \
+	"$$tmp/venv/bin/uv" $(UV_COMPILE) -o $(LOCK) pyproject.toml && \
+	"$$tmp/venv/bin/uv" $(UV_COMPILE) --extra test -o $(DEV_LOCK) pyproject.toml && \
+	echo "wrote $(LOCK) and $(DEV_LOCK)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

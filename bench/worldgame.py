@@ -1,6 +1,6 @@
 """Games used only by the benches.
 
-- ``BenchArena``: the built-in arena rules unchanged, with the seat cap raised from 512 to
+- ``BenchArena``: the built-in arena rules unchanged, with the seat cap raised from 64 to
   1000 so the reference scenario (N up to 400 in one room) can run at all. It keeps the name
   ``arena`` so ``stateroom bots`` (which joins without naming a game) gets it; the room
   server loads it with ``--games bench.worldgame:BenchArena``, which replaces the built-in

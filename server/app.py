@@ -163,7 +163,9 @@ class RoomServer:
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=_select_subprotocol,
             process_request=self.process_request,
-            origins=list(self.settings.origins) or None,  # type: ignore[arg-type]
+            # A browser always sends Origin, so the allow-list stops cross-site pages; a
+            # native client sends none and is authenticated by its token like any other.
+            origins=[*self.settings.origins, None] if self.settings.origins else None,  # type: ignore[list-item]
             compression=None,
             max_size=self.settings.max_message_bytes,
             max_queue=64,
@@ -554,7 +556,7 @@ class RoomServer:
             message = parse_client_message(session.codec.decode(frame))
         except ProtocolError as exc:
             session.send_error(exc.code, exc.message)
-            session.close(_PROTOCOL_CLOSE.get(exc.code, CloseCode.PROTOCOL_ERROR), exc.message)
+            session.close(_PROTOCOL_CLOSE.get(exc.code, CloseCode.PROTOCOL_ERROR), str(exc.code))
             return None
         if not isinstance(message, JoinMessage):
             session.send_error(ErrorCode.NOT_JOINED, "the first message must be join")
@@ -612,6 +614,14 @@ class RoomServer:
         if isinstance(located, Unavailable):
             session.send_error(ErrorCode.UNAVAILABLE, f"room unavailable: {located.reason}; retry")
             session.close(CloseCode.RECONNECT, "room unavailable; retry")
+            return None
+        if message.game is not None and message.game != located.game_class.name:
+            session.send_error(
+                ErrorCode.UNKNOWN_GAME,
+                f"room {message.room} runs game {located.game_class.name!r}, not {game!r};"
+                " join without 'game' or choose another room name",
+            )
+            session.close(CloseCode.INVALID_ROOM, "room runs another game")
             return None
         try:
             located.attach(session)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import Event, State
 
 _FIN_BINARY = 0x80 | Opcode.BINARY.value
@@ -57,7 +57,17 @@ class FastConnection(ServerConnection):
             and event.opcode in (Opcode.BINARY, Opcode.TEXT)
         ):
             data = bytes(event.data)
-            # websockets has already checked that a text frame is valid UTF-8.
-            on_frame(data.decode() if event.opcode is Opcode.TEXT else data)
+            if event.opcode is Opcode.TEXT:
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    # RFC 6455 §8.1: invalid UTF-8 in a text frame fails the connection
+                    # with 1007. (websockets checks this only on its own recv() path.)
+                    self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text frame")
+                    self.send_data()
+                    return
+                on_frame(text)
+            else:
+                on_frame(data)
             return
         super().process_event(event)

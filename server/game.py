@@ -35,6 +35,10 @@ class Game(ABC):
     tick_rate: ClassVar[int] = 20
     #: Seats per room; a join beyond this is refused with ``room_full``.
     max_players: ClassVar[int] = 64
+    #: Largest encoded ``input`` message (bytes, envelope included) a player may send once
+    #: seated. Bigger ones are refused with ``invalid_message`` and count against the
+    #: player's byte budget; keep it close to what the game's inputs really need.
+    max_input_bytes: ClassVar[int] = 1024
 
     @classmethod
     @abstractmethod

@@ -5,12 +5,26 @@ service on BASE and N room servers on BASE+1…BASE+N, writes
 DIR/cluster.json, restarts any child that dies, and on Ctrl-C/SIGTERM stops
 the room servers first (they hand their rooms over and checkpoint), then the
 login service, then Redis.
+
+Secrets:
+
+- The embedded Valkey requires a password, generated on the first start and
+  kept (0600) in DIR/redis/valkey.password, so a restart on the same DIR
+  reuses it (see ``infra.embedded_redis``).
+- Children get the Redis URL (password included, also a ``--redis`` URL given
+  by the user) in their environment, ``STATEROOM_REDIS_URL``, never in argv:
+  ``/proc/PID/cmdline`` is readable by every local user, ``/proc/PID/environ``
+  only by the same user.
+- Whatever ``up`` logs or prints shows the URL redacted (``redact``).
+- DIR/cluster.json keeps ``redis_url`` WITH the password, because
+  ``stateroom status`` and ``stateroom kill-room`` read the cluster through
+  Redis. So it is written 0600, and DIR, DIR/logs and DIR/redis are 0700; the
+  logs are 0600 and the login service's key file DIR/auth-key.pem is 0600.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -24,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from infra.embedded_redis import EmbeddedRedis, die_with_parent, terminate
+from infra.cluster_file import write_cluster
+from infra.embedded_redis import EmbeddedRedis, die_with_parent, private_dir, terminate
+from infra.redis_url import redact
 
 log = logging.getLogger("stateroom.up")
 
@@ -39,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auth on PORT, room servers on PORT+1… (default 8000)",
     )
     parser.add_argument(
-        "--redis", default=None, help="use this Redis URL instead of the embedded one"
+        "--redis",
+        default=None,
+        help="use this Redis URL instead of the embedded one (given to the children in "
+        "their environment, never in their argv)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
 
@@ -60,6 +79,8 @@ class Child:
     args: list[str]
     ready_url: str
     log_path: Path
+    # Extra environment: secrets (the Redis URL) go here, never into ``args``.
+    env: dict[str, str] = field(default_factory=dict)
     ws_url: str = ""
     admin_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
@@ -69,16 +90,19 @@ class Child:
     started_at: float = field(default_factory=time.monotonic)
 
     def start(self) -> None:
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=die_with_parent,
-        )
-        log_file.close()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # also a log left 0644 by an older version
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            os.close(fd)
         self.started_at = time.monotonic()
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -136,21 +160,44 @@ class Cluster:
                         "running?); stop it or pass --port BASE"
                     ) from None
 
+    def secure_data_dir(self) -> None:
+        """Create DIR 0700, or tighten an existing one, but only a folder that is new, empty
+        or already ours: ``--data /tmp`` must not chmod /tmp."""
+        if self.data.is_dir() and self.data.stat().st_mode & 0o077:
+            ours = {"cluster.json", "redis", "logs", "auth-key.pem"}
+            names = {p.name for p in self.data.iterdir()}
+            if names and not names & ours:
+                raise RuntimeError(
+                    f"{self.data} is not a stateroom data folder and others may read it; "
+                    "pass --data with a new or empty folder"
+                )
+            log.info("%s was readable by others; made it 0700", self.data)
+        private_dir(self.data)
+
     def start(self) -> None:
         from auth.keys import ensure_key_file
 
         self.check_ports()
-        self.data.mkdir(parents=True, exist_ok=True)
-        logs = self.data / "logs"
-        logs.mkdir(exist_ok=True)
+        self.secure_data_dir()
+        logs = private_dir(self.data / "logs")
         if not self.external_redis:
             self.redis = EmbeddedRedis(self.data / "redis").start()
             self.redis_url = self.redis.url
             log.info(
-                "redis   %s (pid %s, data %s)", self.redis_url, self.redis.pid, self.redis.data_dir
+                "redis   %s (pid %s, data %s)",
+                redact(self.redis_url),
+                self.redis.pid,
+                self.redis.data_dir,
             )
+        else:
+            log.info("redis   %s (external)", redact(self.redis_url))
+        # The only way the children learn the Redis URL (and its password).
+        secret_env = {"STATEROOM_REDIS_URL": self.redis_url}
         key = self.data / "auth-key.pem"
         ensure_key_file(key)
+        if key.stat().st_mode & 0o077:
+            log.warning("%s was readable by others; made it 0600", key)
+            os.chmod(key, 0o600)
         self.auth = Child(
             "auth",
             [
@@ -159,13 +206,12 @@ class Cluster:
                 self.host,
                 "--port",
                 str(self.base),
-                "--redis",
-                self.redis_url,
                 "--key",
                 str(key),
             ],
             f"{self.auth_url}/healthz",
             logs / "auth.log",
+            env=secret_env,
         )
         self.auth.start()
         for index in range(1, self.count + 1):
@@ -181,8 +227,6 @@ class Cluster:
                         str(port),
                         "--admin-port",
                         str(self.admin_port(index)),
-                        "--redis-url",
-                        self.redis_url,
                         "--auth-url",
                         self.auth_url,
                         "--name",
@@ -190,6 +234,7 @@ class Cluster:
                     ],
                     f"http://{self.host}:{port}/readyz",
                     logs / f"s{index}.log",
+                    env=secret_env,
                     ws_url=f"ws://{self.host}:{port}/v1/ws",
                     admin_url=f"http://{self.host}:{self.admin_port(index)}",
                 )
@@ -221,10 +266,7 @@ class Cluster:
                 for c in self.servers
             ],
         }
-        path = self.data / "cluster.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        tmp.replace(path)
+        write_cluster(self.data / "cluster.json", body)
 
     def supervise(self) -> None:
         """Restart whatever died, as a Deployment would; return when asked to stop."""

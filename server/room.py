@@ -141,6 +141,7 @@ class Room:
         self.empty_since = None
         session.transition(SessionState.JOINED)
         seat = self.engine.seats[player_id]
+        session.welcome_tick = self.engine.tick
         session.send(
             welcome_message(
                 room=self.name,
@@ -298,7 +299,9 @@ class Room:
         seats = self.engine.seats
         for player_id, session in list(self.sessions.items()):
             seat = seats.get(player_id)
-            if seat is not None:
+            # A session welcomed while this tick was being made durable was told this tick
+            # already (welcome.tick); its first state is the next one, which seats it.
+            if seat is not None and frame.tick > session.welcome_tick:
                 session.send_frame(frame.encode_for(session.codec, seat.ack))
 
     def _expire_seats(self) -> None:

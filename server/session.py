@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from server.fastpath import write_data_frame
-from server.protocol import CloseCode, Codec, ErrorCode, error_message
+from server.protocol import CloseCode, Codec, ErrorCode, close_reason, error_message
 
 if TYPE_CHECKING:
     from server.metrics import ServerMetrics
@@ -81,6 +81,7 @@ class Session:
         self.player_id = ""
         self.name = ""
         self.room_name = ""
+        self.welcome_tick = 0  # welcome.tick; states are sent for later ticks only
         self.token_exp = 0  # unix seconds: the session ends at this + the verifier's leeway
         self._dropped_in_window = 0
         self._window_start = time.monotonic()
@@ -175,7 +176,7 @@ class Session:
             reason,
         )
         self._close_task = asyncio.get_running_loop().create_task(
-            self.ws.close(int(code), reason[:120])
+            self.ws.close(int(code), close_reason(reason))
         )
 
     async def wait_closed(self) -> None:

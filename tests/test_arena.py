@@ -43,7 +43,7 @@ def players(state: Any) -> dict[str, Any]:
 
 def test_registered_as_builtin() -> None:
     assert available_games()["arena"] is Arena
-    assert (Arena.name, Arena.tick_rate, Arena.max_players) == ("arena", 20, 512)
+    assert (Arena.name, Arena.tick_rate, Arena.max_players) == ("arena", 20, 64)
 
 
 def test_create_spawns_pickups_inside_the_world() -> None:

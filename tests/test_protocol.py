@@ -18,6 +18,7 @@ from server.protocol import (
     MSGPACK,
     PROTOCOL_VERSION,
     SUBPROTOCOLS,
+    AuthMessage,
     CloseCode,
     Codec,
     DecodeError,
@@ -28,6 +29,8 @@ from server.protocol import (
     PingMessage,
     ProtocolError,
     StateFrame,
+    authed_message,
+    close_reason,
     codec_for_subprotocol,
     error_message,
     parse_client_message,
@@ -77,7 +80,13 @@ def test_close_codes_are_application_codes_and_say_whether_to_retry() -> None:
     assert int(CloseCode.RECONNECT) == 4020 and CloseCode.RECONNECT.retry
     assert int(CloseCode.REDIRECT) == 4021 and CloseCode.REDIRECT.retry
     assert CloseCode.INTERNAL_ERROR.retry
-    for code in (CloseCode.PROTOCOL_ERROR, CloseCode.UNAUTHORIZED, CloseCode.REPLACED):
+    assert CloseCode.SLOW_CONSUMER.retry  # a client that fell behind may resume its seat
+    for code in (
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNAUTHORIZED,
+        CloseCode.REPLACED,
+        CloseCode.QUOTA_EXCEEDED,
+    ):
         assert not code.retry
     assert len({int(code) for code in CloseCode}) == len(CloseCode)
 
@@ -129,27 +138,32 @@ def test_parse_input_leave_ping() -> None:
         ({"t": "state"}, ErrorCode.UNKNOWN_TYPE, "unknown"),  # a server message
         ({"t": "JOIN", "room": "r"}, ErrorCode.UNKNOWN_TYPE, "unknown"),
         # join
-        ({"t": "join"}, ErrorCode.INVALID_ROOM, "'room'"),
+        ({"t": "join"}, ErrorCode.INVALID_MESSAGE, "'room'"),
         ({"t": "join", "room": ""}, ErrorCode.INVALID_ROOM, "'room'"),
         ({"t": "join", "room": "r" * 65}, ErrorCode.INVALID_ROOM, "1-64"),
         ({"t": "join", "room": "a b"}, ErrorCode.INVALID_ROOM, "'room'"),
         ({"t": "join", "room": "a/b"}, ErrorCode.INVALID_ROOM, "'room'"),
         ({"t": "join", "room": "é"}, ErrorCode.INVALID_ROOM, "'room'"),
         ({"t": "join", "room": "a\n"}, ErrorCode.INVALID_ROOM, "'room'"),
-        ({"t": "join", "room": 5}, ErrorCode.INVALID_ROOM, "'room'"),
-        ({"t": "join", "room": ["r"]}, ErrorCode.INVALID_ROOM, "'room'"),
+        ({"t": "join", "room": 5}, ErrorCode.INVALID_MESSAGE, "'room'"),
+        ({"t": "join", "room": ["r"]}, ErrorCode.INVALID_MESSAGE, "'room'"),
         ({"t": "join", "room": "r", "v": 2}, ErrorCode.UNSUPPORTED_VERSION, "speaks 1"),
         ({"t": "join", "room": "r", "v": 0}, ErrorCode.UNSUPPORTED_VERSION, "version"),
-        ({"t": "join", "room": "r", "v": "1"}, ErrorCode.UNSUPPORTED_VERSION, "version"),
-        ({"t": "join", "room": "r", "v": None}, ErrorCode.UNSUPPORTED_VERSION, "version"),
-        ({"t": "join", "room": "r", "v": True}, ErrorCode.UNSUPPORTED_VERSION, "version"),
-        ({"t": "join", "room": "r", "v": 1.0}, ErrorCode.UNSUPPORTED_VERSION, "version"),
+        ({"t": "join", "room": "r", "v": "1"}, ErrorCode.INVALID_MESSAGE, "'v'"),
+        ({"t": "join", "room": "r", "v": None}, ErrorCode.INVALID_MESSAGE, "'v'"),
+        ({"t": "join", "room": "r", "v": True}, ErrorCode.INVALID_MESSAGE, "'v'"),
+        ({"t": "join", "room": "r", "v": 1.0}, ErrorCode.INVALID_MESSAGE, "'v'"),
         ({"t": "join", "room": "r", "game": 1}, ErrorCode.INVALID_MESSAGE, "'game'"),
         ({"t": "join", "room": "r", "game": "Arena"}, ErrorCode.UNKNOWN_GAME, "'game'"),
         ({"t": "join", "room": "r", "game": ""}, ErrorCode.UNKNOWN_GAME, "'game'"),
         ({"t": "join", "room": "r", "game": "g" * 33}, ErrorCode.UNKNOWN_GAME, "1-32"),
         ({"t": "join", "room": "r", "token": 1}, ErrorCode.INVALID_MESSAGE, "'token'"),
         ({"t": "join", "room": "r", "token": {}}, ErrorCode.INVALID_MESSAGE, "'token'"),
+        ({"t": "join", "room": "r", "v": "x" * 5000}, ErrorCode.INVALID_MESSAGE, "'v'"),
+        # auth (a fresh token on an open session)
+        ({"t": "auth"}, ErrorCode.INVALID_MESSAGE, "'token'"),
+        ({"t": "auth", "token": ""}, ErrorCode.INVALID_MESSAGE, "'token'"),
+        ({"t": "auth", "token": 5}, ErrorCode.INVALID_MESSAGE, "'token'"),
         # input
         ({"t": "input", "seq": 1}, ErrorCode.INVALID_MESSAGE, "'data'"),
         ({"t": "input", "data": {}}, ErrorCode.INVALID_MESSAGE, "'seq'"),
@@ -204,6 +218,7 @@ def test_server_messages() -> None:
         tick_rate=20,
         ack=5,
         resumed=True,
+        token_exp=1_900_000_000,
     )
     assert welcome == {
         "t": "welcome",
@@ -217,7 +232,10 @@ def test_server_messages() -> None:
         "tick_rate": 20,
         "ack": 5,
         "resumed": True,
+        "token_exp": 1_900_000_000,
     }
+    assert authed_message(1_900_000_600) == {"t": "authed", "token_exp": 1_900_000_600}
+    assert parse_client_message({"t": "auth", "token": "abc"}) == AuthMessage("abc")
     assert redirect_message("lobby", "ws://h:8002/v1/ws", "s2") == {
         "t": "redirect",
         "room": "lobby",
@@ -492,3 +510,21 @@ def test_decoded_malformed_fields_become_protocol_errors(codec: Codec) -> None:
     for message in ({"t": "input", "seq": "1", "data": 1}, {"t": "join", "room": 3}, {"x": 1}):
         with pytest.raises(ProtocolError):
             parse_client_message(codec.decode(codec.encode(message)))
+
+
+def test_errors_never_echo_a_large_client_value() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_message({"t": "x" * 10_000})
+    assert len(caught.value.message) < 100
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_message({"t": "join", "room": "r", "v": 10**30})
+    assert len(caught.value.message) < 120
+
+
+@pytest.mark.parametrize("text", ["", "short", "é" * 200, "x" * 122 + "é", "🎲" * 40, "a" * 500])
+def test_close_reason_fits_a_close_frame_in_bytes(text: str) -> None:
+    cut = close_reason(text)
+    assert len(cut.encode("utf-8")) <= 123
+    assert text.startswith(cut)
+    if len(text.encode("utf-8")) <= 123:
+        assert cut == text

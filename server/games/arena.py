@@ -94,7 +94,9 @@ class Arena(Game):
 
     name: ClassVar[str] = "arena"
     tick_rate: ClassVar[int] = 20
-    max_players: ClassVar[int] = 512
+    max_players: ClassVar[int] = 64
+    # An arena input is {"dx": float, "dy": float}: about 25 bytes; 256 leaves room.
+    max_input_bytes: ClassVar[int] = 256
 
     def __init__(self, rng: int, players: dict[str, _Player], pickups: list[list[float]]) -> None:
         self._rng = rng & _MASK64

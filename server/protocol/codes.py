@@ -25,7 +25,7 @@ class CloseCode(IntEnum):
     ROOM_FULL = 4005  # the room has no free seat
     INVALID_ROOM = 4006  # bad room name or unknown game
     RATE_LIMITED = 4008  # far more messages than the input rate limit allows
-    SLOW_CONSUMER = 4009  # the client did not read; its outbox overflowed
+    SLOW_CONSUMER = 4009  # the client did not read; its outbox overflowed (retry: resume)
     REPLACED = 4010  # another connection of the same player took the seat
     QUOTA_EXCEEDED = 4011  # a per-player, per-address or per-server budget is used up
     RECONNECT = 4020  # server draining or room moving: reconnect (any server)
@@ -38,7 +38,9 @@ class CloseCode(IntEnum):
         return self in _RETRYABLE
 
 
-_RETRYABLE = frozenset({CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR})
+_RETRYABLE = frozenset(
+    {CloseCode.SLOW_CONSUMER, CloseCode.RECONNECT, CloseCode.REDIRECT, CloseCode.INTERNAL_ERROR}
+)
 
 
 class ErrorCode(StrEnum):

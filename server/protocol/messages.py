@@ -57,6 +57,25 @@ class AuthMessage:
 ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage | AuthMessage
 
 
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry, counted in UTF-8 bytes, never
+    splitting a character. Close reasons are the server's own words, never client text."""
+    raw = text.encode("utf-8")
+    if len(raw) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return raw[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A client-supplied value for an error message: repr, bounded, so that an error
+    never echoes a large or hostile payload back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_MESSAGE, message)
 
@@ -76,15 +95,22 @@ def _optional_str(message: dict[str, Any], name: str) -> str | None:
 
 
 def parse_join(message: dict[str, Any]) -> JoinMessage:
+    """A field of the wrong type is ``invalid_message`` (close 4000), like in every other
+    message; a well-typed but unacceptable value has its own code (4004, 4006)."""
     version = message.get("v", PROTOCOL_VERSION)
     # type() check: True == 1 and 1.0 == 1 in Python, but neither is version 1.
-    if type(version) is not int or version != PROTOCOL_VERSION:
+    if type(version) is not int:
+        raise _invalid("'v' must be an integer (the protocol version)")
+    if version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
+            f"protocol version {shown(version)} is not supported;"
+            f" this server speaks {PROTOCOL_VERSION}",
         )
     room = message.get("room")
-    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room):
+    if not isinstance(room, str):
+        raise _invalid("'room' is required and must be a string")
+    if not ROOM_NAME.fullmatch(room):
         raise ProtocolError(
             ErrorCode.INVALID_ROOM, "'room' must be 1-64 characters of A-Z a-z 0-9 _ . -"
         )
@@ -112,7 +138,7 @@ def parse_client_message(message: dict[str, Any]) -> ClientMessage:
         if not isinstance(token, str) or not token:
             raise _invalid("'auth' needs a non-empty string 'token'")
         return AuthMessage(token=token)
-    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown(kind)}")
 
 
 def welcome_message(

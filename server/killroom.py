@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from infra.cluster_file import load_cluster
+from infra.errors import InfraError
 from infra.redis_url import connect as connect_redis
 from server.store import RoomStore
 
@@ -81,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
         report = asyncio.run(kill_room(cluster.redis_url, args.room, args.timeout))
     except KillRoomError as exc:
         print(f"kill-room: {exc}")
+        return 1
+    except (RedisError, InfraError) as exc:
+        # The URL carries the password: show it redacted, and scrub the error too.
+        print(
+            f"kill-room: cannot reach Redis at {cluster.redis_url_redacted}: "
+            f"{cluster.scrub(str(exc)) or type(exc).__name__}"
+        )
         return 1
     if args.json:
         print(json.dumps(report))

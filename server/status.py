@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from infra.cluster_file import load_cluster
+from infra.errors import InfraError
 from infra.redis_url import connect as connect_redis
 from server.store import RoomStore, room_keys
 
@@ -68,7 +72,16 @@ async def collect(redis_url: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(Path(args.cluster))
-    report = asyncio.run(collect(cluster.redis_url))
+    try:
+        report = asyncio.run(collect(cluster.redis_url))
+    except (RedisError, OSError, InfraError) as exc:
+        # The URL carries the password: show it redacted, and scrub the error too.
+        print(
+            f"status: cannot read the cluster from Redis at {cluster.redis_url_redacted}: "
+            f"{cluster.scrub(str(exc)) or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         print(json.dumps(report))
         return 0

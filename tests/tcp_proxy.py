@@ -12,8 +12,8 @@ retransmission; new connections are accepted but not connected upstream.
 sent during the partition — the delayed writes a fenced owner must not be
 able to land.
 
-    with TcpProxy("127.0.0.1", redis_port) as proxy:
-        url = proxy.url  # redis://127.0.0.1:PORT/0
+    with TcpProxy("127.0.0.1", redis.port, password=redis.password) as proxy:
+        url = proxy.url  # redis://:PASSWORD@127.0.0.1:PROXYPORT/0
         proxy.blackhole()
         ...
         proxy.heal()
@@ -25,11 +25,15 @@ import asyncio
 import contextlib
 import threading
 from types import TracebackType
+from urllib.parse import quote
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_host: str, target_port: int, host: str = "127.0.0.1", password: str = ""
+    ) -> None:
         self.target_host = target_host
+        self.password = password  # the target's; only for ``url``
         self.target_port = target_port
         self.host = host
         self.port = 0
@@ -44,6 +48,9 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
+        """A Redis URL through the proxy, with the target's password when it has one."""
+        if self.password:
+            return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
         return f"redis://{self.host}:{self.port}/0"
 
     @property

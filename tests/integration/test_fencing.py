@@ -140,7 +140,7 @@ async def test_owner_cut_off_from_redis_fences_itself_and_the_room_moves(
 ) -> None:
     room = "cut-off"
     stop = asyncio.Event()
-    with TcpProxy("127.0.0.1", cluster.redis.port) as proxy:
+    with TcpProxy("127.0.0.1", cluster.redis.port, password=cluster.redis.password) as proxy:
         # s3 reaches Redis only through the proxy.
         s3 = await asyncio.to_thread(cluster.add_server, "s3", (), proxy.url)
         async with asyncio.timeout(45), JournalRecorder(cluster.redis_url, room) as journal:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from client.bots import run_bots
-from infra.embedded_redis import EmbeddedRedis, ping, valkey_binary
+from infra.cluster_file import write_private
+from infra.embedded_redis import EmbeddedRedis, config_string, ping, valkey_binary
 from infra.errors import RedisUrlError
 from infra.ports import free_port
 from infra.redis_url import SentinelTarget, parse_sentinel_url
@@ -27,16 +29,22 @@ def test_sentinel_url_parsing() -> None:
 
 async def test_cluster_runs_through_sentinel(processes: Processes, tmp_path: Path) -> None:
     primary = EmbeddedRedis(tmp_path / "primary").start()
+    assert primary.password  # the data node requires one: Sentinel must authenticate
     sentinel_port = free_port()
     config = tmp_path / "sentinel.conf"
-    config.write_text(
+    # 0600: it holds the primary's password (a replica would need `masterauth` too).
+    write_private(
+        config,
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor main 127.0.0.1 {primary.port} 1\n"
-        "sentinel down-after-milliseconds main 5000\n"
+        f"sentinel auth-pass main {config_string(primary.password)}\n"
+        "sentinel down-after-milliseconds main 5000\n",
     )
     processes.start([valkey_binary(), str(config), "--sentinel"], "sentinel")
     wait_until(lambda: ping("127.0.0.1", sentinel_port), 10, "sentinel")
-    url = f"redis+sentinel://127.0.0.1:{sentinel_port}/main"
+    # The URL's password is the data nodes'; the sentinel itself is open on loopback.
+    password = quote(primary.password, safe="")
+    url = f"redis+sentinel://:{password}@127.0.0.1:{sentinel_port}/main"
     local = start_cluster(processes, tmp_path, servers=2, redis=primary, redis_url=url)
     try:
         summary = await run_bots(local.info, "via-sentinel", count=4, seconds=2)

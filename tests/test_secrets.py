@@ -1,0 +1,241 @@
+"""Secrets stay secret (issue 7, deliverable 5): the Redis password of `stateroom up`.
+
+Against a real `stateroom up` (its own process group, ended by PID with SIGTERM):
+the embedded Valkey refuses the URL without its password; no child carries the
+Redis URL or the password in its argv (they get it in their environment); the
+data folder, its logs and redis folders are 0700, cluster.json, the key and the
+logs 0600; no log and nothing `up` prints holds the password; the CLI tools read
+the password from cluster.json and never print it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from infra.embedded_redis import die_with_parent
+from infra.redis_url import redact
+from tests.support import wait_until
+
+SERVERS = 1
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_base(servers: int) -> int:
+    """A BASE with BASE..BASE+servers and BASE+100+i (admin listeners) all free."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = int(sock.getsockname()[1])
+        if base > 65535 - 200:
+            continue
+        ports = [*range(base, base + servers + 1), *(base + 100 + i for i in range(1, servers + 1))]
+        if all(port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range for stateroom up")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux: /proc/PID/task/TID/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    data: Path
+    output: Path
+    cluster: dict[str, object]
+
+    @property
+    def redis_url(self) -> str:
+        return str(self.cluster["redis_url"])
+
+    @property
+    def password(self) -> str:
+        return (self.data / "redis" / "valkey.password").read_text().strip()
+
+
+def stop_up(proc: subprocess.Popen[bytes], children: list[int]) -> None:
+    """SIGTERM `up` by PID and wait; SIGKILL it (and the children it left) past the bound."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for child in children:  # normally gone already (stopped by up, or PDEATHSIG)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    tmp = tmp_path_factory.mktemp("up")
+    data = tmp / "data"
+    output = tmp / "up.out"
+    base = free_base(SERVERS)
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "server.cli", "up", "--data", str(data)),
+                *("--port", str(base), "--servers", str(SERVERS)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: a terminal's ^C never reaches it
+            preexec_fn=die_with_parent,
+        )
+    children: list[int] = []
+    try:
+        cluster_file = data / "cluster.json"
+        wait_until(lambda: proc.poll() is not None or cluster_file.exists(), 60, "cluster.json")
+        assert proc.poll() is None, output.read_text(errors="replace")
+        children = children_of(proc.pid)
+        yield Up(proc, data, output, json.loads(cluster_file.read_text()))
+    finally:
+        children = children or (children_of(proc.pid) if proc.poll() is None else [])
+        stop_up(proc, children)
+
+
+def test_redis_refuses_the_url_without_its_password(up: Up) -> None:
+    assert up.password and f":{up.password}@" in up.redis_url
+    bare = redis.Redis.from_url(redact(up.redis_url).replace(":***@", ""))
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            bare.get("x")
+    finally:
+        bare.close()
+    client = redis.Redis.from_url(up.redis_url)
+    try:
+        assert client.ping()
+        # The room servers reached it (through the URL in their environment): they registered.
+        assert client.hlen("sr:servers") == SERVERS
+    finally:
+        client.close()
+
+
+def test_no_child_has_the_url_in_argv(up: Up) -> None:
+    children = children_of(up.proc.pid)
+    # valkey, auth and the room servers
+    assert len(children) == SERVERS + 2, children
+    for pid in children:
+        argv = cmdline(pid)
+        assert up.password.encode() not in argv, argv
+        assert b"redis://" not in argv, argv
+    assert up.password.encode() not in cmdline(up.proc.pid)
+    # The components get it in their environment (readable only by this user).
+    pythons = [pid for pid in children if b"server.cli" in cmdline(pid)]
+    assert len(pythons) == SERVERS + 1
+    for pid in pythons:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"STATEROOM_REDIS_URL={up.redis_url}".encode() in environ
+
+
+def test_files_and_folders_are_private(up: Up) -> None:
+    assert mode(up.data) == 0o700
+    assert mode(up.data / "logs") == 0o700
+    assert mode(up.data / "redis") == 0o700
+    assert mode(up.data / "cluster.json") == 0o600
+    assert mode(up.data / "auth-key.pem") == 0o600
+    assert mode(up.data / "redis" / "valkey.conf") == 0o600
+    assert mode(up.data / "redis" / "valkey.password") == 0o600
+    logs = list((up.data / "logs").iterdir())
+    assert len(logs) == SERVERS + 1
+    for log in logs:
+        assert mode(log) == 0o600, log
+
+
+def test_nothing_logged_or_printed_holds_the_password(up: Up) -> None:
+    # Let the children write their start-up logs (the room servers log the Redis URL).
+    wait_until(lambda: "s1" in up.output.read_text(errors="replace"), 10, "up's banner")
+    printed = up.output.read_text(errors="replace")
+    assert "Stateroom is up" in printed
+    assert redact(up.redis_url) in printed  # the URL is shown, redacted
+    files = [*(up.data / "logs").iterdir(), up.data / "redis" / "valkey.log"]
+    for path in [up.output, *files]:
+        assert up.password not in path.read_text(errors="replace"), path
+    text = (up.data / "logs" / "s1.log").read_text(errors="replace")
+    assert "redis://:***@" in text
+
+
+def stateroom(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_tools_use_the_password_and_never_print_it(up: Up, tmp_path: Path) -> None:
+    cluster_file = up.data / "cluster.json"
+    ok = stateroom("status", "--cluster", str(cluster_file))
+    assert ok.returncode == 0, ok.stderr
+    assert "s1" in ok.stdout
+    assert up.password not in ok.stdout + ok.stderr
+
+    # A wrong password: the error names the redacted URL and leaks neither password.
+    wrong = "not-the-password-" + "x" * 20
+    bad = dict(up.cluster, redis_url=up.redis_url.replace(up.password, wrong))
+    bad_file = tmp_path / "cluster.json"
+    bad_file.write_text(json.dumps(bad))
+    for args in (("status",), ("kill-room", "nowhere", "--timeout", "1")):
+        result = stateroom(*args, "--cluster", str(bad_file))
+        assert result.returncode == 1, result
+        shown = result.stdout + result.stderr
+        assert "cannot" in shown and "redis://:***@127.0.0.1:" in shown, shown
+        assert wrong not in shown and up.password not in shown, shown
+        assert "Traceback" not in shown, shown
+
+
+def test_up_stops_cleanly_on_sigterm(up: Up) -> None:
+    """Last in this module: end `up` by PID and check that it took its children along."""
+    children = children_of(up.proc.pid)
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.05)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()]

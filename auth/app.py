@@ -6,10 +6,24 @@ and metrics. Any replica answers any request.
 
 Every answer that is not a success is ``{"error": {"code", "message"}}``: bad
 input is a 4xx, an unexpected failure a 500 ``internal_error`` with no trace.
+
+At start (the lifespan) the service checks Redis's memory limit and eviction policy
+(``infra.redis_health``) and refuses to start on an evicting policy. If Redis does not
+answer yet, it starts anyway and runs the check in the background as soon as Redis
+does; an evicting policy found then makes writes and ``/healthz`` answer 503 with the
+reason, since the process is already serving.
+
+The Redis client retries a command that failed on a dead connection (3 times, 50 ms
+doubling backoff), so the first request after a Redis restart does not fail. Every
+command the service sends is safe to run twice: counters, idempotent writes, and a
+refresh script that recognises its own replay (``auth.refresh``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import logging
 import re
 import secrets
@@ -29,10 +43,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth.accounts import AccountStore
+from auth.capacity import MemoryGuard
+from auth.clientaddr import Network, address_bucket, client_address, is_loopback, parse_networks
 from auth.errors import (
     ApiError,
     BadRequest,
+    ConfigError,
     Conflict,
+    Forbidden,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
@@ -45,16 +63,22 @@ from auth.metrics import Metrics
 from auth.openapi import openapi_document
 from auth.passwords import Hasher
 from auth.ratelimit import RateLimiter
-from auth.refresh import RefreshStore
+from auth.refresh import RefreshStore, family_of
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer
+from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
+from infra.revocation import revoke as write_revocation
 
 log = logging.getLogger("stateroom.auth")
 
+GUEST_PREFIX = "g_"
 USERNAME = re.compile(r"[A-Za-z0-9_-]{3,32}")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 NAME_MAX = 24
+REDIS_RETRIES = 3
+REVOCATION_MARGIN_S = 60  # beyond access_ttl: covers the verifiers' 30 s leeway
+WRITE_ROUTES = frozenset({"/v1/guest", "/v1/accounts", "/v1/login", "/v1/refresh", "/v1/logout"})
 
 
 class JSONResponse(Response):
@@ -83,6 +107,11 @@ class Services:
     refresh: RefreshStore
     limiter: RateLimiter
     metrics: Metrics
+    memory: MemoryGuard
+    trusted_proxies: tuple[Network, ...] = ()
+    # Set when Redis turns out to evict keys after the service started: every write and
+    # /healthz answer 503 with this message.
+    refusal: str | None = None
 
     @classmethod
     def create(cls, settings: AuthSettings) -> Services:
@@ -93,6 +122,7 @@ class Services:
             socket_connect_timeout=5,
             max_connections=64,
             wait_for_connection=5,
+            retries=REDIS_RETRIES,
         )
         keyring = Keyring(settings.key_file, settings.key_check_interval)
         return cls(
@@ -114,7 +144,13 @@ class Services:
                 on_change=metrics.hash_in_flight.set,
             ),
             accounts=AccountStore(redis, prefix=settings.redis_prefix),
-            refresh=RefreshStore(redis, prefix=settings.redis_prefix, ttl=settings.refresh_ttl),
+            refresh=RefreshStore(
+                redis,
+                prefix=settings.redis_prefix,
+                ttl=settings.refresh_ttl,
+                guest_ttl=settings.guest_refresh_ttl,
+                guest_prefix=GUEST_PREFIX,
+            ),
             limiter=RateLimiter(
                 redis,
                 prefix=settings.redis_prefix,
@@ -123,7 +159,25 @@ class Services:
                 login_window=settings.login_failure_window,
             ),
             metrics=metrics,
+            memory=MemoryGuard(
+                redis,
+                watermark=settings.memory_watermark,
+                interval=settings.memory_check_interval,
+            ),
+            trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+
+    def client_of(self, request: Request) -> str:
+        """The client address the request counts against (``auth.clientaddr``)."""
+        cached = request.scope.get("stateroom.client")
+        if isinstance(cached, str):
+            return cached
+        peer = request.client.host if request.client else "unknown"
+        address = client_address(
+            peer, request.headers.getlist("x-forwarded-for"), self.trusted_proxies
+        )
+        request.scope["stateroom.client"] = address
+        return address
 
     async def aclose(self) -> None:
         self.hasher.close()
@@ -213,9 +267,10 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
         async def run(request: Request) -> Response:
             request.scope["stateroom.route"] = route
             try:
+                if svc.refusal is not None and route in WRITE_ROUTES:
+                    raise Unavailable(svc.refusal, headers={"Retry-After": "30"})
                 if limited:
-                    host = request.client.host if request.client else "unknown"
-                    await svc.limiter.hit_address(host)
+                    await svc.limiter.hit_address(address_bucket(svc.client_of(request)))
                 return await handler(request, svc)
             except ApiError as exc:
                 if isinstance(exc, RateLimited):
@@ -253,9 +308,18 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if owned:
-            await svc.aclose()
+        checker: asyncio.Task[None] | None = None
+        try:
+            if not await check_memory(svc, at_start=True):
+                checker = asyncio.create_task(check_memory_later(svc), name="redis-memory-check")
+            yield
+        finally:
+            if checker is not None:
+                checker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checker
+            if owned:
+                await svc.aclose()
 
     routes = [
         Route("/v1/guest", endpoint("/v1/guest", guest), methods=["POST"]),
@@ -304,13 +368,51 @@ class RequestMetrics:
             self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
 
 
+# ---------------------------------------------------------------- start-up check
+
+
+async def check_memory(svc: Services, *, at_start: bool) -> bool:
+    """Check Redis's memory settings; False when Redis did not answer (try again later).
+
+    An evicting policy raises ConfigError at start (the service refuses to start), and
+    later sets ``svc.refusal`` (the service is already up: it stops writing instead).
+    """
+    try:
+        result = await check_redis_memory(svc.redis)
+    except (RedisError, OSError) as exc:
+        if at_start:
+            log.warning(
+                "cannot check Redis memory settings yet (%s); checking again once Redis answers",
+                exc,
+            )
+        return False
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    if result.fatal is not None:
+        if at_start:
+            log.error("refusing to start: %s", result.fatal)
+            raise ConfigError(f"refusing to start: {result.fatal}")
+        log.error("refusing writes: %s", result.fatal)
+        svc.refusal = f"the login store is misconfigured: {result.fatal}"
+    return True
+
+
+async def check_memory_later(svc: Services, first_delay: float = 0.5) -> None:
+    delay = first_delay
+    while True:
+        await asyncio.sleep(delay)
+        if await check_memory(svc, at_start=False):
+            return
+        delay = min(delay * 2, 5.0)
+
+
 # ---------------------------------------------------------------- handlers
 
 
 async def _token_pair(svc: Services, player_id: str, name: str) -> dict[str, Any]:
     refresh_token = await svc.refresh.create(player_id, name)
     return {
-        "access_token": svc.issuer.issue(player_id, name),
+        "access_token": svc.issuer.issue(player_id, name, session_id=family_of(refresh_token)),
         "refresh_token": refresh_token,
         "token_type": "Bearer",
         "expires_in": svc.settings.access_ttl,
@@ -322,7 +424,8 @@ async def _token_pair(svc: Services, player_id: str, name: str) -> dict[str, Any
 async def guest(request: Request, svc: Services) -> Response:
     data = await read_json(request, svc.settings.max_body_bytes, optional=True)
     name = valid_name(data) or f"guest-{secrets.randbelow(10_000):04d}"
-    player_id = "g_" + secrets.token_urlsafe(12)
+    await svc.memory.check()
+    player_id = GUEST_PREFIX + secrets.token_urlsafe(12)
     pair = await _token_pair(svc, player_id, name)
     svc.metrics.logins.labels("guest", "ok").inc()
     return JSONResponse(pair)
@@ -332,6 +435,7 @@ async def create_account(request: Request, svc: Services) -> Response:
     data = await read_json(request, svc.settings.max_body_bytes)
     username = valid_username(data)
     password = valid_password(data)
+    await svc.memory.check()
     if await svc.accounts.get(username) is not None:
         raise Conflict(f"username {username!r} is taken; choose another", code="username_taken")
     account = await svc.accounts.create(username, await svc.hasher.hash(password))
@@ -344,14 +448,20 @@ async def login(request: Request, svc: Services) -> Response:
     data = await read_json(request, svc.settings.max_body_bytes)
     username = valid_username(data)
     password = valid_password(data)
-    await svc.limiter.check_login(username)
-    account = await svc.accounts.get(username)
-    ok = await svc.hasher.verify(account.password_hash if account else None, password)
+    # The attempt slot is taken before any hashing (auth.ratelimit): a wrong password
+    # keeps it, a success or an attempt that was never evaluated gives it back.
+    await svc.limiter.reserve_login(username)
+    try:
+        account = await svc.accounts.get(username)
+        ok = await svc.hasher.verify(account.password_hash if account else None, password)
+    except (Unavailable, RedisError):  # not evaluated (hashing at capacity, Redis down)
+        with contextlib.suppress(RedisError):
+            await svc.limiter.release_login(username)
+        raise
     if not ok or account is None:
-        await svc.limiter.login_failed(username)
         svc.metrics.logins.labels("password", "failed").inc()
         raise Unauthorized("wrong username or password", code="invalid_credentials")
-    await svc.limiter.login_succeeded(username)
+    await svc.limiter.release_login(username)
     svc.metrics.logins.labels("password", "ok").inc()
     return JSONResponse(await _token_pair(svc, account.player_id, account.username))
 
@@ -372,13 +482,19 @@ async def refresh(request: Request, svc: Services) -> Response:
     if outcome.status == "reuse":
         svc.metrics.reuse.inc()
         log.warning("refresh token reuse detected; family revoked")
+    if outcome.status in ("reuse", "revoked") and outcome.family is not None:
+        # End the live sessions too. Also on "revoked": it makes the record certain
+        # even if writing it failed the first time (the write is idempotent).
+        await _revoke_session(svc, outcome.family)
     if outcome.status != "ok" or outcome.player_id is None or outcome.name is None:
         raise Unauthorized(
             _GRANT_MESSAGES.get(outcome.status, "invalid grant"), code="invalid_grant"
         )
     return JSONResponse(
         {
-            "access_token": svc.issuer.issue(outcome.player_id, outcome.name),
+            "access_token": svc.issuer.issue(
+                outcome.player_id, outcome.name, session_id=outcome.family
+            ),
             "refresh_token": outcome.refresh_token,
             "token_type": "Bearer",
             "expires_in": svc.settings.access_ttl,
@@ -390,8 +506,15 @@ async def refresh(request: Request, svc: Services) -> Response:
 
 async def logout(request: Request, svc: Services) -> Response:
     data = await read_json(request, svc.settings.max_body_bytes)
-    await svc.refresh.revoke(_string(data, "refresh_token"))
+    family = await svc.refresh.revoke(_string(data, "refresh_token"))
+    if family is not None:
+        await _revoke_session(svc, family)
     return Response(status_code=204)
+
+
+async def _revoke_session(svc: Services, family: str) -> None:
+    """Write the revocation record room servers check (``infra.revocation``)."""
+    await write_revocation(svc.redis, family, svc.settings.access_ttl + REVOCATION_MARGIN_S)
 
 
 async def jwks(request: Request, svc: Services) -> Response:
@@ -400,6 +523,8 @@ async def jwks(request: Request, svc: Services) -> Response:
 
 
 async def healthz(request: Request, svc: Services) -> Response:
+    if svc.refusal is not None:
+        raise Unavailable(svc.refusal)
     try:
         await svc.redis.ping()
     except (RedisError, OSError) as exc:
@@ -407,7 +532,28 @@ async def healthz(request: Request, svc: Services) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def check_admin(request: Request, svc: Services) -> None:
+    """``admin_token`` set: a matching bearer token; unset: loopback clients only."""
+    expected = svc.settings.admin_token
+    if expected:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode("utf-8", "replace"), expected.encode("utf-8")
+        ):
+            raise Unauthorized(
+                "send Authorization: Bearer <admin token> (STATEROOM_ADMIN_TOKEN)",
+                headers={"WWW-Authenticate": 'Bearer realm="stateroom-admin"'},
+            )
+        return
+    if not is_loopback(svc.client_of(request)):
+        raise Forbidden(
+            "/metrics answers loopback clients only; set STATEROOM_ADMIN_TOKEN to scrape "
+            "it from elsewhere with Authorization: Bearer <token>"
+        )
+
+
 async def metrics(request: Request, svc: Services) -> Response:
+    check_admin(request, svc)
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

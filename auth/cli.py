@@ -43,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
         log_level="info",
         server_header=False,
         lifespan="on",
+        # X-Forwarded-For is read by the app itself, from trusted_proxies only
+        # (auth.clientaddr); uvicorn's rewriting would trust any loopback peer.
+        proxy_headers=False,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # the lifespan refused to start (logged), or the port is taken
+        print("stateroom auth: did not start; see the log above", file=sys.stderr)
+        return 3
     return 0

@@ -10,7 +10,8 @@
         ├── PayloadTooLarge       413 payload_too_large
         ├── ValidationFailed      422 validation_failed
         ├── Conflict              409 (username_taken)
-        ├── Unauthorized          401 (invalid_credentials, invalid_grant)
+        ├── Unauthorized          401 (invalid_credentials, invalid_grant, unauthorized)
+        ├── Forbidden             403 forbidden (/metrics from a non-loopback client)
         ├── RateLimited           429 rate_limited, with Retry-After
         └── Unavailable           503 (overloaded, unavailable)
 
@@ -36,7 +37,8 @@ class KeyFileError(ConfigError):
 class InvalidToken(AuthError):
     """An access token was refused. ``code`` is stable and machine-readable.
 
-    Codes: token_too_large, token_malformed, token_expired, token_invalid, unknown_key.
+    Codes: token_too_large, token_malformed, token_expired, token_invalid, unknown_key,
+    and keys_unavailable (the JWKS could not be fetched; not the token's fault: retry).
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -93,6 +95,11 @@ class Conflict(ApiError):
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
 
 
 class RateLimited(ApiError):

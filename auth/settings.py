@@ -3,6 +3,9 @@
 Every field has a flag (``--access-ttl``) and an environment variable
 (``STATEROOM_AUTH_ACCESS_TTL``); a flag wins over the variable, the variable over
 the default. ``--redis`` also reads ``STATEROOM_REDIS_URL``.
+
+Secrets have no flag (a flag shows in ``ps`` and in process listings): ``admin_token``
+is read from ``STATEROOM_ADMIN_TOKEN`` only, and is left out of the settings' repr.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,11 @@ class AuthSettings:
     issuer: str = "stateroom"
     audience: str = "stateroom"
     access_ttl: int = 600  # seconds; access tokens are stateless, keep them short
-    refresh_ttl: int = 2_592_000  # 30 days
+    refresh_ttl: int = 2_592_000  # 30 days (account families)
+    guest_refresh_ttl: int = 86_400  # 24 h sliding window for guest families
     redis_prefix: str = "auth:"
-    rate_limit_per_minute: int = 600  # requests per client address per minute
+    rate_limit_per_minute: int = 600  # requests per client bucket (IPv4, IPv6 /64) a minute
+    trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     login_failures: int = 5  # failed logins per account per window before 429
     login_failure_window: int = 900  # seconds (15 minutes)
     # argon2id, OWASP "m=19456 (19 MiB), t=2, p=1"
@@ -44,11 +49,17 @@ class AuthSettings:
     max_body_bytes: int = 16_384
     key_check_interval: float = 1.0  # seconds between checks of the key file's mtime
     access_log: bool = True
+    # Guest logins and account creation answer 503 once Redis uses more than this
+    # fraction of its maxmemory (read from INFO memory at most every interval).
+    memory_watermark: float = 0.8
+    memory_check_interval: float = 2.0  # seconds
+    admin_token: str = field(default="", repr=False)  # /metrics bearer token; env only
 
     def __post_init__(self) -> None:
         positive = (
             "access_ttl",
             "refresh_ttl",
+            "guest_refresh_ttl",
             "rate_limit_per_minute",
             "login_failures",
             "login_failure_window",
@@ -65,16 +76,30 @@ class AuthSettings:
             raise ConfigError(f"hash_queue must be >= 0 (--hash-queue / {env('hash_queue')})")
         if not self.redis_url:
             raise ConfigError("a Redis URL is required: --redis URL or STATEROOM_REDIS_URL")
+        if not 0 < self.memory_watermark <= 1:
+            raise ConfigError(
+                "memory_watermark must be in (0, 1] (a fraction of Redis maxmemory; "
+                f"--memory-watermark / {env('memory_watermark')})"
+            )
+        if self.memory_check_interval < 0:
+            raise ConfigError(
+                f"memory_check_interval must be >= 0 ({env('memory_check_interval')})"
+            )
+        from auth.clientaddr import parse_networks
+
+        parse_networks(self.trusted_proxies)  # raises ConfigError naming the bad entry
 
 
 def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+_ENV_NAMES = {"redis_url": "STATEROOM_REDIS_URL", "admin_token": "STATEROOM_ADMIN_TOKEN"}
+ENV_ONLY = frozenset({"admin_token"})  # secrets: never on a command line
+
+
 def env(name: str) -> str:
-    if name == "redis_url":
-        return "STATEROOM_REDIS_URL"
-    return ENV_PREFIX + name.upper()
+    return _ENV_NAMES.get(name, ENV_PREFIX + name.upper())
 
 
 _FLAG_NAMES = {"redis_url": "redis", "key_file": "key"}
@@ -83,6 +108,8 @@ _FLAG_NAMES = {"redis_url": "redis", "key_file": "key"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field; defaults are None so the environment can fill the gaps."""
     for f in fields(AuthSettings):
+        if f.name in ENV_ONLY:
+            continue
         name = _FLAG_NAMES.get(f.name, flag(f.name))
         shown = "required" if f.default is MISSING else f"default {f.default}"
         help_text = f"{shown}; env {env(f.name)}"
@@ -117,7 +144,7 @@ def from_sources(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(AuthSettings):
-        raw = getattr(args, f.name, None) if args is not None else None
+        raw = getattr(args, f.name, None) if args is not None and f.name not in ENV_ONLY else None
         if raw is None:
             raw = environ.get(env(f.name))
         if raw is None:

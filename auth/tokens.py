@@ -1,8 +1,10 @@
 """Issuing access tokens: short-lived EdDSA JWTs signed with the keyring's newest key.
 
-Claims: iss, aud, sub (player id), name, iat, exp, jti; header alg=EdDSA, kid,
-typ=JWT. Access tokens are stateless: nothing about them is stored, so revoking a
-refresh family does not recall access tokens already issued — they expire within
+Claims: iss, aud, sub (player id), name, iat, exp, jti, and sid (the session id: the
+refresh family the token was issued with); header alg=EdDSA, kid, typ=JWT. Access
+tokens are stateless: nothing about them is stored. When a session ends early (logout,
+refresh-token reuse) the login service writes a revocation record for its ``sid``
+(``infra.revocation``) that room servers check; otherwise a token simply expires within
 ``access_ttl`` (10 minutes by default).
 """
 
@@ -26,7 +28,14 @@ class TokenIssuer:
         self.audience = audience
         self.ttl = ttl
 
-    def issue(self, player_id: str, name: str, now: float | None = None) -> str:
+    def issue(
+        self,
+        player_id: str,
+        name: str,
+        now: float | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> str:
         self.keyring.maybe_reload()
         key = self.keyring.current
         iat = int(time.time() if now is None else now)
@@ -39,6 +48,8 @@ class TokenIssuer:
             "exp": iat + self.ttl,
             "jti": secrets.token_urlsafe(12),
         }
+        if session_id is not None:
+            claims["sid"] = session_id
         return jwt.encode(
             claims, key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": "JWT"}
         )

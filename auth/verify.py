@@ -5,10 +5,20 @@ and the header's ``alg`` is attacker-controlled. So the algorithm is pinned to
 EdDSA, ``exp``/``iat``/``sub``/``aud``/``iss`` are required, and tokens over
 4 KiB are refused before any decoding.
 
-JWKS cache policy: the first fetch happens on first use; afterwards the set is
-refetched at most once per ``refetch_interval`` (60 s) — when it is older than
-that, or when a token names an unknown ``kid``. Garbage kids therefore cannot
-cause a refetch storm. A failed refetch keeps the previous keys.
+JWKS cache policy: ``warm()`` fetches at start and keeps retrying (0.1 s doubling to
+1 s) until the login service answers or the verifier is closed; without ``warm()`` the
+first fetch happens on first use. Afterwards the set is refetched at most once per
+``refetch_interval`` (60 s) — when it is older than that, or when a token names an
+unknown ``kid``. Garbage kids therefore cannot cause a refetch storm. A failed fetch
+keeps the previous keys and is retried after at most 1 s.
+
+Unknown kid, two answers:
+
+- ``keys_unavailable`` (retry): the verifier cannot tell, because it has never fetched
+  the JWKS successfully or its last fetch failed (the login service is starting or
+  down). Room servers answer ``unavailable`` and close with 4020, so clients retry.
+- ``unknown_key``: the last fetch succeeded and the kid is not in it (a token from
+  another deployment, or a retired key). Log in again.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ class VerifiedToken:
     name: str
     expires_at: float
     claims: dict[str, Any]
+    session_id: str | None = None  # the ``sid`` claim: refresh family, for revocation
 
 
 def _keys_from_jwks(jwks: Any) -> dict[str, Any]:
@@ -104,7 +115,9 @@ class TokenVerifier:
         self.http_timeout = http_timeout
         self._keys: dict[str, Any] = {}
         self._fetched_at: float | None = None  # monotonic time of the last fetch attempt
+        self._last_ok = False  # did the last fetch attempt get a usable key set?
         self._static = False
+        self._closed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self.fetches = 0  # number of JWKS fetch attempts, for tests and metrics
@@ -122,15 +135,37 @@ class TokenVerifier:
         verifier = cls("static:", issuer=issuer, audience=audience, leeway=leeway)
         verifier._keys = _keys_from_jwks(jwks)
         verifier._static = True
+        verifier._last_ok = True
         return verifier
 
-    async def warm(self) -> None:
-        """Fetch the JWKS now (creating the HTTP client costs tens of ms of blocking work),
-        so the first joins after a failover do not wait for it. Errors are left for later."""
-        if not self._static:
-            await self._refresh()
+    @property
+    def keys_known(self) -> bool:
+        """True when the last JWKS fetch succeeded (or the key set is fixed)."""
+        return self._last_ok
+
+    async def warm(self, *, first_delay: float = 0.1, max_delay: float = 1.0) -> None:
+        """Fetch the JWKS now, and keep retrying (``first_delay`` doubling up to
+        ``max_delay``) until a fetch succeeds or the verifier is closed.
+
+        Run it as a task at start: creating the HTTP client costs tens of ms of blocking
+        work, and a room server that starts before the login service answers gets its
+        keys within ``max_delay`` of the service coming up instead of on first use.
+        """
+        if self._static:
+            return
+        delay = first_delay
+        while not self._closed.is_set():
+            if await self._refresh(force=True):
+                return
+            try:
+                await asyncio.wait_for(self._closed.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, max_delay)
 
     async def aclose(self) -> None:
+        """Stop ``warm()`` and close the HTTP client."""
+        self._closed.set()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -140,15 +175,18 @@ class TokenVerifier:
             return False
         if self._fetched_at is None:
             return True
-        # With no keys at all (login service was down), retry much sooner.
-        interval = self.refetch_interval if self._keys else min(1.0, self.refetch_interval)
+        # After a failed fetch (login service down or starting), retry much sooner.
+        interval = self.refetch_interval if self._last_ok else min(1.0, self.refetch_interval)
         return time.monotonic() - self._fetched_at >= interval
 
-    async def _refresh(self) -> None:
-        """Fetch the JWKS if due; concurrent callers share one fetch."""
+    async def _refresh(self, *, force: bool = False) -> bool:
+        """Fetch the JWKS if due (``force``: also within the retry interval after a
+        failure); concurrent callers share one fetch. True when the keys are known."""
         async with self._lock:
-            if not self._due():
-                return
+            if self._closed.is_set():
+                return self._last_ok
+            if not (self._due() or (force and not self._last_ok)):
+                return self._last_ok
             self._fetched_at = time.monotonic()
             self.fetches += 1
             if self._client is None:
@@ -157,10 +195,14 @@ class TokenVerifier:
                 response = await self._client.get(self.jwks_url)
                 response.raise_for_status()
                 keys = _keys_from_jwks(response.json())
-            except (httpx.HTTPError, ValueError):
-                return  # keep the keys we have; retried after refetch_interval
+            except (httpx.HTTPError, ValueError, RuntimeError):
+                # RuntimeError: the client was closed under us by aclose().
+                self._last_ok = False  # keep the keys we have; retried within 1 s
+                return False
+            self._last_ok = bool(keys)  # an empty set is a broken answer, not "no keys"
             if keys:
                 self._keys = keys
+            return self._last_ok
 
     async def _key_for(self, kid: str) -> Any:
         if self._due():
@@ -174,10 +216,11 @@ class TokenVerifier:
             await self._refresh()
             key = self._keys.get(kid)
         if key is None:
-            if not self._keys and not self._static:
+            if not self._last_ok:
                 raise InvalidToken(
-                    "unknown_key",
-                    f"no signing keys available from {self.jwks_url}; is the login service up?",
+                    "keys_unavailable",
+                    f"the signing keys cannot be fetched from {self.jwks_url} right now "
+                    "(is the login service up?); retry",
                 )
             raise InvalidToken(
                 "unknown_key",
@@ -235,9 +278,11 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise InvalidToken("token_invalid", "token has no player id (sub)")
         name = claims.get("name", sub)
+        sid = claims.get("sid")
         return VerifiedToken(
             player_id=sub,
             name=name if isinstance(name, str) else sub,
             expires_at=float(claims["exp"]),
             claims=claims,
+            session_id=sid if isinstance(sid, str) and sid else None,
         )

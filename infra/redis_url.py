@@ -18,7 +18,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from infra.errors import RedisUrlError
 
@@ -61,14 +65,28 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
 
 
 def connect(
-    url: str, *, wait_for_connection: float | None = None, **options: Any
+    url: str,
+    *,
+    wait_for_connection: float | None = None,
+    retries: int = 0,
+    **options: Any,
 ) -> aioredis.Redis:
     """A redis.asyncio client for ``url``; ``options`` go to every connection.
 
     ``wait_for_connection`` (seconds) makes a full pool queue callers for up to that long
     instead of failing at once with "Too many connections" (a burst of logins must wait,
     not fail).
+
+    ``retries`` > 0 retries a command that fails with a connection error or a timeout up
+    to that many times, reconnecting, with exponential backoff (50 ms doubling, capped
+    at 500 ms): a pooled connection that died with a Redis restart is replaced
+    transparently instead of failing the first request. Only for callers whose commands
+    are safe to run twice (a timeout may hide a command that did run). An explicit
+    ``retry=`` option wins. The default (0) keeps redis-py's pool behaviour: no retry.
     """
+    if retries > 0 and "retry" not in options:
+        options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
+        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
     if url.startswith(SENTINEL_SCHEME + "://"):
         target = parse_sentinel_url(url)
         timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}

@@ -38,7 +38,9 @@ async def test_guest_login_without_body(client: httpx.AsyncClient) -> None:
     assert verified.expires_at == pytest.approx(time.time() + 600, abs=5)
     header = jwt.get_unverified_header(body["access_token"])
     assert header["alg"] == "EdDSA" and header["kid"]
-    assert set(verified.claims) == {"iss", "aud", "sub", "name", "iat", "exp", "jti"}
+    assert set(verified.claims) == {"iss", "aud", "sub", "name", "iat", "exp", "jti", "sid"}
+    # the session id is the refresh family: the refresh token's first part
+    assert verified.session_id == body["refresh_token"].split(".")[0]
 
 
 async def test_guest_login_with_name(client: httpx.AsyncClient) -> None:
@@ -117,15 +119,20 @@ async def test_failed_logins_are_rate_limited(make_client: MakeClient) -> None:
     assert_error(await client.post("/v1/login", json=good), 429, "rate_limited")
 
 
-async def test_successful_login_clears_failures(make_client: MakeClient) -> None:
-    client = await make_client(login_failures=2)
+async def test_successful_login_keeps_failures_but_not_itself(make_client: MakeClient) -> None:
+    client = await make_client(login_failures=3)
     await client.post("/v1/accounts", json={"username": "gina", "password": "hunter22"})
     bad = {"username": "gina", "password": "wrong-pass"}
     good = {"username": "gina", "password": "hunter22"}
-    await client.post("/v1/login", json=bad)
+    assert_error(await client.post("/v1/login", json=bad), 401, "invalid_credentials")
+    # successes give their own slot back: any number of them, the failure stays counted
+    for _ in range(5):
+        assert (await client.post("/v1/login", json=good)).status_code == 200
+    assert_error(await client.post("/v1/login", json=bad), 401, "invalid_credentials")
     assert (await client.post("/v1/login", json=good)).status_code == 200
-    await client.post("/v1/login", json=bad)
-    assert (await client.post("/v1/login", json=good)).status_code == 200
+    # a success did not clear the two failures: the third one locks the account
+    assert_error(await client.post("/v1/login", json=bad), 401, "invalid_credentials")
+    assert_error(await client.post("/v1/login", json=good), 429, "rate_limited")
 
 
 async def test_requests_per_address_are_rate_limited(make_client: MakeClient) -> None:

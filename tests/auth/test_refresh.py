@@ -38,7 +38,7 @@ async def test_only_hashes_are_stored(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         store = RefreshStore(client, prefix="auth:")
-        token = await store.create("g_p", "guest-1")
+        token = await store.create("u_p", "alice")  # an account: 30 days
         keys = [k.decode() async for k in client.scan_iter("*")]
         secret = token.split(".")[1]
         assert all(k.startswith("auth:") for k in keys)

@@ -135,8 +135,11 @@ class RoomServer:
         self.store = RoomStore(self.redis, lease_ms=settings.lease_ms)
         self.liveness_id: int | None = None
         self.liveness_since = time.monotonic()
+        self.liveness_reconnects = -1  # new liveness connections after the first
+        self.redis_up_since = time.monotonic()  # when Redis last started, by its uptime
         self.redis_ok = False
         self.live: set[str] = set()
+        self.registry: dict[str, dict[str, Any]] = {}  # the last read of sr:servers
         self.live_at = 0.0
         self._missing: dict[str, int] = {}
         self._gone_polls: dict[str, int] = {}
@@ -246,6 +249,9 @@ class RoomServer:
             # A new liveness connection: publish its id at once, peers look for it by id.
             self.liveness_id = client_id
             self.liveness_since = time.monotonic()
+            self.liveness_reconnects += 1
+            uptime = (await self.liveness.info("server")).get("uptime_in_seconds", 0)
+            self.redis_up_since = time.monotonic() - float(uptime)
             register = True
         if register:
             await self.store.register_server(self.server_id, self.info())
@@ -269,17 +275,25 @@ class RoomServer:
             await asyncio.sleep(min(self.settings.heartbeat_s, 0.25))
 
     def _settled(self) -> bool:
-        """Our own liveness connection is old enough that peers have had time to reconnect."""
-        return (
-            self.redis_ok
-            and time.monotonic() - self.liveness_since >= self.settings.liveness_grace_ms / 1000
-        )
+        """Whether a peer missing from CLIENT LIST can be judged dead: every live peer has
+        had time to (re)connect its liveness connection. That wait is only needed after
+        Redis itself restarted (or our own connection was re-made after an outage): a fresh
+        server joining a Redis that has been up for a while judges at once."""
+        if not self.redis_ok:
+            return False
+        grace = self.settings.liveness_grace_ms / 1000
+        now = time.monotonic()
+        fresh_process = self.liveness_reconnects == 0
+        if fresh_process and now - self.redis_up_since >= grace:
+            return True
+        return now - self.liveness_since >= grace
 
     async def _refresh_live(self) -> dict[str, dict[str, Any]]:
         """Read the server registry and which of its servers are alive; returns the registry."""
         servers = await self.store.servers()
         self.live = await self.store.live_server_ids(servers)
         self.live_at = time.monotonic()
+        self.registry = servers
         return servers
 
     async def is_live(self, server_id: str) -> bool:
@@ -350,7 +364,7 @@ class RoomServer:
 
         async def claim() -> None:
             try:
-                await self.take_room(name, game, replacing)
+                await self.take_room(name, game, replacing, for_client=False)
             except (*_REDIS_DOWN, RedisError, OwnershipLost):
                 pass
             except Exception:  # logged by _claim_and_restore; retried later
@@ -362,8 +376,14 @@ class RoomServer:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    async def take_room(self, name: str, game: str, replacing: Lease | None) -> Room | None:
-        """Claim a room and rebuild it from Redis; None if someone else holds it."""
+    async def take_room(
+        self, name: str, game: str, replacing: Lease | None, *, for_client: bool = True
+    ) -> Room | None:
+        """Claim a room and rebuild it from Redis; None if someone else holds it.
+
+        ``for_client=False`` (the watcher): only an existing room is taken over, and one
+        that has no seats left is deleted instead of run (an empty room from before a
+        restart is not resurrected)."""
         pending = self.claiming.get(name)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -373,7 +393,7 @@ class RoomServer:
         future: asyncio.Future[Room | None] = asyncio.get_running_loop().create_future()
         self.claiming[name] = future
         try:
-            room = await self._claim_and_restore(name, game, replacing)
+            room = await self._claim_and_restore(name, game, replacing, for_client)
             future.set_result(room)
             return room
         except BaseException as exc:
@@ -384,10 +404,12 @@ class RoomServer:
             del self.claiming[name]
 
     async def _claim_and_restore(
-        self, name: str, game: str, replacing: Lease | None
+        self, name: str, game: str, replacing: Lease | None, for_client: bool
     ) -> Room | None:
         started = time.perf_counter()
-        claim = await self.store.claim(name, self.server_id, self.settings.ws_url, game, replacing)
+        claim = await self.store.claim(
+            name, self.server_id, self.settings.ws_url, game, replacing, must_exist=not for_client
+        )
         if not claim.won:
             return None
         game_class = self.games.get(claim.game)
@@ -410,6 +432,10 @@ class RoomServer:
             with contextlib.suppress(Exception):
                 await self.store.release(claim.lease)
             raise
+        if not for_client and not engine.seats:
+            log.info("room=%s has no seats left: closing it instead of taking it over", name)
+            await self.store.delete_room(claim.lease)
+            return None
         if checkpoint is not None or entries:
             self.metrics.recoveries.inc()
         if replacing is not None:
@@ -467,25 +493,40 @@ class RoomServer:
             return None
         return chosen, servers[chosen]["ws_url"]
 
-    async def locate(self, name: str, game: str, placed: bool) -> Room | Redirect | Unavailable:
+    async def locate(
+        self, name: str, game: str, placed_hint: bool
+    ) -> Room | Redirect | Unavailable:
+        """Where a join for room ``name`` is served: here (claimed or rebuilt if needed),
+        at a live peer (a redirect to its registered URL), or nowhere right now.
+
+        ``placed_hint`` (``?placed=1`` on the URL) is only a hint: it is honoured when
+        placement in Redis really chose this server, so a client cannot pick its server.
+        A peer whose lease is not being renewed (a frozen or cut-off owner still
+        connected to Redis) gets no more redirects: clients are told to retry until its
+        lease expires and the room moves.
+        """
         room = self.rooms.get(name)
         if room is not None and room.state is RoomState.RUNNING:
             return room
         for _attempt in range(3):
-            lease = await self.store.owner(name)
+            lease, ttl_ms = await self.store.owner_and_ttl(name)
             if lease is not None and lease.server_id != self.server_id:
                 if await self.is_live(lease.server_id):
-                    url = (await self.store.meta(name)).get("url", "")
+                    if 0 <= ttl_ms < self.settings.lease_ms // 2:
+                        return Unavailable("the room's owner is not renewing its lease")
+                    url = self.registry.get(lease.server_id, {}).get("ws_url", "")
                     return Redirect(url, lease.server_id) if url else Unavailable("owner unknown")
                 if not self._settled():
                     return Unavailable("this server just reconnected to Redis")
                 log.info("room=%s owner %s is gone: claiming for a client", name, lease.server_id)
                 taken = await self.take_room(name, game, lease)
             else:
-                if lease is None and not placed and not await self.store.meta(name):
-                    target = await self._place_new_room(name)
-                    if target is not None:
-                        return Redirect(target[1] + "?placed=1", target[0])
+                if lease is None and not await self.store.meta(name):
+                    placed = placed_hint and await self.store.placed_on(name) == self.server_id
+                    if not placed:
+                        target = await self._place_new_room(name)
+                        if target is not None:
+                            return Redirect(target[1] + "?placed=1", target[0])
                 taken = await self.take_room(name, game, lease)
             if taken is not None:
                 return taken

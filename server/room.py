@@ -90,6 +90,8 @@ class Room:
         self.sessions: dict[str, Session] = {}
         self.disconnected_at: dict[str, float] = {}
         self.empty_since: float | None = None
+        # Whether any input was ever applied here (a rebuilt room: by a seat's ack).
+        self.played = any(seat.accepted > 0 for seat in engine.seats.values())
         self.lease_renewed_at = time.monotonic()
         self.last_checkpoint_tick = engine.tick
         self.last_checkpoint_at = time.monotonic()
@@ -240,6 +242,8 @@ class Room:
             await self._renew_if_due()
         if self.state is not RoomState.RUNNING:
             return
+        if not self.played:
+            self.played = any(event[0] == "i" for event in outcome.events)
         self._publish(StateFrame(outcome.tick, outcome.state))
         self._maybe_checkpoint()
         if self._is_abandoned():
@@ -305,24 +309,34 @@ class Room:
                 session.send_frame(frame.encode_for(session.codec, seat.ack))
 
     def _expire_seats(self) -> None:
+        """Free the seats whose grace period is over. The long grace is for players who
+        have played (sent an input); a seat that never did keeps it only briefly, so
+        connecting and leaving costs the cluster seconds, not half a minute."""
         if not self.disconnected_at:
             return
-        cutoff = time.monotonic() - self.settings.grace_s
+        now = time.monotonic()
+        seats = self.engine.seats
         for player_id, since in list(self.disconnected_at.items()):
-            if since <= cutoff:
+            seat = seats.get(player_id)
+            played = seat is not None and seat.accepted > 0
+            grace = self.settings.grace_s if played else self.settings.unplayed_grace_s
+            if since <= now - grace:
                 del self.disconnected_at[player_id]
                 if player_id not in self.sessions:
                     log.info("room=%s player=%s grace period over: leaving", self.name, player_id)
                     self.engine.offer_leave(player_id)
 
     def _is_abandoned(self) -> bool:
+        """Empty (no seat, no connection) for ``empty_room_s``; at once for a room in which
+        nobody ever played."""
         if self.engine.seats or self.sessions:
             self.empty_since = None
             return False
         now = time.monotonic()
         if self.empty_since is None:
             self.empty_since = now
-        return now - self.empty_since >= self.settings.empty_room_s
+        limit = self.settings.empty_room_s if self.played else 0.0
+        return now - self.empty_since >= limit
 
     # -- checkpoints ----------------------------------------------------------------
 
@@ -399,7 +413,7 @@ class Room:
         self._set_closed()
 
     async def close_empty(self) -> None:
-        log.info("room=%s empty for %.0fs: closing", self.name, self.settings.empty_room_s)
+        log.info("room=%s empty (played: %s): closing", self.name, self.played)
         self.transition(RoomState.CLOSED)
         try:
             await self.store.delete_room(self.lease)

@@ -43,9 +43,11 @@ class ServerSettings:
     # Journal every tick before publishing it (off only for measuring durability's cost).
     durable: bool = True
     checkpoint_every_s: float = 1.0
-    # Seconds a disconnected player keeps its seat.
+    # Seconds a disconnected player who has played (sent an input) keeps its seat.
     grace_s: float = 30.0
-    # Seconds a room with no seats lives before it closes.
+    # Seconds a disconnected player who never sent an input keeps its seat.
+    unplayed_grace_s: float = 2.0
+    # Seconds a room with no seats lives before it closes (a room nobody played in: none).
     empty_room_s: float = 60.0
     join_timeout_s: float = 5.0
     max_message_bytes: int = 16 * 1024
@@ -97,8 +99,9 @@ SETTINGS_HELP: dict[str, str] = {
     " dead (covers Redis restarts)",
     "durable": "journal each tick before publishing it",
     "checkpoint_every_s": "seconds between checkpoints of a room",
-    "grace_s": "seconds a disconnected player keeps its seat",
-    "empty_room_s": "seconds an empty room lives before closing",
+    "grace_s": "seconds a disconnected player who has played keeps its seat",
+    "unplayed_grace_s": "seconds a disconnected player who never sent an input keeps its seat",
+    "empty_room_s": "seconds an empty room lives before closing (0 if nobody ever played in it)",
     "join_timeout_s": "seconds a new connection has to send join",
     "max_message_bytes": "largest accepted WebSocket message",
     "outbox_bytes": "bytes queued for one client before it is closed as a slow consumer",

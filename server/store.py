@@ -67,6 +67,7 @@ return best
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[4] then return {0, cur, ''} end
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then return {0, '', ''} end
 local epoch = redis.call('INCR', KEYS[2])
 local lease = epoch .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
@@ -222,10 +223,12 @@ class ScriptBatcher:
                 script, keys, args, future = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
-                pipe = self.redis.pipeline(transaction=False)
-                for script, keys, args, _ in batch:
-                    await script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+                # async with: a pipeline left unclosed after a Redis outage is logged by
+                # redis-py ("Unclosed Pipeline client") and keeps its connection.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for script, keys, args, _ in batch:
+                        await script(keys=keys, args=args, client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -265,10 +268,32 @@ class RoomStore:
         value = await self.redis.get(room_keys(room)["lease"])
         return Lease.parse(room, _s(value)) if value else None
 
+    async def owner_and_ttl(self, room: str) -> tuple[Lease | None, int]:
+        """The lease and its remaining milliseconds (-2: no lease). A ticking owner renews
+        its lease every tick, so a lease well below ``lease_ms`` means a stalled owner."""
+        key = room_keys(room)["lease"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            value, ttl = await pipe.execute()
+        return (Lease.parse(room, _s(value)) if value else None), int(ttl)
+
     async def claim(
-        self, room: str, server_id: str, ws_url: str, game: str, replacing: Lease | None = None
+        self,
+        room: str,
+        server_id: str,
+        ws_url: str,
+        game: str,
+        replacing: Lease | None = None,
+        *,
+        must_exist: bool = False,
     ) -> Claim:
-        """Take the room if it is free (or still held by ``replacing``, a dead owner)."""
+        """Take the room if it is free (or still held by ``replacing``, a dead owner).
+
+        ``must_exist``: only an existing room (a takeover, not a creation). The watcher
+        claims with it, so a room that closed and deleted its keys while still listed in
+        ``sr:rooms`` is never brought back to life by a peer.
+        """
         keys = room_keys(room)
         won, value, stored_game = await self._claim(
             keys=[keys["lease"], keys["epoch"], keys["meta"]],
@@ -280,8 +305,12 @@ class RoomStore:
                 game,
                 secrets.randbits(63),
                 int(time.time() * 1000),
+                "1" if must_exist else "0",
             ],
         )
+        if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
+            await self.redis.hdel(ROOMS_KEY, room)
+            return Claim(False, Lease(room, 0, ""), "")
         lease = Lease.parse(room, _s(value))
         if won:
             await self.redis.hset(
@@ -382,6 +411,11 @@ class RoomStore:
     async def report_load(self, server_id: str, rooms: int) -> None:
         """Reset this server's load to what it really runs (placements became claims)."""
         await self.redis.zadd(LOAD_KEY, {server_id: rooms})
+
+    async def placed_on(self, room: str) -> str | None:
+        """The server placement chose for new room ``room`` in the last few seconds."""
+        value = await self.redis.get(f"sr:placed:{room}")
+        return _s(value) if value else None
 
     async def place(self, room: str, candidates: list[str], hold_ms: int = 5000) -> str:
         """Choose the least-loaded candidate for a new room, atomically: concurrent

@@ -15,7 +15,10 @@ from tests.support import Processes
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """One real Valkey process for the session; tests that restart Redis start their own."""
+    """One real Valkey process for the session; tests that restart Redis start their own.
+
+    It requires a password, as every embedded Valkey does: ``redis_server.url`` carries it
+    (``url_without_password`` is refused)."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server
@@ -25,7 +28,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
-    """URL of the session's Redis, emptied before the test."""
+    """URL of the session's Redis (with its password), emptied before the test."""
     client = redis.Redis.from_url(redis_server.url)
     try:
         client.flushall()

@@ -10,6 +10,7 @@ the password from cluster.json and never print it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import redis
 
 from infra.embedded_redis import die_with_parent
 from infra.redis_url import redact
+from server.launcher import Cluster
 from tests.support import wait_until
 
 SERVERS = 1
@@ -239,3 +241,27 @@ def test_up_stops_cleanly_on_sigterm(up: Up) -> None:
     while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
         time.sleep(0.05)
     assert not [c for c in children if Path(f"/proc/{c}").exists()]
+
+
+def up_args(data: Path) -> argparse.Namespace:
+    return argparse.Namespace(data=str(data), servers=1, port=8000, redis=None, host="127.0.0.1")
+
+
+def test_an_old_data_folder_is_tightened_a_foreign_one_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    (old / "redis").mkdir(parents=True)
+    old.chmod(0o755)
+    Cluster(up_args(old)).secure_data_dir()
+    assert mode(old) == 0o700
+
+    fresh = tmp_path / "new" / "data"
+    Cluster(up_args(fresh)).secure_data_dir()
+    assert mode(fresh) == 0o700
+
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    foreign.chmod(0o755)
+    with pytest.raises(RuntimeError, match="not a stateroom data folder"):
+        Cluster(up_args(foreign)).secure_data_dir()
+    assert mode(foreign) == 0o755

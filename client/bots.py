@@ -57,6 +57,8 @@ class BotResult:
     rollbacks: int = 0
     lost_acked_inputs: int = 0
     seat_resets: int = 0
+    reauths: int = 0
+    redirects_refused: int = 0
     duplicate_inputs: int = 0
     states: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -84,7 +86,9 @@ async def run_bot(
         result.failed = f"login: {exc}"
         await auth.aclose()
         return result
-    client = RoomClient(cluster.ws_urls, room, tokens.access_token, encoding=encoding)
+    # A refreshing token source: the SDK renews the session's token before it expires,
+    # so a run longer than the access-token lifetime keeps playing.
+    client = RoomClient(cluster.ws_urls, room, auth.token_source(tokens), encoding=encoding)
     rng = random.Random(index)
     duplicate_excess = 0
     last: State | None = None  # the newest state read
@@ -178,6 +182,8 @@ async def run_bot(
         result.rollbacks = stats.rollbacks
         result.lost_acked_inputs = stats.ack_regressions
         result.seat_resets = stats.seat_resets
+        result.reauths = stats.reauths
+        result.redirects_refused = stats.redirects_refused
         result.duplicate_inputs = max(0, duplicate_excess)
         result.errors = dict(stats.errors)
         if undecodable:
@@ -218,6 +224,8 @@ def summarize(results: list[BotResult], seconds: float) -> dict[str, Any]:
         "redirects": sum(r.redirects for r in results),
         "lost_acked_inputs": sum(r.lost_acked_inputs for r in results),
         "seat_resets": sum(r.seat_resets for r in results),
+        "reauths": sum(r.reauths for r in results),
+        "redirects_refused": sum(r.redirects_refused for r in results),
         "duplicate_inputs": sum(r.duplicate_inputs for r in results),
         "rollbacks": sum(r.rollbacks for r in results),
         "errors": errors,

@@ -24,21 +24,21 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from client.sdk import RefreshingToken
 
 if TYPE_CHECKING:
     import curses
 
     from client.arena_view import Segment, Status, Style
-    from client.sdk import AuthClient, RoomClient, State, Tokens
+    from client.sdk import RoomClient, State
 
 log = logging.getLogger("stateroom.play")
 
 FPS = 20.0
 REPEAT_INPUT_AFTER = 0.25  # s: the same heading is resent at most this often
-TOKEN_REFRESH_MARGIN = 60.0  # s before expiry
 LEAVE_TIMEOUT = 2.0
 
 
@@ -76,56 +76,15 @@ def _fail(message: str) -> int:
     return 1
 
 
-class TokenKeeper:
-    """The access token for (re)connections, refreshed before it expires.
+class TokenKeeper(RefreshingToken):
+    """The access token for (re)connections and for renewing the open session.
 
-    Passed to ``RoomClient`` as its token source. It never raises: if the
-    login service cannot refresh, the current token is returned and the room
-    server's refusal (once it has expired) ends the session with a clear error.
+    ``client.sdk.RefreshingToken`` (what ``AuthClient.token_source`` returns), passed
+    to ``RoomClient`` as its token source: the SDK asks it for a fresh token before the
+    session's token expires and on every reconnect; it refreshes only when due. If the
+    login service cannot refresh, the current token is returned while it is valid, so
+    the room server's refusal (once it has expired) ends the session with a clear error.
     """
-
-    def __init__(
-        self,
-        auth: AuthClient,
-        tokens: Tokens,
-        margin: float = TOKEN_REFRESH_MARGIN,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.auth = auth
-        self.tokens = tokens
-        self.margin = margin
-        self.clock = clock
-        self.refreshes = 0
-        self.last_error = ""
-        self._lock = asyncio.Lock()
-
-    def due(self) -> bool:
-        return self.clock() >= self.tokens.expires_at - self.margin
-
-    async def __call__(self) -> str:
-        async with self._lock:
-            if self.due():
-                await self._refresh()
-            return self.tokens.access_token
-
-    async def _refresh(self) -> None:
-        try:
-            self.tokens = await self.auth.refresh(self.tokens)
-        except Exception as exc:  # the session goes on with the token it has
-            self.last_error = f"token refresh failed: {exc}"
-            log.warning("%s", self.last_error)
-        else:
-            self.refreshes += 1
-            self.last_error = ""
-
-    async def keep_fresh(self, retry: float = 5.0) -> None:
-        """Refresh ahead of time in the background, so a reconnect never waits for it."""
-        while True:
-            wait = self.tokens.expires_at - self.margin - self.clock()
-            await asyncio.sleep(wait if wait > 0 else retry if self.last_error else 0)
-            async with self._lock:
-                if self.due():
-                    await self._refresh()
 
 
 async def _play(args: argparse.Namespace, auth_url: str, ws_urls: list[str]) -> int:
@@ -155,13 +114,9 @@ async def _play(args: argparse.Namespace, auth_url: str, ws_urls: list[str]) -> 
             with contextlib.suppress(Exception):
                 await client.close()
             return _fail(f"cannot join room {args.room!r}: {detail}")
-        refresher = asyncio.get_running_loop().create_task(keeper.keep_fresh())
         try:
             code, message = await _ui(client, args)
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LEAVE_TIMEOUT):
                     await client.leave()

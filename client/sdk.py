@@ -1,13 +1,16 @@
 """The Python client SDK: log in, join a room, send inputs, iterate over states.
 
 ``RoomClient`` keeps one logical session to a room across any number of
-WebSocket connections: it follows redirects to the owner, reconnects with
-exponential backoff and jitter when a server dies or hands the room over,
-rejoins its seat, resends every input the server has not acked yet (the
-server drops duplicates by sequence number), and never hands the
-application a state older than one it already delivered.
+WebSocket connections: it follows redirects to the owner (only into the
+cluster), reconnects with exponential backoff and jitter when a server dies or
+hands the room over, rejoins its seat, resends every input the server has not
+acked yet (the server drops duplicates by sequence number), never hands the
+application a state older than one it already delivered, and keeps its
+session's token fresh on the open connection.
 
-    async with RoomClient(urls, "lobby", token) as room:
+    auth = AuthClient("http://127.0.0.1:8000")
+    tokens = await auth.guest("ann")
+    async with RoomClient(urls, "lobby", auth.token_source(tokens)) as room:
         room.send_input({"dx": 1, "dy": 0})
         async for state in room.states():
             ...
@@ -16,7 +19,55 @@ Errors:
     ClientError
     ├── LoginError        the login service refused (carries its error code)
     ├── TokenUnavailable  the token callable failed (retried with backoff)
-    └── RoomError         the room refused us for good (close code + reason)
+    └── RoomError         the room refused us for good (close code, reason, error code)
+
+Redirect trust. A ``redirect`` names a URL that the client would send its bearer
+token to, so it is followed only into the cluster: to a host of one of the URLs
+the client was given (any port; ``cluster.json`` lists every server) or one
+matching ``allowed_hosts`` (exact names, or ``*.example.com`` for any name
+below example.com), with a ``ws``/``wss`` scheme, no credentials in it, and
+never from ``wss`` down to ``ws``. Anything else is refused: not connected to,
+counted in ``ClientStats.redirects_refused``, logged at WARNING with the URL
+cut to scheme, host, port and path (``redact_url``), and the client reconnects
+to one of its own URLs with backoff.
+
+Token renewal. When the token source is a callable (``AuthClient.token_source``
+makes one from a ``Tokens`` pair), the client presents a fresh token on the open
+connection (``{"t": "auth", "token": ...}``) before ``welcome.token_exp``: at the
+earlier of 80 % of the remaining lifetime and ``REAUTH_MARGIN`` (60 s) before
+expiry (half the remaining lifetime when less than two minutes are left), never
+twice within ``REAUTH_MIN_INTERVAL`` (5 s); a failed attempt is retried with
+backoff (1 s, 2 s, 4 s, ... at most half the time left, at least 1 s) until the
+server closes the session. ``authed`` moves the deadline. A close 4001
+``token_expired`` is answered by one reconnect with a fresh token (a resume);
+``session_revoked``, other 4001s and a refresh refused with 401/403 are final.
+A plain string token is never renewed: the session ends with RoomError(4001).
+
+Failover timing. The constants below are tuned to a 3 s room lease, so that a
+frozen owner (SIGSTOP) costs a player at most lease + 0.5 s:
+
+- ``STALL_TIMEOUT`` = 1.0 s without any frame ends a connection. States come
+  every 50 ms at 20 Hz, so that is 20 missed ticks; after half of it without a
+  frame the client sends a ``ping``, which a live server answers even when its
+  room ticks slowly, so only a silent process is taken for dead.
+- ``OPEN_TIMEOUT`` = 1.0 s for the TCP connect plus the WebSocket handshake. A
+  frozen process still completes TCP connects (the kernel does that) but never
+  the handshake; a live one completes it in a few round trips.
+- ``JOIN_TIMEOUT`` = 2.0 s from the handshake to the ``welcome``: a live server
+  may be loading a room it is taking over. A frozen one never gets that far.
+- A URL whose handshake failed or whose connection stalled is *suspect* for
+  ``SUSPECT_S`` = 3.0 s (one lease): the rotation over the known servers skips
+  it, and a redirect to it is not followed (it is retried like a 4020) while
+  another server is there to ask. The peers answer ``unavailable`` + 4020 until
+  the frozen owner's lease expires, then one claims the room.
+- Backoff: attempt n waits uniform ``[d/2, d]``, ``d = min(cap, 50 ms * 2^(n-1))``.
+  ``cap`` is ``RETRY_BACKOFF_MAX`` = 0.25 s for the first ``FAST_RETRY_WINDOW`` =
+  5 s of an outage (a takeover takes one lease at most, and a client retrying
+  every 125-250 ms is there within ~100 ms of the claim), ``BACKOFF_MAX`` = 1 s
+  after that (a room that stays unavailable is not hammered).
+
+A frozen owner then costs: ~1 s to notice, then 4020s from a peer every
+125-250 ms until the lease ends (3 s after the last renewal), then the claim.
 """
 
 from __future__ import annotations
@@ -26,7 +77,9 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl as ssl_module
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +100,20 @@ log = logging.getLogger("stateroom.client")
 
 TokenSource = str | Callable[[], Awaitable[str]]
 
+# -- timing (why: see the module docstring) --------------------------------------------
+STALL_TIMEOUT = 1.0  # s without a frame before a connection is taken for dead
+OPEN_TIMEOUT = 1.0  # s for TCP connect + WebSocket handshake
+JOIN_TIMEOUT = 2.0  # s from the handshake to welcome (or redirect/error)
+SUSPECT_S = 3.0  # s a URL that stalled or failed its handshake is skipped
+BACKOFF_BASE = 0.05  # s: first retry within 50 ms
+BACKOFF_MAX = 1.0  # s: cap once an outage lasts longer than FAST_RETRY_WINDOW
+RETRY_BACKOFF_MAX = 0.25  # s: cap during the first FAST_RETRY_WINDOW of an outage
+FAST_RETRY_WINDOW = 5.0  # s
+REAUTH_MARGIN = 60.0  # s before token_exp (at most half the remaining lifetime)
+REAUTH_FRACTION = 0.8  # of the remaining lifetime
+REAUTH_MIN_INTERVAL = 5.0  # s between two auth messages
+REAUTH_REPLY_TIMEOUT = 10.0  # s to wait for authed before trying again
+
 
 class ClientError(Exception):
     """Root of the SDK's errors."""
@@ -64,12 +131,19 @@ class TokenUnavailable(ClientError):
 
 
 class RoomError(ClientError):
-    """The server closed the session with a code that retrying will not fix."""
+    """The server closed the session with a code that retrying will not fix.
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"room closed the session: {code} {reason}")
+    ``code`` is the close code, ``reason`` its text, ``error_code`` the ``code`` of the
+    last ``error`` message the server sent before closing (e.g. ``room_quota``,
+    ``session_revoked``), or None.
+    """
+
+    def __init__(self, code: int, reason: str, error_code: str | None = None) -> None:
+        detail = f" ({error_code})" if error_code else ""
+        super().__init__(f"room closed the session: {code} {reason}{detail}")
         self.code = code
         self.reason = reason
+        self.error_code = error_code
 
 
 @dataclass(frozen=True)
@@ -77,7 +151,93 @@ class Tokens:
     access_token: str
     refresh_token: str
     player_id: str
-    expires_at: float
+    expires_at: float  # unix seconds
+    expires_in: float = 0.0  # the access token's lifetime when issued, s (0: unknown)
+
+
+def refresh_margin(lifetime: float) -> float:
+    """How long before expiry ``RefreshingToken`` refreshes a token of this lifetime.
+
+    A quarter of the lifetime, at least 90 s, at most 60 % of it: always more than what
+    is left when ``RoomClient`` renews (``reauth_delay``), so a renewal gets a new token,
+    and a reconnect early in a token's life does not refresh.
+    """
+    if lifetime <= 0:
+        return REAUTH_MARGIN
+    return min(max(90.0, lifetime / 4), 0.6 * lifetime)
+
+
+class RefreshingToken:
+    """A token source (for ``RoomClient``) that refreshes its ``Tokens`` when due.
+
+    Returns the cached access token until it is within ``margin`` of expiry (default
+    ``refresh_margin`` of its lifetime), then refreshes it (``POST /v1/refresh``,
+    which rotates the refresh token; one refresh in flight at a time: concurrent
+    callers wait for it, since a second use of a rotated refresh token is reuse).
+    When a refresh fails, the cached token is returned while it is still valid;
+    once it has expired the error is raised (``LoginError`` 401 is final for the
+    ``RoomClient``; anything else is retried).
+    """
+
+    def __init__(
+        self,
+        auth: AuthClient,
+        tokens: Tokens,
+        margin: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.auth = auth
+        self.tokens = tokens
+        self._margin = margin
+        self.clock = clock
+        self.refreshes = 0
+        self.last_error = ""
+        self._lock = asyncio.Lock()
+        self._rejected = ""
+
+    @property
+    def margin(self) -> float:
+        if self._margin is not None:
+            return self._margin
+        return refresh_margin(self.tokens.expires_in)
+
+    def due(self) -> bool:
+        tokens = self.tokens
+        return tokens.access_token == self._rejected or (
+            self.clock() >= tokens.expires_at - self.margin
+        )
+
+    def invalidate(self, access_token: str) -> None:
+        """A server refused this token as expired: refresh on the next call."""
+        self._rejected = access_token
+
+    async def __call__(self) -> str:
+        async with self._lock:
+            if self.due():
+                error = await self._refresh()
+                if error is not None and self.clock() >= self.tokens.expires_at:
+                    raise error
+            return self.tokens.access_token
+
+    async def _refresh(self) -> Exception | None:
+        try:
+            self.tokens = await self.auth.refresh(self.tokens)
+        except Exception as exc:  # the session goes on with the token it has, if valid
+            self.last_error = f"token refresh failed: {exc}"
+            log.warning("%s", self.last_error)
+            return exc
+        self.refreshes += 1
+        self.last_error = ""
+        return None
+
+    async def keep_fresh(self, retry: float = 5.0) -> None:
+        """Refresh ahead of time in the background (optional: ``RoomClient`` asks when due)."""
+        while True:
+            wait = self.tokens.expires_at - self.margin - self.clock()
+            await asyncio.sleep(wait if wait > 0 else retry if self.last_error else 0)
+            async with self._lock:
+                if self.due():
+                    await self._refresh()
 
 
 class AuthClient:
@@ -101,11 +261,13 @@ class AuthClient:
 
     @staticmethod
     def _tokens(body: dict[str, Any]) -> Tokens:
+        expires_in = float(body["expires_in"])
         return Tokens(
             access_token=body["access_token"],
             refresh_token=body["refresh_token"],
             player_id=body["player_id"],
-            expires_at=time.time() + float(body["expires_in"]),
+            expires_at=time.time() + expires_in,
+            expires_in=expires_in,
         )
 
     async def guest(self, name: str | None = None) -> Tokens:
@@ -127,8 +289,171 @@ class AuthClient:
     async def logout(self, tokens: Tokens) -> None:
         await self._post("/v1/logout", {"refresh_token": tokens.refresh_token})
 
+    def token_source(self, tokens: Tokens, margin: float | None = None) -> RefreshingToken:
+        """A ``RoomClient`` token source that refreshes ``tokens`` through this client."""
+        return RefreshingToken(self, tokens, margin)
+
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+# -- pure policies: backoff, renewal time, redirect trust, server rotation ---------------
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """The wait before retry ``attempt`` (1, 2, ...): uniform in ``[d/2, d]``,
+    ``d = min(cap, base * 2^(attempt-1))``."""
+    d = min(cap, base * 2 ** min(max(attempt, 1) - 1, 30))
+    return (rng or random).uniform(d / 2, d)
+
+
+def reauth_delay(token_exp: float, now: float, since_last_send: float | None = None) -> float:
+    """Seconds from ``now`` until the client should present a fresh token.
+
+    The earlier of ``REAUTH_FRACTION`` of the remaining lifetime and ``REAUTH_MARGIN``
+    before ``token_exp`` (half the remaining lifetime when that is shorter), but not
+    within ``REAUTH_MIN_INTERVAL`` of the previous auth message (``since_last_send``
+    seconds ago, None if none was sent). 0 when the token has expired already.
+    """
+    remaining = token_exp - now
+    if remaining <= 0:
+        delay = 0.0
+    else:
+        delay = min(remaining - min(REAUTH_MARGIN, remaining / 2), REAUTH_FRACTION * remaining)
+    if since_last_send is not None:
+        delay = max(delay, REAUTH_MIN_INTERVAL - since_last_send)
+    return max(0.0, delay)
+
+
+def reauth_retry_delay(failures: int, token_exp: float, now: float) -> float:
+    """Wait after ``failures`` failed renewals in a row: 1, 2, 4, ... s, at most half the
+    time left before ``token_exp`` (at least 1 s)."""
+    return max(1.0, min(2.0 ** max(failures - 1, 0), (token_exp - now) / 2, 60.0))
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log: scheme, host, port and path only (no credentials, query or
+    fragment, which may carry a token), at most 200 characters."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return f"<unparseable URL of {len(url)} characters>"
+    if ":" in host:
+        host = f"[{host}]"
+    text = f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+    if parts.query or parts.fragment:
+        text += "?…"
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _host(url: str) -> str | None:
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.rstrip(".").lower() if host else None
+
+
+def _endpoint(url: str) -> str:
+    """A URL's (host, port) as one key: the same server however its URL is spelt."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return url
+    if not host:
+        return url
+    default = 443 if parts.scheme in ("wss", "https") else 80
+    return f"{host.rstrip('.').lower()}:{port if port is not None else default}"
+
+
+class RedirectPolicy:
+    """Which redirect URLs a client may follow (and so send its bearer token to).
+
+    Trusted: the hosts of the client's own URLs (any port), plus ``allowed_hosts``:
+    exact host names or addresses, or ``*.example.com`` for any name below
+    ``example.com``. Only ``ws``/``wss`` URLs without credentials, never ``wss`` → ``ws``.
+    """
+
+    def __init__(self, urls: Sequence[str], allowed_hosts: Sequence[str] = ()) -> None:
+        self.hosts: set[str] = {h for h in map(_host, urls) if h}
+        self.suffixes: list[str] = []
+        for pattern in allowed_hosts:
+            pattern = pattern.strip().rstrip(".").lower()
+            if pattern.startswith("*."):
+                self.suffixes.append(pattern[1:])  # ".example.com"
+            elif pattern:
+                self.hosts.add(pattern.strip("[]"))
+
+    def host_allowed(self, host: str) -> bool:
+        host = host.rstrip(".").lower()
+        return host in self.hosts or any(
+            host.endswith(suffix) and len(host) > len(suffix) for suffix in self.suffixes
+        )
+
+    def refusal(self, url: str, current: str) -> str | None:
+        """Why ``url`` (a redirect received on a connection to ``current``) must not be
+        followed, or None if it may be."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname
+            _ = parts.port  # raises on a bad port
+        except ValueError:
+            return "unparseable URL"
+        if parts.scheme not in ("ws", "wss"):
+            return f"scheme {parts.scheme!r} is not ws or wss"
+        if not host:
+            return "no host"
+        if parts.username is not None or parts.password is not None:
+            return "credentials in the URL"
+        if parts.scheme == "ws" and urllib.parse.urlsplit(current).scheme == "wss":
+            return "downgrade from wss to ws"
+        if not self.host_allowed(host):
+            return f"host {host!r} is not a known server or an allowed host"
+        return None
+
+
+class ServerRotation:
+    """Round-robin over the client's URLs that skips suspect ones.
+
+    A URL whose handshake failed, or whose connection stalled, is suspect for
+    ``suspect_s`` seconds (by host and port, so a redirect URL of the same server
+    counts). ``next`` returns the next URL that is not suspect; when all are, the
+    one whose suspicion ends first.
+    """
+
+    def __init__(self, urls: Sequence[str], start: int = 0, suspect_s: float = SUSPECT_S) -> None:
+        if not urls:
+            raise ValueError("no server URL")
+        self.urls = list(urls)
+        self.index = start % len(self.urls)
+        self.suspect_s = suspect_s
+        self._suspect_until: dict[str, float] = {}
+
+    def suspect(self, url: str, now: float) -> None:
+        self._suspect_until[_endpoint(url)] = now + self.suspect_s
+
+    def clear(self, url: str) -> None:
+        self._suspect_until.pop(_endpoint(url), None)
+
+    def is_suspect(self, url: str, now: float) -> bool:
+        return self._suspect_until.get(_endpoint(url), 0.0) > now
+
+    def all_suspect(self, now: float) -> bool:
+        return all(self.is_suspect(url, now) for url in self.urls)
+
+    def next(self, now: float) -> str:
+        count = len(self.urls)
+        for step in range(count):
+            url = self.urls[(self.index + step) % count]
+            if not self.is_suspect(url, now):
+                self.index = (self.index + step + 1) % count
+                return url
+        best = min(range(count), key=lambda i: self._suspect_until.get(_endpoint(self.urls[i]), 0))
+        self.index = (best + 1) % count
+        return self.urls[best]
 
 
 class ConnectionState(Enum):
@@ -228,6 +553,11 @@ class ClientStats:
     latencies_ms: list[float] = field(default_factory=list)
     reconnects: int = 0
     redirects: int = 0
+    redirects_refused: int = 0  # redirects outside the cluster or downgrading wss: not followed
+    redirects_deferred: int = 0  # redirects to a suspect server: retried elsewhere first
+    reauths: int = 0  # fresh tokens accepted on an open connection (authed)
+    reauth_failures: int = 0  # renewals that failed (token source, refusal or no reply)
+    token_resumes: int = 0  # reconnects after a 4001 token_expired, with a fresh token
     rollbacks: int = 0  # states older than (or as old as) one already delivered
     ack_regressions: int = 0  # acked inputs the server later forgot (lost)
     seat_resets: int = 0  # rejoined on a fresh seat (the old one had expired)
@@ -262,10 +592,24 @@ _RETRYABLE_CLOSES = {
     1012,  # service restart
     1013,  # try again later
 }
+_AUTH_ERRORS = {
+    str(ErrorCode.UNAUTHORIZED),
+    str(ErrorCode.TOKEN_EXPIRED),
+    str(ErrorCode.SESSION_REVOKED),
+}
+_TOKEN_EXPIRED = str(ErrorCode.TOKEN_EXPIRED)
 
 
 class RoomClient:
-    """One player's session in one room, surviving server deaths and handovers."""
+    """One player's session in one room, surviving server deaths and handovers.
+
+    ``urls``: the room servers to try (e.g. ``cluster.json``'s ``ws_url``s); their hosts
+    are trusted as redirect targets, with ``allowed_hosts`` (see ``RedirectPolicy``).
+    ``token``: an access token, or an async callable returning a fresh one (renewed on the
+    open connection before it expires; ``AuthClient.token_source``). ``ssl``: the TLS
+    context for ``wss`` URLs (default: the system's). Timeouts and backoff: see the
+    module docstring.
+    """
 
     def __init__(
         self,
@@ -275,10 +619,16 @@ class RoomClient:
         *,
         game: str | None = None,
         encoding: str = "msgpack",
-        stall_timeout: float = 2.5,
-        open_timeout: float = 2.0,
-        backoff_base: float = 0.05,
-        backoff_max: float = 1.0,
+        allowed_hosts: Sequence[str] = (),
+        ssl: ssl_module.SSLContext | None = None,
+        stall_timeout: float = STALL_TIMEOUT,
+        open_timeout: float = OPEN_TIMEOUT,
+        join_timeout: float = JOIN_TIMEOUT,
+        suspect_s: float = SUSPECT_S,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        retry_backoff_max: float = RETRY_BACKOFF_MAX,
+        fast_retry_window: float = FAST_RETRY_WINDOW,
         max_pending: int = 4096,
         queue_size: int = 64,
     ) -> None:
@@ -289,10 +639,15 @@ class RoomClient:
         self._token_source = token
         self.game = game
         self.codec: Codec = JSON if encoding == "json" else MSGPACK
+        self.redirect_policy = RedirectPolicy(self.urls, allowed_hosts)
+        self.ssl = ssl
         self.stall_timeout = stall_timeout
         self.open_timeout = open_timeout
+        self.join_timeout = join_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.retry_backoff_max = retry_backoff_max
+        self.fast_retry_window = fast_retry_window
         self.max_pending = max_pending
         self.stats = ClientStats()
         self.connection_state = ConnectionState.CONNECTING
@@ -300,6 +655,7 @@ class RoomClient:
         self.server = ""
         self.epoch = 0
         self.tick_rate = 20
+        self.token_exp: int | None = None  # unix s: the server ends the session then (+ leeway)
         self.latency_ms: float | None = None
         self._seq = 0
         self._pending: deque[_Pending] = deque()
@@ -312,8 +668,18 @@ class RoomClient:
         self._joined = asyncio.Event()
         self._closing = False
         self._welcomed_this_session = False
+        self._opened = False  # the current connection completed its handshake
+        self._stalled = False  # ... and then went silent
+        self._last_error: str | None = None  # code of the last error message on it
         self._next_url: str | None = None
-        self._url_index = random.randrange(len(self.urls))
+        self._rotation = ServerRotation(self.urls, random.randrange(len(self.urls)), suspect_s)
+        self._presented_token = ""  # the token the server holds for this connection
+        self._auth_in_flight = ""
+        self._auth_reply = asyncio.Event()
+        self._auth_sent_at: float | None = None  # monotonic
+        self._reauth_task: asyncio.Task[None] | None = None
+        self._expired_resume_used = False
+        self._ping_id = 0
         self.on_latency: Callable[[float], None] | None = None
 
     # -- public API ------------------------------------------------------------------
@@ -411,6 +777,10 @@ class RoomClient:
             return self._token_source
         try:
             return await self._token_source()
+        except LoginError as exc:
+            if exc.status in (401, 403):
+                raise  # the refresh token is dead: final (see _run)
+            raise TokenUnavailable(f"token source failed: {exc}") from exc
         except Exception as exc:  # the callable is the application's; retry later
             raise TokenUnavailable(f"token source failed: {exc}") from exc
 
@@ -418,15 +788,20 @@ class RoomClient:
         if self._next_url:
             url, self._next_url = self._next_url, None
             return url
-        url = self.urls[self._url_index % len(self.urls)]
-        self._url_index += 1
-        return url
+        return self._rotation.next(time.monotonic())
+
+    async def _fail(self, code: int, reason: str, error_code: str | None) -> None:
+        self.connection_state = ConnectionState.CLOSED
+        await self._states.put(RoomError(code, reason, error_code))
 
     async def _run(self) -> None:
         attempt = 0
+        outage_since: float | None = None  # monotonic start of the current run of failures
         while not self._closing:
             url = self._pick_url()
             self._welcomed_this_session = False
+            self._opened = self._stalled = False
+            self._last_error = None
             try:
                 code, reason = await self._session(url)
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
@@ -435,25 +810,71 @@ class RoomClient:
                 code, reason = int(CloseCode.PROTOCOL_ERROR), exc.message
             except TokenUnavailable as exc:
                 code, reason = 1013, str(exc)
+            except LoginError as exc:  # 401/403 from the refresh: the login is gone
+                await self._fail(
+                    int(CloseCode.UNAUTHORIZED), f"token refresh refused: {exc}", exc.code
+                )
+                return
             if self.closing:
                 return
+            now = time.monotonic()
+            error_code = self._last_error
             if self._welcomed_this_session:
-                attempt = 0  # that connection worked: the next drop starts a fresh backoff
+                attempt, outage_since = 0, None  # it worked: the next drop starts afresh
+                self._expired_resume_used = False
+                self._rotation.clear(url)
+            if code != 1013 and (not self._opened or self._stalled):
+                self._rotation.suspect(url, now)  # frozen or cut off: ask another server
             if code == CloseCode.REDIRECT and self._next_url:
-                self.stats.redirects += 1
+                target = self._next_url
+                refusal = self.redirect_policy.refusal(target, url)
+                if refusal is not None:
+                    self._next_url = None
+                    self.stats.redirects_refused += 1
+                    log.warning(
+                        "room %s: refused a redirect to %s (%s); reconnecting to a known server",
+                        self.room,
+                        redact_url(target),
+                        refusal,
+                    )
+                elif self._rotation.is_suspect(target, now) and not self._rotation.all_suspect(now):
+                    self._next_url = None  # it just failed us: ask another server first
+                    self.stats.redirects_deferred += 1
+                else:
+                    self.stats.redirects += 1
+                    continue
+            if (
+                code == CloseCode.UNAUTHORIZED
+                and (error_code == _TOKEN_EXPIRED or reason == _TOKEN_EXPIRED)
+                and not isinstance(self._token_source, str)
+                and not self._expired_resume_used
+            ):
+                # Our token ran out (a renewal failed or came too late): resume once with a
+                # fresh one, on the same server.
+                self._expired_resume_used = True
+                self.stats.token_resumes += 1
+                if isinstance(self._token_source, RefreshingToken) and self._presented_token:
+                    self._token_source.invalidate(self._presented_token)
+                self._next_url = url
                 continue
             if code not in _RETRYABLE_CLOSES:
-                self.connection_state = ConnectionState.CLOSED
-                await self._states.put(RoomError(code, reason))
+                await self._fail(code, reason, error_code)
                 return
             self.connection_state = ConnectionState.RECONNECTING
             attempt += 1
-            delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt - 1, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            if outage_since is None:
+                outage_since = now
+            fast = now - outage_since < self.fast_retry_window
+            cap = min(self.backoff_max, self.retry_backoff_max) if fast else self.backoff_max
+            await asyncio.sleep(backoff_delay(attempt, self.backoff_base, cap))
 
     async def _session(self, url: str) -> tuple[int, str]:
         """One WebSocket connection; returns its close code and reason."""
         token = await self._token()
+        self._presented_token = token
+        extra: dict[str, Any] = {}
+        if self.ssl is not None and url.startswith("wss:"):
+            extra["ssl"] = self.ssl
         async with asyncio.timeout(self.open_timeout):
             ws = await connect(
                 url,
@@ -465,20 +886,34 @@ class RoomClient:
                 ping_interval=5,
                 ping_timeout=5,
                 close_timeout=1,
+                **extra,
             )
+        self._opened = True
         self._ws = ws
         try:
             join: dict[str, Any] = {"t": "join", "v": 1, "room": self.room}
             if self.game:
                 join["game"] = self.game
             await ws.send(self.codec.encode(join), text=self.codec.text)
+            pinged = False
             while True:
+                joined = self._welcomed_this_session
+                # Half the stall timeout without a frame: ping (a live server answers).
+                wait = self.stall_timeout / 2 if joined else self.join_timeout
                 try:
-                    async with asyncio.timeout(self.stall_timeout):
+                    async with asyncio.timeout(wait):
                         frame = await ws.recv()
                 except TimeoutError:
+                    if joined and not pinged:
+                        pinged = True
+                        self._ping_id += 1
+                        self._send_now(ws, {"t": "ping", "id": self._ping_id})
+                        continue
+                    self._stalled = True
                     await ws.close(1000, "stalled")
-                    return 1006, "no state within the stall timeout"
+                    what = "frame" if joined else "answer to join"
+                    return 1006, f"no {what} within the timeout"
+                pinged = False
                 message = _decode_server_frame(frame, self.codec.text)
                 self._handle(ws, message)
         except ConnectionClosed as exc:
@@ -486,10 +921,75 @@ class RoomClient:
             return (rcvd.code, rcvd.reason) if rcvd else (1006, "connection lost")
         finally:
             self._ws = None
+            if self._reauth_task is not None:
+                self._reauth_task.cancel()
+                self._reauth_task = None
+            self._auth_in_flight = ""
             if self.connection_state is ConnectionState.CONNECTED:
                 self.connection_state = ConnectionState.RECONNECTING
             with contextlib.suppress(Exception):
                 await ws.close()
+
+    # -- token renewal on the open connection ----------------------------------------------
+
+    async def _reauth_loop(self, ws: ClientConnection) -> None:
+        """Present a fresh token before ``token_exp``, again after each ``authed``."""
+        failures = 0
+        while True:
+            token_exp = self.token_exp
+            if token_exp is None:
+                return
+            now = time.time()
+            sent = self._auth_sent_at
+            since = None if sent is None else time.monotonic() - sent
+            if failures:
+                delay = reauth_retry_delay(failures, token_exp, now)
+                if since is not None:
+                    delay = max(delay, REAUTH_MIN_INTERVAL - since)
+            else:
+                delay = reauth_delay(token_exp, now, since)
+            await asyncio.sleep(delay)
+            if await self._reauth_once(ws):
+                failures = 0
+            else:
+                failures += 1
+                self.stats.reauth_failures += 1
+
+    async def _reauth_once(self, ws: ClientConnection) -> bool:
+        try:
+            token = await self._token()
+        except (TokenUnavailable, LoginError) as exc:
+            log.warning("room %s: cannot renew the session's token: %s", self.room, exc)
+            return False
+        if token == self._presented_token:
+            log.debug("room %s: the token source returned the same token; later", self.room)
+            return False
+        self._auth_in_flight = token
+        self._auth_reply.clear()
+        self._auth_sent_at = time.monotonic()
+        try:
+            await ws.send(self.codec.encode({"t": "auth", "token": token}), text=self.codec.text)
+        except ConnectionClosed:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REAUTH_REPLY_TIMEOUT):
+                await self._auth_reply.wait()
+        accepted = self._presented_token == token
+        self._auth_in_flight = ""
+        if not accepted:
+            log.warning("room %s: the server did not accept the renewed token", self.room)
+        return accepted
+
+    def _on_authed(self, message: dict[str, Any]) -> None:
+        token_exp = message.get("token_exp")
+        if isinstance(token_exp, int) and not isinstance(token_exp, bool):
+            self.token_exp = token_exp
+        if self._auth_in_flight:
+            self._presented_token = self._auth_in_flight
+        self.stats.reauths += 1
+        self._auth_reply.set()
+
+    # -- inputs and messages -----------------------------------------------------------
 
     def _flush(self) -> None:
         """Send the pending inputs not yet sent on this connection, within the flow limits."""
@@ -523,11 +1023,17 @@ class RoomClient:
         elif kind == "welcome":
             self._on_welcome(ws, message)
         elif kind == "redirect":
-            self._next_url = str(message["url"])
+            url = message.get("url")
+            self._next_url = url if isinstance(url, str) else None
+        elif kind == "authed":
+            self._on_authed(message)
         elif kind == "error":
             code = str(message.get("code"))
+            self._last_error = code
             self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
             log.debug("server error %s: %s", code, message.get("message"))
+            if code in _AUTH_ERRORS and self._auth_in_flight:
+                self._auth_reply.set()  # the renewal was refused (a close may follow)
             expected = message.get("expected")
             if isinstance(expected, int) and expected - 1 < self._sent_upto:
                 self._sent_upto = expected - 1  # resend from there, paced by _flush
@@ -540,12 +1046,20 @@ class RoomClient:
         self.server = message["server"]
         self.epoch = int(message["epoch"])
         self.tick_rate = int(message["tick_rate"])
+        token_exp = message.get("token_exp")
+        valid_exp = isinstance(token_exp, int) and not isinstance(token_exp, bool)
+        self.token_exp = token_exp if valid_exp else None
         self.connection_state = ConnectionState.CONNECTED
         ack = int(message["ack"])
         if not message.get("resumed") and self._joined.is_set():
             self._new_seat()
         self._joined.set()
         self._apply_ack(ack)
+        if valid_exp and not isinstance(self._token_source, str) and self._reauth_task is None:
+            self._reauth_task = asyncio.get_running_loop().create_task(
+                self._reauth_loop(ws), name=f"reauth:{self.room}"
+            )
+            self._reauth_task.add_done_callback(_ignore_result)
         # A new connection: resend every input the server has not applied, in order.
         self._sent_upto = 0
         self._tokens, self._tokens_at = _SEND_BURST, time.monotonic()
@@ -697,8 +1211,16 @@ __all__ = [
     "ClientStats",
     "ConnectionState",
     "LoginError",
+    "RedirectPolicy",
+    "RefreshingToken",
     "RoomClient",
     "RoomError",
+    "ServerRotation",
     "State",
+    "TokenUnavailable",
     "Tokens",
+    "backoff_delay",
+    "reauth_delay",
+    "redact_url",
+    "refresh_margin",
 ]

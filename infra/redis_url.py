@@ -41,7 +41,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse ``redis+sentinel://…``; raise RedisUrlError with the expected shape."""
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
-        raise RedisUrlError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+        raise RedisUrlError(f"not a {SENTINEL_SCHEME}:// URL: {redact(url)!r}")
     netloc = parts.netloc
     password = None
     if "@" in netloc:
@@ -52,13 +52,13 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
             raise RedisUrlError(
-                f"bad sentinel address {item!r} in {url!r}; expected "
+                f"bad sentinel address {item!r} in {redact(url)!r}; expected "
                 f"{SENTINEL_SCHEME}://host:port[,host:port…]/service[/db]"
             )
         sentinels.append((host.strip("[]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise RedisUrlError(f"{url!r} must name the monitored service: …/service[/db]")
+        raise RedisUrlError(f"{redact(url)!r} must name the monitored service: …/service[/db]")
     return SentinelTarget(
         tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0, password
     )
@@ -106,7 +106,7 @@ def connect(
             return aioredis.Redis.from_pool(blocking)
         return aioredis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise RedisUrlError(f"bad Redis URL {url!r}: {exc}") from None
+        raise RedisUrlError(f"bad Redis URL {redact(url)!r}: {exc}") from None
 
 
 def validate(url: str) -> None:
@@ -117,7 +117,7 @@ def validate(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise RedisUrlError(
-            f"bad Redis URL {url!r}: use redis://, rediss://, unix:// or {SENTINEL_SCHEME}://"
+            f"bad Redis URL {redact(url)!r}: use redis://, rediss://, unix:// or {SENTINEL_SCHEME}://"
         )
 
 

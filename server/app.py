@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,13 +33,17 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from auth.clientaddr import address_bucket
+from auth.verify import MAX_TOKEN_BYTES, InvalidToken, TokenVerifier, VerifiedToken
 from infra.errors import RedisUrlError
 from infra.eventloop import run_loop
 from infra.redis_url import connect as connect_redis
 from infra.redis_url import redact
 from infra.redis_url import validate as parse_redis_url
+from infra.revocation import revoked
 from server import settings as settings_module
-from server.admin import AdminEndpoint
+from server.admin import AdminEndpoint, http_response
+from server.budgets import ConnectionBudget, ConnectionLimits, PlayerBudget, PlayerLimits
 from server.engine import RoomEngine, RoomFull
 from server.errors import ConfigError, OwnershipLost
 from server.fastpath import FastConnection
@@ -47,6 +52,7 @@ from server.games import available_games
 from server.metrics import ServerMetrics
 from server.protocol import (
     SUBPROTOCOLS,
+    AuthMessage,
     CloseCode,
     ErrorCode,
     InputMessage,
@@ -54,11 +60,13 @@ from server.protocol import (
     LeaveMessage,
     PingMessage,
     ProtocolError,
+    authed_message,
     codec_for_subprotocol,
     parse_client_message,
     pong_message,
     redirect_message,
 )
+from server.quotas import REFRESH_EVERY_S, QuotaExceeded, QuotaLimits, Quotas
 from server.room import Room, RoomState
 from server.session import Session, SessionState
 from server.settings import ServerSettings
@@ -100,6 +108,12 @@ def _select_subprotocol(
     raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
 
 
+def _address_bucket(connection: ServerConnection) -> str:
+    """The budget key of a connection's peer: its IP (IPv6: the /64)."""
+    peer = connection.remote_address
+    return address_bucket(str(peer[0])) if peer else "unknown"
+
+
 def _bearer(headers: Headers) -> str | None:
     value = headers.get("Authorization")
     if value and value[:7].lower() == "bearer ":
@@ -133,6 +147,31 @@ class RoomServer:
             socket_connect_timeout=1.0,
         )
         self.store = RoomStore(self.redis, lease_ms=settings.lease_ms)
+        self.quotas = Quotas(
+            self.redis,
+            QuotaLimits(
+                rooms_per_player=settings.rooms_per_player,
+                rooms_per_minute=settings.rooms_per_minute,
+                rooms_per_address_per_minute=settings.rooms_per_address_per_minute,
+                sessions_per_player=settings.sessions_per_player,
+            ),
+        )
+        self.connections = ConnectionBudget(
+            ConnectionLimits(
+                per_address=settings.connections_per_address,
+                pending_per_address=settings.pending_per_address,
+                total=settings.max_connections,
+                pending_total=settings.max_pending_connections,
+            )
+        )
+        self.player_budget = PlayerBudget(
+            PlayerLimits(
+                messages_per_s=settings.player_message_rate,
+                message_burst=settings.player_message_rate,
+                bytes_per_s=settings.player_byte_rate,
+                byte_burst=2 * settings.player_byte_rate,
+            )
+        )
         self.liveness_id: int | None = None
         self.liveness_since = time.monotonic()
         self.liveness_reconnects = -1  # new liveness connections after the first
@@ -147,10 +186,11 @@ class RoomServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Server | None = None
         self.admin = AdminEndpoint(self.status, self.metrics.render, self.ready)
-        from auth.verify import TokenVerifier
-
         self.verifier = TokenVerifier(
-            settings.jwks_url, issuer=settings.issuer, audience=settings.audience
+            settings.jwks_url,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            leeway=settings.token_leeway_s,
         )
 
     # -- startup and shutdown ------------------------------------------------------
@@ -185,6 +225,8 @@ class RoomServer:
             loop.create_task(self._heartbeat_loop(), name="heartbeat"),
             loop.create_task(self._watch_loop(), name="failover-watch"),
             loop.create_task(self.verifier.warm(), name="jwks-warm"),
+            loop.create_task(self._quota_refresh_loop(), name="quota-refresh"),
+            loop.create_task(self._revocation_loop(), name="revocations"),
         ]
         log.info(
             "server %s listening on %s (pid %d, redis %s)",
@@ -273,6 +315,43 @@ class RoomServer:
                     log.warning("heartbeat failed: %s", exc)
                 self.redis_ok = False
             await asyncio.sleep(min(self.settings.heartbeat_s, 0.25))
+
+    async def _quota_refresh_loop(self) -> None:
+        """Keep the quota slots of our rooms (their creators') and sessions alive."""
+        while True:
+            await asyncio.sleep(REFRESH_EVERY_S)
+            rooms = [(r.creator, r.name) for r in self.rooms.values() if r.creator]
+            sessions = [(pid, r.name) for r in self.rooms.values() for pid in r.sessions]
+            try:
+                await self.quotas.refresh(rooms, sessions)
+            except (*_REDIS_DOWN, RedisError) as exc:
+                log.debug("quota refresh failed: %s", exc)
+
+    async def _revocation_loop(self) -> None:
+        """End the sessions whose login session was logged out (a revocation record):
+        within ``revocation_check_s``, not only when their token expires."""
+        while True:
+            await asyncio.sleep(self.settings.revocation_check_s)
+            sessions = [
+                session
+                for room in self.rooms.values()
+                for session in room.sessions.values()
+                if session.session_id
+            ]
+            if not sessions:
+                continue
+            try:
+                gone = await revoked(self.redis, [s.session_id for s in sessions if s.session_id])
+            except (*_REDIS_DOWN, RedisError) as exc:
+                log.debug("revocation check failed: %s", exc)
+                continue
+            for session in sessions:
+                if session.session_id in gone:
+                    self.metrics.evicted.labels("session_revoked").inc()
+                    session.send_error(
+                        ErrorCode.SESSION_REVOKED, "this session was logged out; log in again"
+                    )
+                    session.close(CloseCode.UNAUTHORIZED, "session_revoked")
 
     def _settled(self) -> bool:
         """Whether a peer missing from CLIENT LIST can be judged dead: every live peer has
@@ -377,7 +456,13 @@ class RoomServer:
     # -- rooms ------------------------------------------------------------------------------
 
     async def take_room(
-        self, name: str, game: str, replacing: Lease | None, *, for_client: bool = True
+        self,
+        name: str,
+        game: str,
+        replacing: Lease | None,
+        *,
+        for_client: bool = True,
+        creator: str = "",
     ) -> Room | None:
         """Claim a room and rebuild it from Redis; None if someone else holds it.
 
@@ -393,7 +478,7 @@ class RoomServer:
         future: asyncio.Future[Room | None] = asyncio.get_running_loop().create_future()
         self.claiming[name] = future
         try:
-            room = await self._claim_and_restore(name, game, replacing, for_client)
+            room = await self._claim_and_restore(name, game, replacing, for_client, creator)
             future.set_result(room)
             return room
         except BaseException as exc:
@@ -404,11 +489,17 @@ class RoomServer:
             del self.claiming[name]
 
     async def _claim_and_restore(
-        self, name: str, game: str, replacing: Lease | None, for_client: bool
+        self, name: str, game: str, replacing: Lease | None, for_client: bool, creator: str
     ) -> Room | None:
         started = time.perf_counter()
         claim = await self.store.claim(
-            name, self.server_id, self.settings.ws_url, game, replacing, must_exist=not for_client
+            name,
+            self.server_id,
+            self.settings.ws_url,
+            game,
+            replacing,
+            must_exist=not for_client,
+            creator=creator,
         )
         if not claim.won:
             return None
@@ -435,6 +526,8 @@ class RoomServer:
         if not for_client and not engine.seats:
             log.info("room=%s has no seats left: closing it instead of taking it over", name)
             await self.store.delete_room(claim.lease)
+            if claim.creator:
+                await self.quotas.release_room(claim.creator, name)
             return None
         if checkpoint is not None or entries:
             self.metrics.recoveries.inc()
@@ -451,6 +544,7 @@ class RoomServer:
             self.server_id,
             self._room_closed,
         )
+        room.creator = claim.creator
         self.rooms[name] = room
         self.metrics.rooms.set(len(self.rooms))
         room.start()
@@ -472,6 +566,21 @@ class RoomServer:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.rooms.set(len(self.rooms))
+        if room.deleted and room.creator:
+            self._background(self.quotas.release_room(room.creator, room.name))
+
+    def _background(self, coro: Any) -> None:
+        """Run a best-effort Redis call off the caller's path (errors are logged)."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except (*_REDIS_DOWN, RedisError) as exc:
+                log.debug("background Redis call failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def _successors(self) -> list[tuple[str, str]]:
         """Live peers, least loaded first, to hand rooms to when this server stops."""
@@ -488,13 +597,17 @@ class RoomServer:
         None when it is this one."""
         servers = await self._refresh_live()
         peers = sorted(sid for sid in servers if sid in self.live and sid != self.server_id)
-        chosen = await self.store.place(name, [self.server_id, *peers])
+        chosen = await self.store.place(name, [self.server_id, *peers], self.settings.max_rooms)
+        if not chosen:
+            raise QuotaExceeded(
+                ErrorCode.SERVER_FULL, "every room server runs as many rooms as it may; retry"
+            )
         if chosen == self.server_id or chosen not in servers:
             return None
         return chosen, servers[chosen]["ws_url"]
 
     async def locate(
-        self, name: str, game: str, placed_hint: bool
+        self, name: str, game: str, placed_hint: bool, player_id: str = "", address: str = ""
     ) -> Room | Redirect | Unavailable:
         """Where a join for room ``name`` is served: here (claimed or rebuilt if needed),
         at a live peer (a redirect to its registered URL), or nowhere right now.
@@ -503,7 +616,8 @@ class RoomServer:
         placement in Redis really chose this server, so a client cannot pick its server.
         A peer whose lease is not being renewed (a frozen or cut-off owner still
         connected to Redis) gets no more redirects: clients are told to retry until its
-        lease expires and the room moves.
+        lease expires and the room moves. Creating a room is charged to ``player_id`` and
+        ``address`` (QuotaExceeded when their quota is used up).
         """
         room = self.rooms.get(name)
         if room is not None and room.state is RoomState.RUNNING:
@@ -527,10 +641,25 @@ class RoomServer:
                         target = await self._place_new_room(name)
                         if target is not None:
                             return Redirect(target[1] + "?placed=1", target[0])
-                taken = await self.take_room(name, game, lease)
+                    taken = await self._create_room(name, game, player_id, address)
+                else:
+                    taken = await self.take_room(name, game, lease)
             if taken is not None:
                 return taken
         return Unavailable("room ownership is changing")
+
+    async def _create_room(self, name: str, game: str, creator: str, address: str) -> Room | None:
+        """Create a new room here, charged to its creator; None if another server won."""
+        if len(self.rooms) + len(self.claiming) >= self.settings.max_rooms:
+            raise QuotaExceeded(
+                ErrorCode.SERVER_FULL, "this server runs as many rooms as it may; retry"
+            )
+        if creator:
+            await self.quotas.reserve_room(creator, address, name)
+        room = await self.take_room(name, game, None, creator=creator)
+        if creator and (room is None or room.creator != creator):
+            await self.quotas.release_room(creator, name)  # someone else created it
+        return room
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -539,7 +668,12 @@ class RoomServer:
         (/status and /metrics are on the admin listener)."""
         path = request.path.split("?", 1)[0]
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+            refusal = self.connections.refusal(_address_bucket(connection))
+            if refusal is None:
+                return None
+            self.metrics.evicted.labels("connection_quota").inc()
+            body = orjson.dumps({"error": {"code": "connection_quota", "message": refusal}})
+            return http_response(HTTPStatus.TOO_MANY_REQUESTS, body, "application/json")
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
@@ -570,16 +704,31 @@ class RoomServer:
             self.settings.input_rate,
             self.settings.input_burst,
         )
+        session.address = _address_bucket(ws)
+        self.connections.opened(session.address)
+        pending = True
         try:
             room = await self._join(ws, session)
+            self.connections.joined(session.address)
+            pending = False
             if room is None:
                 return
             try:
                 await self._serve(ws, session, room)
             finally:
-                room.detach(session)
+                self._leave_room(session, room)
         finally:
+            self.connections.closed(session.address, pending)
+            session.close(1000, "connection ended")  # stops its expiry timer if still open
             await session.wait_closed()
+
+    def _leave_room(self, session: Session, room: Room) -> None:
+        """The connection of a seated session ended: free what it held."""
+        current = room.sessions.get(session.player_id) is session
+        room.detach(session)
+        self.player_budget.detach(session.player_id)
+        if current:  # not replaced by a newer connection, which keeps the quota slot
+            self._background(self.quotas.release_session(session.player_id, room.name))
 
     async def _join(self, ws: ServerConnection, session: Session) -> Room | None:
         """Authenticate and seat the client; None when it was refused (and closed)."""
@@ -608,24 +757,12 @@ class RoomServer:
             session.send_error(ErrorCode.UNAUTHORIZED, "an access token is required")
             session.close(CloseCode.UNAUTHORIZED, "missing token")
             return None
-        from auth.verify import InvalidToken
-
-        try:
-            verified = await self.verifier.verify(token)
-        except InvalidToken as exc:
-            code = (
-                ErrorCode.TOKEN_EXPIRED if exc.code == "token_expired" else ErrorCode.UNAUTHORIZED
-            )
-            session.send_error(code, exc.message)
-            session.close(CloseCode.UNAUTHORIZED, exc.code)
-            return None
-        except Exception as exc:
-            log.warning("token verification unavailable: %s", exc)
-            session.send_error(ErrorCode.UNAVAILABLE, "cannot verify tokens right now; retry")
-            session.close(CloseCode.RECONNECT, "token verification unavailable")
+        verified = await self._verify(session, token)
+        if verified is None:
             return None
         session.player_id = verified.player_id
         session.name = verified.name
+        session.session_id = verified.session_id
         session.token_exp = int(verified.expires_at)
         session.room_name = message.room
         game = message.game or DEFAULT_GAME
@@ -635,7 +772,16 @@ class RoomServer:
             return None
         placed = "placed=1" in ws.request.path
         try:
-            located = await self.locate(message.room, game, placed)
+            located = await self.locate(
+                message.room, game, placed, session.player_id, session.address
+            )
+            if isinstance(located, Room):
+                await self.quotas.take_session(session.player_id, message.room)
+        except QuotaExceeded as exc:
+            self.metrics.evicted.labels(str(exc.code)).inc()
+            session.send_error(exc.code, exc.message)
+            session.close(CloseCode.QUOTA_EXCEEDED, str(exc.code))
+            return None
         except (*_REDIS_DOWN, RedisError, OwnershipLost) as exc:
             located = Unavailable(str(exc))
         except ConfigError as exc:
@@ -670,7 +816,57 @@ class RoomServer:
             session.send_error(ErrorCode.ROOM_FULL, str(exc))
             session.close(CloseCode.ROOM_FULL, "room full")
             return None
+        # Seated: from now on a frame only needs to hold an input of this game (or a
+        # fresh token), and the player's messages draw on its shared budget.
+        ws.protocol.max_message_size = max(
+            located.game_class.max_input_bytes, MAX_TOKEN_BYTES + 256
+        )
+        self.player_budget.attach(session.player_id)
+        session.expire_at(session.token_exp + self.verifier.leeway)
         return located
+
+    async def _verify(self, session: Session, token: str) -> VerifiedToken | None:
+        """Verify a token (at join or re-auth) and check it is not revoked; None when the
+        session was refused (an error was sent and the close started)."""
+        try:
+            verified = await self.verifier.verify(token)
+            if verified.session_id and await revoked(self.redis, [verified.session_id]):
+                session.send_error(
+                    ErrorCode.SESSION_REVOKED, "this session was logged out; log in again"
+                )
+                session.close(CloseCode.UNAUTHORIZED, "session_revoked")
+                return None
+        except InvalidToken as exc:
+            if exc.code == "keys_unavailable":  # the login service is not answering yet
+                session.send_error(ErrorCode.UNAVAILABLE, "cannot verify tokens yet; retry")
+                session.close(CloseCode.RECONNECT, "token keys unavailable")
+                return None
+            code = (
+                ErrorCode.TOKEN_EXPIRED if exc.code == "token_expired" else ErrorCode.UNAUTHORIZED
+            )
+            session.send_error(code, exc.message)
+            session.close(CloseCode.UNAUTHORIZED, exc.code)
+            return None
+        except Exception as exc:
+            log.warning("token verification unavailable: %s", exc)
+            session.send_error(ErrorCode.UNAVAILABLE, "cannot verify tokens right now; retry")
+            session.close(CloseCode.RECONNECT, "token verification unavailable")
+            return None
+        return verified
+
+    async def _reauth(self, session: Session, token: str) -> None:
+        """A fresh token on an open session: same player, not revoked; moves its end."""
+        verified = await self._verify(session, token)
+        if verified is None or session.state is SessionState.CLOSING:
+            return
+        if verified.player_id != session.player_id:
+            session.send_error(ErrorCode.UNAUTHORIZED, "the new token is for another player")
+            session.close(CloseCode.UNAUTHORIZED, "token for another player")
+            return
+        session.session_id = verified.session_id
+        session.token_exp = int(verified.expires_at)
+        session.expire_at(session.token_exp + self.verifier.leeway)
+        session.send(authed_message(session.token_exp))
 
     async def _serve(self, ws: ServerConnection, session: Session, room: Room) -> None:
         """Feed the joined client's messages to the room until it disconnects.
@@ -710,14 +906,26 @@ class RoomServer:
         traffic.bytes_in += len(frame)
         if not session.admit():
             return
+        if not self.player_budget.admit(session.player_id, len(frame), time.monotonic()):
+            session.refuse_rate("input dropped: over this player's message or byte budget")
+            return
         try:
             message = parse_client_message(session.codec.decode(frame))
         except ProtocolError as exc:
             session.send_error(exc.code, exc.message)
             return
         if isinstance(message, InputMessage):
-            if room.state is RoomState.RUNNING:
+            limit = room.game_class.max_input_bytes
+            if len(frame) > limit:
+                session.send_error(
+                    ErrorCode.ILLEGAL_INPUT,
+                    f"input message over {limit} bytes; this seq is not consumed",
+                    message.seq,
+                )
+            elif room.state is RoomState.RUNNING:
                 room.on_input(session, message)
+        elif isinstance(message, AuthMessage):
+            self._background(self._reauth(session, message.token))
         elif isinstance(message, PingMessage):
             session.send(pong_message(message.id, room.engine.tick))
         elif isinstance(message, LeaveMessage):

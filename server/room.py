@@ -90,6 +90,8 @@ class Room:
         self.sessions: dict[str, Session] = {}
         self.disconnected_at: dict[str, float] = {}
         self.empty_since: float | None = None
+        self.creator = ""  # the player charged for this room's creation (quotas)
+        self.deleted = False  # closed for good and its keys deleted (not a move)
         # Whether any input was ever applied here (a rebuilt room: by a seat's ack).
         self.played = any(seat.accepted > 0 for seat in engine.seats.values())
         self.lease_renewed_at = time.monotonic()
@@ -416,7 +418,7 @@ class Room:
         log.info("room=%s empty (played: %s): closing", self.name, self.played)
         self.transition(RoomState.CLOSED)
         try:
-            await self.store.delete_room(self.lease)
+            self.deleted = await self.store.delete_room(self.lease)
         except _REDIS_TRANSIENT as exc:
             log.warning("room=%s could not delete its keys: %s", self.name, exc)
         self._close_sessions(CloseCode.ROOM_CLOSED, "room closed")

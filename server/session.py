@@ -83,6 +83,9 @@ class Session:
         self.room_name = ""
         self.welcome_tick = 0  # welcome.tick; states are sent for later ticks only
         self.token_exp = 0  # unix seconds: the session ends at this + the verifier's leeway
+        self.session_id: str | None = None  # the token's sid (login session), for logout
+        self.address = ""  # the client's address bucket (IPv6: its /64)
+        self._expiry: asyncio.TimerHandle | None = None
         self._dropped_in_window = 0
         self._window_start = time.monotonic()
         self._last_rate_error = 0.0
@@ -145,6 +148,31 @@ class Session:
             expected,
         )
 
+    def expire_at(self, deadline: float) -> None:
+        """End the session with token_expired + 4001 at ``deadline`` (unix seconds) unless
+        a fresh token moves it (``auth``). A session never outlives its token."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, deadline - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self.state is SessionState.CLOSING:
+            return
+        self.metrics.evicted.labels("token_expired").inc()
+        self.send_error(
+            ErrorCode.TOKEN_EXPIRED, "access token expired; send a fresh one with 'auth' in time"
+        )
+        self.close(CloseCode.UNAUTHORIZED, "token_expired")
+
+    def refuse_rate(self, message: str) -> None:
+        """A message dropped for a rate or budget: one rate_limited error a second."""
+        now = time.monotonic()
+        if now - self._last_rate_error >= 1.0:
+            self._last_rate_error = now
+            self.send_error(ErrorCode.RATE_LIMITED, message)
+
     def admit(self) -> bool:
         """Rate limit: False drops the message; a sustained flood closes the connection."""
         now = time.monotonic()
@@ -157,9 +185,8 @@ class Session:
         if self._dropped_in_window > 4 * self.bucket.rate:
             self.metrics.evicted.labels("rate_limited").inc()
             self.close(CloseCode.RATE_LIMITED, "message flood: far over the input rate limit")
-        elif now - self._last_rate_error >= 1.0:
-            self._last_rate_error = now
-            self.send_error(ErrorCode.RATE_LIMITED, "input dropped: over the input rate limit")
+        else:
+            self.refuse_rate("input dropped: over the input rate limit")
         return False
 
     def close(self, code: int, reason: str) -> None:
@@ -168,6 +195,9 @@ class Session:
             return
         self.state = SessionState.CLOSING
         self.close_code = int(code)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         log.info(
             "close player=%s room=%s code=%d reason=%s",
             self.player_id or "-",

@@ -59,6 +59,25 @@ class ServerSettings:
     # Per-connection message rate (token bucket): sustained rate and burst.
     input_rate: float = 60.0
     input_burst: float = 60.0
+    # Seconds past a token's exp before its session is closed (clock skew allowance).
+    token_leeway_s: float = 30.0
+    # How often open sessions are checked against logout (revocation) records.
+    revocation_check_s: float = 5.0
+    # Quotas (cluster-wide, in Redis): see server/quotas.py and docs/security.md.
+    rooms_per_player: int = 3
+    rooms_per_minute: int = 10
+    rooms_per_address_per_minute: int = 30
+    sessions_per_player: int = 4
+    # Rooms this process may run; new rooms go to servers below it (takeovers still land).
+    max_rooms: int = 1000
+    # Connection budgets of this process (IPv6 addresses counted by /64).
+    connections_per_address: int = 32
+    pending_per_address: int = 8
+    max_connections: int = 10_000
+    max_pending_connections: int = 1_000
+    # Messages and bytes per second per player, across its connections to this process.
+    player_message_rate: float = 120.0
+    player_byte_rate: float = 32 * 1024
     # Allowed Origin headers for browsers (empty: any).
     origins: tuple[str, ...] = ()
     ping_interval_s: float = 10.0
@@ -108,7 +127,21 @@ SETTINGS_HELP: dict[str, str] = {
     "socket_sndbuf": "kernel send buffer per client socket in bytes (0 lets the OS autotune)",
     "input_rate": "messages per second per connection (sustained)",
     "input_burst": "messages per connection allowed in a burst",
-    "origins": "allowed Origin values (repeatable; empty allows any)",
+    "token_leeway_s": "seconds past a token's expiry before it is refused or its session ends",
+    "revocation_check_s": "seconds between checks of open sessions against logouts",
+    "rooms_per_player": "live rooms one player may have created at a time",
+    "rooms_per_minute": "rooms one player may create per minute",
+    "rooms_per_address_per_minute": "rooms one client address (IPv6: /64) may create per minute",
+    "sessions_per_player": "rooms one player may be connected to at a time",
+    "max_rooms": "rooms this server runs at most (new rooms are placed elsewhere beyond it)",
+    "connections_per_address": "open connections per client address (IPv6: /64)",
+    "pending_per_address": "connections per client address that have not joined yet",
+    "max_connections": "open connections of this server in total",
+    "max_pending_connections": "connections of this server that have not joined yet",
+    "player_message_rate": "messages per second per player across its connections",
+    "player_byte_rate": "bytes per second per player across its connections",
+    "origins": "allowed Origin values (repeatable; empty allows any; a client sending no"
+    " Origin is always allowed)",
     "ping_interval_s": "WebSocket ping interval",
     "ping_timeout_s": "close a connection whose pong is this late",
     "open_timeout_s": "WebSocket opening handshake timeout",
@@ -191,5 +224,22 @@ def validate(settings: ServerSettings) -> None:
         raise ConfigError("--input-rate must be > 0 and --input-burst >= 1")
     if not 0 < settings.port < 65536:
         raise ConfigError("--port must be in 1-65535")
+    for name in (
+        "rooms_per_player",
+        "rooms_per_minute",
+        "rooms_per_address_per_minute",
+        "sessions_per_player",
+        "max_rooms",
+        "connections_per_address",
+        "pending_per_address",
+        "max_connections",
+        "max_pending_connections",
+    ):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if settings.token_leeway_s < 0 or settings.revocation_check_s <= 0:
+        raise ConfigError("--token-leeway-s must be >= 0 and --revocation-check-s > 0")
+    if settings.player_message_rate <= 0 or settings.player_byte_rate < 1024:
+        raise ConfigError("--player-message-rate must be > 0 and --player-byte-rate >= 1024")
     if not 0 <= settings.admin_port < 65536:
         raise ConfigError("--admin-port must be in 0-65535 (0: no admin listener)")

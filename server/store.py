@@ -5,7 +5,7 @@ Cluster slot and its scripts run atomically:
 
     sr:{R}:lease     "EPOCH|SERVER"  with a TTL      who owns R right now (the fence)
     sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
-    sr:{R}:meta      hash: game, seed, owner, url, epoch, created
+    sr:{R}:meta      hash: game, seed, creator, owner, url, epoch, created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
 
@@ -55,10 +55,11 @@ _PLACE = """
 local placed = redis.call('GET', KEYS[2])
 if placed then return placed end
 local best, best_load = nil, nil
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local load = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0')
   if best == nil or load < best_load then best, best_load = ARGV[i], load end
 end
+if best == nil or best_load >= tonumber(ARGV[2]) then return '' end
 redis.call('ZINCRBY', KEYS[1], 1, best)
 redis.call('SET', KEYS[2], best, 'PX', ARGV[1])
 return best
@@ -72,10 +73,12 @@ local epoch = redis.call('INCR', KEYS[2])
 local lease = epoch .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
 if redis.call('HEXISTS', KEYS[3], 'game') == 0 then
-  redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7])
+  redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7],
+             'creator', ARGV[9])
 end
 redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch)
-return {1, lease, redis.call('HGET', KEYS[3], 'game')}
+local meta = redis.call('HMGET', KEYS[3], 'game', 'creator')
+return {1, lease, meta[1], meta[2] or ''}
 """
 
 _RENEW = """
@@ -152,6 +155,7 @@ class Claim:
     won: bool
     lease: Lease
     game: str
+    creator: str = ""  # the player whose join created the room (quota owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +291,7 @@ class RoomStore:
         replacing: Lease | None = None,
         *,
         must_exist: bool = False,
+        creator: str = "",
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -295,7 +300,7 @@ class RoomStore:
         ``sr:rooms`` is never brought back to life by a peer.
         """
         keys = room_keys(room)
-        won, value, stored_game = await self._claim(
+        won, value, stored_game, *rest = await self._claim(
             keys=[keys["lease"], keys["epoch"], keys["meta"]],
             args=[
                 server_id,
@@ -306,6 +311,7 @@ class RoomStore:
                 secrets.randbits(63),
                 int(time.time() * 1000),
                 "1" if must_exist else "0",
+                creator,
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
@@ -318,7 +324,7 @@ class RoomStore:
                 room,
                 json.dumps({"owner": server_id, "epoch": lease.epoch, "game": _s(stored_game)}),
             )
-        return Claim(bool(won), lease, _s(stored_game))
+        return Claim(bool(won), lease, _s(stored_game), _s(rest[0]) if rest else "")
 
     async def renew(self, lease: Lease) -> None:
         with _fenced(lease):
@@ -417,11 +423,14 @@ class RoomStore:
         value = await self.redis.get(f"sr:placed:{room}")
         return _s(value) if value else None
 
-    async def place(self, room: str, candidates: list[str], hold_ms: int = 5000) -> str:
+    async def place(
+        self, room: str, candidates: list[str], max_rooms: int, hold_ms: int = 5000
+    ) -> str:
         """Choose the least-loaded candidate for a new room, atomically: concurrent
-        placements see each other's choices, and every join of the room gets the same one."""
+        placements see each other's choices, and every join of the room gets the same one.
+        "" when every candidate already runs ``max_rooms``."""
         chosen = await self._place(
-            keys=[LOAD_KEY, f"sr:placed:{room}"], args=[hold_ms, *candidates]
+            keys=[LOAD_KEY, f"sr:placed:{room}"], args=[hold_ms, max_rooms, *candidates]
         )
         return _s(chosen)
 

@@ -1,0 +1,160 @@
+"""Cluster-wide quotas kept in Redis: rooms a player may create, sessions it may hold.
+
+A room ticks, journals and checkpoints from the moment it exists, so creating one is
+spending the cluster's CPU and Redis: it is a budget, not a free action.
+
+- **Live rooms per creator** (``rooms_per_player``, default 3) and **sessions per
+  player** (``sessions_per_player``, default 4) are *slot sets*: a sorted set per player
+  whose members (room names) carry an expiry time. A slot is taken atomically (one Lua
+  script: drop expired members, refuse at the limit, add), refreshed by the server that
+  runs the room or the session (``refresh``, every few seconds, batched), and given back
+  when the room closes or the session ends. If every server holding slots dies, they
+  expire by themselves within ``SLOT_TTL_MS``; a takeover keeps refreshing them.
+- **Room creations per minute**, per player (``rooms_per_minute``, 10) and per client
+  address (``rooms_per_address_per_minute``, 30; IPv6 by /64): fixed one-minute windows.
+
+Each key holds one player's or address's data, so every script touches one key and is
+Redis Cluster safe.
+
+    sr:quota:rooms:{PLAYER}         zset room -> expiry ms     live rooms created by PLAYER
+    sr:quota:sessions:{PLAYER}      zset room -> expiry ms     rooms PLAYER is connected to
+    sr:quota:created:{KEY}:MINUTE   int, 61 s TTL              creations in that minute
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from server.protocol import ErrorCode
+
+SLOT_TTL_MS = 30_000
+REFRESH_EVERY_S = 5.0
+
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], 61) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    rooms_per_player: int = 3
+    rooms_per_minute: int = 10
+    rooms_per_address_per_minute: int = 30
+    sessions_per_player: int = 4
+
+
+class QuotaExceeded(Exception):
+    """A quota is used up; ``code`` is the error code sent before close 4011."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def rooms_key(player_id: str) -> str:
+    return f"sr:quota:rooms:{{{player_id}}}"
+
+
+def sessions_key(player_id: str) -> str:
+    return f"sr:quota:sessions:{{{player_id}}}"
+
+
+def _created_key(who: str, minute: int) -> str:
+    return f"sr:quota:created:{{{who}}}:{minute}"
+
+
+class Quotas:
+    """The quotas of one room server, on its Redis pool."""
+
+    def __init__(self, redis: aioredis.Redis, limits: QuotaLimits) -> None:
+        self.redis = redis
+        self.limits = limits
+        self._take = redis.register_script(_TAKE_SLOT)
+        self._count = redis.register_script(_COUNT)
+
+    async def _take_slot(self, key: str, member: str, limit: int) -> bool:
+        now = int(time.time() * 1000)
+        return bool(
+            await self._take(
+                keys=[key], args=[now, now + SLOT_TTL_MS, limit, member, SLOT_TTL_MS + 1000]
+            )
+        )
+
+    async def reserve_room(self, creator: str, address_bucket: str, room: str) -> None:
+        """Charge the creation of ``room`` to its creator and address, or raise."""
+        limits = self.limits
+        if not await self._take_slot(rooms_key(creator), room, limits.rooms_per_player):
+            raise QuotaExceeded(
+                ErrorCode.ROOM_QUOTA,
+                f"you already run {limits.rooms_per_player} rooms; leave one or join an"
+                " existing room",
+            )
+        minute = int(time.time() // 60)
+        counted = await self._count(
+            keys=[_created_key(f"p:{creator}", minute)], args=[limits.rooms_per_minute]
+        )
+        if counted:
+            counted = await self._count(
+                keys=[_created_key(f"a:{address_bucket}", minute)],
+                args=[limits.rooms_per_address_per_minute],
+            )
+        if not counted:
+            await self.release_room(creator, room)
+            raise QuotaExceeded(
+                ErrorCode.ROOM_QUOTA,
+                "too many rooms created from this account or address in the last minute;"
+                " retry in a minute",
+            )
+
+    async def release_room(self, creator: str, room: str) -> None:
+        await self.redis.zrem(rooms_key(creator), room)
+
+    async def take_session(self, player_id: str, room: str) -> None:
+        """Count a session of ``player_id`` in ``room`` (a resume reuses its slot)."""
+        limit = self.limits.sessions_per_player
+        if not await self._take_slot(sessions_key(player_id), room, limit):
+            raise QuotaExceeded(
+                ErrorCode.CONNECTION_QUOTA,
+                f"at most {limit} rooms at once per player; leave one first",
+            )
+
+    async def release_session(self, player_id: str, room: str) -> None:
+        await self.redis.zrem(sessions_key(player_id), room)
+
+    async def refresh(self, rooms: list[tuple[str, str]], sessions: list[tuple[str, str]]) -> None:
+        """Extend the slots this server holds: (creator, room) and (player, room) pairs.
+        ``ZADD XX`` only: a slot given back meanwhile is not re-created."""
+        if not rooms and not sessions:
+            return
+        expiry = int(time.time() * 1000) + SLOT_TTL_MS
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for creator, room in rooms:
+                pipe.zadd(rooms_key(creator), {room: expiry}, xx=True)
+                pipe.pexpire(rooms_key(creator), SLOT_TTL_MS + 1000)
+            for player_id, room in sessions:
+                pipe.zadd(sessions_key(player_id), {room: expiry}, xx=True)
+                pipe.pexpire(sessions_key(player_id), SLOT_TTL_MS + 1000)
+            await pipe.execute()

@@ -367,6 +367,11 @@ class Stack:
                 "--redis-url", self.redis.url,
                 "--auth-url", auth_url,
                 "--name", f"s{index}",
+                # The load generator is one address with hundreds of players: lift the
+                # per-address budgets (the per-player ones still apply).
+                "--rooms-per-address-per-minute", "1000000",
+                "--connections-per-address", "1000000",
+                "--pending-per-address", "1000000",
                 *self.server_args,
             ]  # fmt: skip
             self.children.append(

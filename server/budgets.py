@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    per_address: int = 32
-    pending_per_address: int = 8
+    per_address: int = 256
+    pending_per_address: int = 16
     total: int = 10_000
     pending_total: int = 1_000
 

@@ -11,7 +11,7 @@ spending the cluster's CPU and Redis: it is a budget, not a free action.
   when the room closes or the session ends. If every server holding slots dies, they
   expire by themselves within ``SLOT_TTL_MS``; a takeover keeps refreshing them.
 - **Room creations per minute**, per player (``rooms_per_minute``, 10) and per client
-  address (``rooms_per_address_per_minute``, 30; IPv6 by /64): fixed one-minute windows.
+  address (``rooms_per_address_per_minute``, 60; IPv6 by /64): fixed one-minute windows.
 
 Each key holds one player's or address's data, so every script touches one key and is
 Redis Cluster safe.
@@ -61,7 +61,7 @@ return 1
 class QuotaLimits:
     rooms_per_player: int = 3
     rooms_per_minute: int = 10
-    rooms_per_address_per_minute: int = 30
+    rooms_per_address_per_minute: int = 60
     sessions_per_player: int = 4
 
 

@@ -66,13 +66,13 @@ class ServerSettings:
     # Quotas (cluster-wide, in Redis): see server/quotas.py and docs/security.md.
     rooms_per_player: int = 3
     rooms_per_minute: int = 10
-    rooms_per_address_per_minute: int = 30
+    rooms_per_address_per_minute: int = 60
     sessions_per_player: int = 4
     # Rooms this process may run; new rooms go to servers below it (takeovers still land).
     max_rooms: int = 1000
     # Connection budgets of this process (IPv6 addresses counted by /64).
-    connections_per_address: int = 32
-    pending_per_address: int = 8
+    connections_per_address: int = 256
+    pending_per_address: int = 16
     max_connections: int = 10_000
     max_pending_connections: int = 1_000
     # Messages and bytes per second per player, across its connections to this process.

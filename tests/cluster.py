@@ -24,6 +24,12 @@ FAST_SERVER_FLAGS = (
     "--liveness-grace-ms", "500",
     "--checkpoint-every-s", "0.5",
     "--heartbeat-s", "0.25",
+    # Every test player connects from 127.0.0.1: the per-address budgets would count the
+    # whole suite as one client. Tests of those budgets pass the defaults back (later flags
+    # win).
+    "--rooms-per-address-per-minute", "100000",
+    "--connections-per-address", "100000",
+    "--pending-per-address", "100000",
 )  # fmt: skip
 
 

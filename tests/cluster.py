@@ -125,6 +125,7 @@ def start_cluster(
     extra: tuple[str, ...] = (),
     redis: EmbeddedRedis | None = None,
     redis_url: str | None = None,
+    auth_extra: tuple[str, ...] = (),
 ) -> LocalCluster:
     from auth.keys import ensure_key_file
 
@@ -134,7 +135,10 @@ def start_cluster(
     ensure_key_file(key)
     auth_port = free_port()
     processes.start_stateroom(
-        ["auth", "--port", str(auth_port), "--redis", redis_url or redis.url, "--key", str(key)],
+        [
+            *("auth", "--port", str(auth_port), "--redis", redis_url or redis.url),
+            *("--key", str(key), *auth_extra),
+        ],
         "auth",
         ready_url=f"http://127.0.0.1:{auth_port}/healthz",
     )

@@ -112,6 +112,8 @@ class Services:
     # Set when Redis turns out to evict keys after the service started: every write and
     # /healthz answer 503 with this message.
     refusal: str | None = None
+    # Why the service refused to start, for the ASGI server's log (no traceback).
+    startup_refusal: str | None = None
 
     @classmethod
     def create(cls, settings: AuthSettings) -> Services:
@@ -339,7 +341,33 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
     )
     app.state.services = svc
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
+    app.add_middleware(PlainStartupFailure, services=svc)
     return app
+
+
+class PlainStartupFailure:
+    """When the service refuses to start, the ASGI server logs the reason, not a traceback.
+
+    Starlette reports a failed lifespan with the formatted traceback as the message;
+    for a refusal we know about (``Services.startup_refusal``) the message is the reason.
+    """
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            reason = self.services.startup_refusal
+            if message["type"] == "lifespan.startup.failed" and reason is not None:
+                message = {**message, "message": reason}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class RequestMetrics:
@@ -390,8 +418,9 @@ async def check_memory(svc: Services, *, at_start: bool) -> bool:
         log.warning("%s", warning)
     if result.fatal is not None:
         if at_start:
-            log.error("refusing to start: %s", result.fatal)
-            raise ConfigError(f"refusing to start: {result.fatal}")
+            # The ASGI server logs it (PlainStartupFailure), in-process callers get it.
+            svc.startup_refusal = f"refusing to start: {result.fatal}"
+            raise ConfigError(svc.startup_refusal)
         log.error("refusing writes: %s", result.fatal)
         svc.refusal = f"the login store is misconfigured: {result.fatal}"
     return True

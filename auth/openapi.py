@@ -22,12 +22,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
         400: "invalid_json: the body is not valid JSON",
         401: "invalid_credentials or invalid_grant",
+        403: "forbidden: /metrics from a client that is not on loopback (no admin token set)",
         409: "username_taken",
         413: "payload_too_large: body over 16 KiB",
         415: "unsupported_media_type: Content-Type is not application/json",
         422: "validation_failed: a field is missing or out of range",
-        429: "rate_limited: see the Retry-After header",
-        503: "overloaded (password hashing at capacity) or unavailable (Redis down)",
+        429: "rate_limited: see the Retry-After header (limit per address bucket or account)",
+        503: (
+            "overloaded (password hashing at capacity) or unavailable (Redis down, or Redis "
+            "above the memory watermark: new guests and accounts paused); see Retry-After"
+        ),
     }
     return {str(s): _json(_ref("Error"), texts[s]) for s in statuses}
 
@@ -100,7 +104,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/logout": {
                 "post": {
-                    "summary": "Revoke the refresh token's whole family",
+                    "summary": (
+                        "Revoke the refresh token's whole family and end its live sessions "
+                        "(revocation record for its sid)"
+                    ),
                     "requestBody": refresh_body,
                     "responses": {"204": {"description": "revoked"}, **_errors(*_BODY_ERRORS)},
                 }
@@ -124,12 +131,20 @@ def openapi_document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics (admin: bearer token, or loopback if none)",
+                    "description": (
+                        "With STATEROOM_ADMIN_TOKEN set, requires Authorization: Bearer "
+                        "<token> (401 otherwise). Without it, answers loopback clients only "
+                        "(403 otherwise)."
+                    ),
+                    "security": [{"adminToken": []}, {}],
                     "responses": {
                         "200": {
                             "description": "text exposition format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "401": _json(_ref("Error"), "unauthorized: missing or wrong admin token"),
+                        **_errors(403),
                     },
                 }
             },
@@ -141,6 +156,13 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token (STATEROOM_ADMIN_TOKEN); /metrics only",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -193,8 +215,17 @@ def openapi_document() -> dict[str, Any]:
                         "player_id",
                     ],
                     "properties": {
-                        "access_token": {"type": "string", "description": "EdDSA JWT"},
-                        "refresh_token": {"type": "string", "description": "opaque"},
+                        "access_token": {
+                            "type": "string",
+                            "description": "EdDSA JWT; its sid claim is the session id",
+                        },
+                        "refresh_token": {
+                            "type": "string",
+                            "description": (
+                                "opaque; lives 24 h (guests) or 30 days (accounts) from the "
+                                "last login or refresh"
+                            ),
+                        },
                         "token_type": {"const": "Bearer"},
                         "expires_in": {"type": "integer", "description": "seconds"},
                         "player_id": {"type": "string"},
@@ -206,6 +237,6 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["keys"],
                     "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
                 },
-            }
+            },
         },
     }

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from auth.app import Services, create_app
 from auth.keys import Keyring, ensure_key_file
@@ -37,25 +38,60 @@ def settings(redis_url: str, key_file: Path) -> AuthSettings:
 MakeClient = Callable[..., Any]
 
 
-@pytest.fixture
-async def make_client(settings: AuthSettings) -> AsyncIterator[MakeClient]:
-    """``await make_client(**overrides)`` -> an httpx client on a fresh in-process app."""
-    opened: list[tuple[httpx.AsyncClient, Services]] = []
+@dataclasses.dataclass
+class AuthUnderTest:
+    """One in-process app: its services (to look inside) and a client factory."""
 
-    async def make(**overrides: Any) -> httpx.AsyncClient:
-        s = dataclasses.replace(settings, **overrides)
-        services = Services.create(s)
+    app: Starlette
+    services: Services
+    _opened: list[httpx.AsyncClient] = dataclasses.field(default_factory=list)
+    client: httpx.AsyncClient = dataclasses.field(init=False)  # peer 127.0.0.1
+
+    def __post_init__(self) -> None:
+        self.client = self.client_from("127.0.0.1", 123)
+
+    def client_from(self, host: str, port: int = 50_000) -> httpx.AsyncClient:
+        """Another client of the same app whose TCP peer address is ``host``."""
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(s, services)),
+            transport=httpx.ASGITransport(app=self.app, client=(host, port)),
             base_url="http://auth.test",
         )
-        opened.append((client, services))
+        self._opened.append(client)
         return client
 
+
+MakeAuth = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_auth(settings: AuthSettings) -> AsyncIterator[MakeAuth]:
+    """``await make_auth(**overrides)`` -> AuthUnderTest on a fresh in-process app."""
+    made: list[AuthUnderTest] = []
+
+    async def make(**overrides: Any) -> AuthUnderTest:
+        s = dataclasses.replace(settings, **overrides)
+        services = Services.create(s)
+        app = create_app(s, services)
+        auth = AuthUnderTest(app, services)
+        made.append(auth)
+        return auth
+
     yield make
-    for client, services in opened:
-        await client.aclose()
-        await services.aclose()
+    for auth in made:
+        for client in auth._opened:
+            await client.aclose()
+        await auth.services.aclose()
+
+
+@pytest.fixture
+async def make_client(make_auth: MakeAuth) -> MakeClient:
+    """``await make_client(**overrides)`` -> an httpx client on a fresh in-process app."""
+
+    async def make(**overrides: Any) -> httpx.AsyncClient:
+        auth: AuthUnderTest = await make_auth(**overrides)
+        return auth.client
+
+    return make
 
 
 @pytest.fixture

@@ -173,3 +173,46 @@ async def test_verifier_without_a_login_service() -> None:
         assert "login service" in info.value.message and "retry" in info.value.message
     finally:
         await verifier.aclose()
+
+
+def test_refuses_to_start_on_an_evicting_redis(
+    processes: Processes, tmp_path: Path, key: Path
+) -> None:
+    import redis
+
+    from infra.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "evicting") as server:
+        admin = redis.Redis.from_url(server.url)
+        try:
+            admin.config_set("maxmemory", "64mb")
+            admin.config_set("maxmemory-policy", "allkeys-lru")
+        finally:
+            admin.close()
+        args = ["auth", "--port", str(free_port()), "--redis", server.url, "--key", str(key)]
+        proc = processes.start([sys.executable, *CLI, *args], "auth-evicting")
+        assert proc.wait(30) == 3
+        log = processes.log("auth-evicting")
+        assert "refusing to start" in log and "allkeys-lru" in log and "noeviction" in log
+        assert "Sizing Redis" in log
+
+
+def test_forwarded_for_from_loopback_is_not_trusted_by_default(
+    processes: Processes, redis_url: str, key: Path
+) -> None:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the service turns that
+    off, so a local client cannot pick its own rate-limit bucket."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["auth", "--port", str(port), "--redis", redis_url, "--key", str(key),
+            "--rate-limit-per-minute", "3"]  # fmt: skip
+    proc = processes.start([sys.executable, *CLI, *args], "auth-xff")
+    wait_until(lambda: proc.poll() is not None or _ok(f"{url}/healthz"), 20, "auth /healthz")
+    statuses = [
+        httpx.post(
+            f"{url}/v1/guest", headers={"X-Forwarded-For": f"198.51.100.{i}"}, timeout=5
+        ).status_code
+        for i in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200  # loopback scrape

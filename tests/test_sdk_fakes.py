@@ -118,6 +118,8 @@ class FakeRoomServer:
         self.auth_messages: list[str] = []
         self.joins: list[dict[str, Any]] = []
         self.inputs: list[int] = []
+        self.pings = 0
+        self.state_interval = 0.05  # s between two states (20 Hz)
         self.frozen = False
         self._thaw = asyncio.Event()
         self._server: Server | None = None
@@ -232,7 +234,7 @@ class FakeRoomServer:
 
         async def ticker() -> None:
             while True:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(self.state_interval)
                 if self.frozen:
                     continue
                 if time.time() >= deadline[0] + self.leeway:
@@ -254,6 +256,7 @@ class FakeRoomServer:
                     if seq == room.acks[player] + 1:
                         room.acks[player] = seq
                 elif kind == "ping":
+                    self.pings += 1
                     await session.send(pong_message(int(message["id"]), now_tick()))
                 elif kind == "auth":
                     fresh = str(message["token"])

@@ -91,7 +91,8 @@ async def test_a_redirect_out_of_the_cluster_gets_no_connection_and_no_token(
     assert evil.handshakes == evil.connections == 0
     assert evil.authorizations == []
     assert own.connections >= 2  # it went back to its own server, with backoff
-    assert client.stats.redirects_refused == own.connections
+    # every redirect was refused (the last connection may have been cut by the timeout)
+    assert own.connections - 1 <= client.stats.redirects_refused <= own.connections
     assert client.stats.redirects == 0
     refused = [r.getMessage() for r in caplog.records if "refused a redirect" in r.getMessage()]
     assert refused and all(r.levelno == logging.WARNING for r in caplog.records)
@@ -171,7 +172,8 @@ async def test_wss_is_never_downgraded_to_ws(tmp_path: Path) -> None:
                 await client.connect(timeout=1.0)
     assert secure.connections >= 1 and secure.authorizations[0] == f"Bearer {token}"
     assert plain.handshakes == plain.connections == 0
-    assert client.stats.redirects_refused == secure.connections
+    assert 1 <= client.stats.redirects_refused <= secure.connections
+    assert client.stats.redirects_refused >= secure.connections - 1
 
 
 async def test_wss_to_wss_is_followed(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Usernames are unique case-insensitively (``Alice`` and ``alice`` are one
 account) and created with ``SET NX``, so two replicas racing on one name cannot
 both win. The record holds the player id, the username as typed and the argon2id
-hash; nothing else about a player is stored.
+hash; nothing else about a player is stored. A retried ``SET NX`` (the client retries
+after a timeout) recognises its own record by the new player id.
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ class AccountStore:
         record = orjson.dumps(
             {"player_id": account.player_id, "username": username, "hash": password_hash}
         )
-        created = await self.redis.set(self._key(username), record, nx=True)
-        return account if created else None
+        if await self.redis.set(self._key(username), record, nx=True):
+            return account
+        # Taken — unless by this very call: the client retries a SET whose reply was lost
+        # (a timeout after Redis ran it), and must not then call our own account taken.
+        existing = await self.get(username)
+        return account if existing is not None and existing.player_id == account.player_id else None
 
     async def get(self, username: str) -> Account | None:
         raw = await self.redis.get(self._key(username))

@@ -159,3 +159,28 @@ async def test_verified_token_exposes_the_session_id(make_auth: MakeAuth) -> Non
     # a token without sid (issued by an older service) has no session id
     old = auth.services.issuer.issue("g_x", "guest-1")
     assert (await verifier.verify(old)).session_id is None
+
+
+async def test_a_retried_account_creation_is_not_username_taken(redis_url: str) -> None:
+    """A SET NX run twice by a client retry: the second run finds our own record."""
+    from auth.accounts import AccountStore
+
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        store = AccountStore(redis)
+        calls = 0
+        original = redis.set
+
+        async def set_twice(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            await original(*args, **kwargs)  # type: ignore[arg-type]
+            return await original(*args, **kwargs)  # type: ignore[arg-type]  # the replay
+
+        redis.set = set_twice  # type: ignore[method-assign]
+        account = await store.create("jill", "hash")
+        assert account is not None and calls == 1
+        redis.set = original  # type: ignore[method-assign]
+        assert await store.create("JILL", "other") is None  # really taken by another call
+    finally:
+        await redis.aclose()

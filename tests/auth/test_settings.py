@@ -49,3 +49,27 @@ def test_missing_and_bad_settings() -> None:
         from_sources(parse("--key", "k", "--redis", "r", "--port", "eighty"), {})
     with pytest.raises(ConfigError, match="access_ttl"):
         from_sources(parse("--key", "k", "--redis", "r", "--access-ttl", "0"), {})
+
+
+def test_hardening_settings_defaults_and_environment() -> None:
+    defaults = AuthSettings(redis_url="redis://x", key_file=Path("k"))
+    assert defaults.guest_refresh_ttl == 86_400 and defaults.refresh_ttl == 2_592_000
+    assert defaults.trusted_proxies == "" and defaults.admin_token == ""
+    assert defaults.memory_watermark == 0.8 and defaults.memory_check_interval == 2.0
+    env = {
+        "STATEROOM_AUTH_GUEST_REFRESH_TTL": "3600",
+        "STATEROOM_AUTH_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
+        "STATEROOM_AUTH_MEMORY_WATERMARK": "0.5",
+        "STATEROOM_ADMIN_TOKEN": "t",
+    }
+    settings = from_sources(parse("--key", "k", "--redis", "r"), env)
+    assert settings.guest_refresh_ttl == 3600
+    assert settings.trusted_proxies == "10.0.0.0/8, fd00::/8"
+    assert settings.memory_watermark == 0.5 and settings.admin_token == "t"
+    flags = parse("--key", "k", "--redis", "r", "--trusted-proxies", "192.0.2.0/24")
+    assert from_sources(flags, {}).trusted_proxies == "192.0.2.0/24"
+    for bad in ({"STATEROOM_AUTH_MEMORY_WATERMARK": "0"}, {"STATEROOM_AUTH_MEMORY_WATERMARK": "2"},
+                {"STATEROOM_AUTH_GUEST_REFRESH_TTL": "0"},
+                {"STATEROOM_AUTH_TRUSTED_PROXIES": "10.0.0.0/8,bogus"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            from_sources(parse("--key", "k", "--redis", "r"), bad)

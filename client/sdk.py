@@ -36,7 +36,8 @@ makes one from a ``Tokens`` pair), the client presents a fresh token on the open
 connection (``{"t": "auth", "token": ...}``) before ``welcome.token_exp``: at the
 earlier of 80 % of the remaining lifetime and ``REAUTH_MARGIN`` (60 s) before
 expiry (half the remaining lifetime when less than two minutes are left), never
-twice within ``REAUTH_MIN_INTERVAL`` (5 s); a failed attempt is retried with
+twice within ``REAUTH_MIN_INTERVAL`` (5 s; 1 s for a token so short that waiting
+5 s would leave it less than half its remaining life); a failed attempt is retried with
 backoff (1 s, 2 s, 4 s, ... at most half the time left, at least 1 s) until the
 server closes the session. ``authed`` moves the deadline. A close 4001
 ``token_expired`` is answered by one reconnect with a fresh token (a resume);
@@ -111,7 +112,8 @@ RETRY_BACKOFF_MAX = 0.25  # s: cap during the first FAST_RETRY_WINDOW of an outa
 FAST_RETRY_WINDOW = 5.0  # s
 REAUTH_MARGIN = 60.0  # s before token_exp (at most half the remaining lifetime)
 REAUTH_FRACTION = 0.8  # of the remaining lifetime
-REAUTH_MIN_INTERVAL = 5.0  # s between two auth messages
+REAUTH_MIN_INTERVAL = 5.0  # s between two auth messages (unless the token would expire)
+REAUTH_HARD_MIN_INTERVAL = 1.0  # s between two auth messages, always
 REAUTH_REPLY_TIMEOUT = 10.0  # s to wait for authed before trying again
 
 
@@ -313,16 +315,23 @@ def reauth_delay(token_exp: float, now: float, since_last_send: float | None = N
     The earlier of ``REAUTH_FRACTION`` of the remaining lifetime and ``REAUTH_MARGIN``
     before ``token_exp`` (half the remaining lifetime when that is shorter), but not
     within ``REAUTH_MIN_INTERVAL`` of the previous auth message (``since_last_send``
-    seconds ago, None if none was sent). 0 when the token has expired already.
+    seconds ago, None if none was sent), unless waiting that long would leave less
+    than half the remaining lifetime (tokens of a few seconds, as in tests): then down
+    to ``REAUTH_HARD_MIN_INTERVAL``. 0 when the token has expired and nothing was sent.
     """
     remaining = token_exp - now
     if remaining <= 0:
         delay = 0.0
+        floor = 0.0 if since_last_send is None else REAUTH_MIN_INTERVAL - since_last_send
     else:
         delay = min(remaining - min(REAUTH_MARGIN, remaining / 2), REAUTH_FRACTION * remaining)
-    if since_last_send is not None:
-        delay = max(delay, REAUTH_MIN_INTERVAL - since_last_send)
-    return max(0.0, delay)
+        floor = 0.0
+        if since_last_send is not None:
+            floor = max(
+                REAUTH_HARD_MIN_INTERVAL - since_last_send,
+                min(REAUTH_MIN_INTERVAL - since_last_send, remaining / 2),
+            )
+    return max(0.0, delay, floor)
 
 
 def reauth_retry_delay(failures: int, token_exp: float, now: float) -> float:
@@ -910,7 +919,8 @@ class RoomClient:
                         self._send_now(ws, {"t": "ping", "id": self._ping_id})
                         continue
                     self._stalled = True
-                    await ws.close(1000, "stalled")
+                    # No closing handshake: a frozen peer would hold it for close_timeout.
+                    ws.transport.abort()
                     what = "frame" if joined else "answer to join"
                     return 1006, f"no {what} within the timeout"
                 pinged = False
@@ -945,7 +955,7 @@ class RoomClient:
             if failures:
                 delay = reauth_retry_delay(failures, token_exp, now)
                 if since is not None:
-                    delay = max(delay, REAUTH_MIN_INTERVAL - since)
+                    delay = max(delay, REAUTH_HARD_MIN_INTERVAL - since)
             else:
                 delay = reauth_delay(token_exp, now, since)
             await asyncio.sleep(delay)

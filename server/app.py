@@ -76,6 +76,10 @@ log = logging.getLogger("stateroom.server")
 
 DEFAULT_GAME = "arena"
 BROKEN_ROOM_RETRY_S = 10.0  # the watcher's pause before retrying a room it could not rebuild
+# Longest a join waits for a stalled owner's lease to run out before it is told to retry.
+# A stalled owner is one whose lease has less than half its time left, so with the default
+# 3 s lease the wait always ends at the expiry; below the SDK's 2 s wait for a welcome.
+STALE_OWNER_HOLD_MS = 1500
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _PROTOCOL_CLOSE = {
@@ -627,7 +631,14 @@ class RoomServer:
             if lease is not None and lease.server_id != self.server_id:
                 if await self.is_live(lease.server_id):
                     if 0 <= ttl_ms < self.settings.lease_ms // 2:
-                        return Unavailable("the room's owner is not renewing its lease")
+                        # Hold the join until the lease runs out (within what a client
+                        # waits for its first frame), then claim: the client is served
+                        # at the moment the room can move, not a retry backoff later.
+                        hold_ms = min(ttl_ms + 10, STALE_OWNER_HOLD_MS)
+                        await asyncio.sleep(hold_ms / 1000)
+                        if hold_ms < ttl_ms + 10:
+                            return Unavailable("the room's owner is not renewing its lease")
+                        continue
                     url = self.registry.get(lease.server_id, {}).get("ws_url", "")
                     return Redirect(url, lease.server_id) if url else Unavailable("owner unknown")
                 if not self._settled():

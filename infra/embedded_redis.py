@@ -167,7 +167,9 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         appendfsync: str = "everysec",
         password: str | None = None,
+        maxmemory: str = "1gb",
     ) -> None:
+        self.maxmemory = maxmemory
         self.data_dir = private_dir(Path(data_dir))
         self.host = host
         self.port = port or 0
@@ -208,6 +210,10 @@ class EmbeddedRedis:
             "daemonize no",
             f"logfile {config_string(str(data / 'valkey.log'))}",
             "maxclients 2000",
+            # Bounded, and never evicting: a full Redis refuses writes (each service
+            # handles that) instead of silently dropping leases, journals or accounts.
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
         ]
         if self.password:
             lines.append(f"requirepass {config_string(self.password)}")

@@ -37,6 +37,7 @@ from auth.clientaddr import address_bucket
 from auth.verify import MAX_TOKEN_BYTES, InvalidToken, TokenVerifier, VerifiedToken
 from infra.errors import RedisUrlError
 from infra.eventloop import run_loop
+from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
 from infra.redis_url import redact
 from infra.redis_url import validate as parse_redis_url
@@ -200,6 +201,13 @@ class RoomServer:
     # -- startup and shutdown ------------------------------------------------------
 
     async def start(self) -> None:
+        """Check Redis, listen, and start the background loops. Raises ConfigError on a
+        Redis that would evict keys (leases and journals must never vanish silently)."""
+        memory = await check_redis_memory(self.redis)
+        for warning in memory.warnings:
+            log.warning("%s", warning)
+        if memory.fatal is not None:
+            raise ConfigError(memory.fatal)
         if self.settings.admin_port:
             await self.admin.start(self.settings.admin_host, self.settings.admin_port)
         await self._heartbeat_once()
@@ -977,5 +985,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RedisUrlError) as exc:
         log.error("%s", exc)
         return 2
-    run_loop(serve_forever(settings))
+    try:
+        run_loop(serve_forever(settings))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     return 0

@@ -9,25 +9,31 @@ leeway so that expiry can be watched within seconds.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgpack
 import pytest
 import pytest_asyncio
+import redis
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from client.sdk import AuthClient, RoomClient, Tokens
+from infra.embedded_redis import EmbeddedRedis
+from infra.ports import free_port
 from server.protocol import CloseCode
 from server.store import ROOMS_KEY, RoomStore
 from tests.cluster import LocalCluster, start_cluster
 from tests.integration.test_room_server import close_code, open_ws, recv, recv_until
-from tests.support import Processes
+from tests.support import STATEROOM, Processes
 
 JSON = [Subprotocol("stateroom.v1.json")]
 LEEWAY_S = 1.0
@@ -378,3 +384,28 @@ async def test_the_player_port_serves_no_status_or_metrics(hard: LocalCluster) -
         for path in ("/status", "/metrics"):
             assert (await http.get(server.http_url + path)).status_code == 404
             assert (await http.get(server.admin_url + path)).status_code == 200
+
+
+def test_a_room_server_refuses_a_redis_that_evicts(tmp_path: Path) -> None:
+    """Evictions would drop leases and journals silently: refuse to start, clearly."""
+    valkey = EmbeddedRedis(tmp_path / "evicting").start()
+    try:
+        admin = redis.Redis.from_url(valkey.url)
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.close()
+        result = subprocess.run(
+            [
+                *STATEROOM,
+                *("server", "--port", str(free_port()), "--auth-url", "http://127.0.0.1:9"),
+            ],
+            env={**os.environ, "STATEROOM_REDIS_URL": valkey.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "allkeys-lru" in result.stderr and "noeviction" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert valkey.password not in result.stderr
+    finally:
+        valkey.stop()

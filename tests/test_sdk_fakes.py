@@ -9,9 +9,10 @@ player's ack, pongs, ``auth`` → ``authed``, the session closed with ``token_ex
 connections, handshake attempts and the ``Authorization`` headers it was sent.
 
 ``freeze()`` models a SIGSTOP'd process: open sessions go silent (no states, no
-pongs) and new handshakes never complete (TCP is accepted, the HTTP upgrade is never
-answered). ``Room`` is the world the fakes share, so a second fake can "take the
-room over" and resume a player's seat with the right ack.
+pongs, nothing read, so no closing handshake either) and new handshakes never
+complete (TCP is accepted, the HTTP upgrade is never answered). ``Room`` is the
+world the fakes share, so a second fake can "take the room over" and resume a
+player's seat with the right ack.
 
 Tokens are ``tok:<player>:<exp>:<n>`` (``make_token``), exp in unix seconds.
 """
@@ -122,6 +123,7 @@ class FakeRoomServer:
         self.state_interval = 0.05  # s between two states (20 Hz)
         self.frozen = False
         self._thaw = asyncio.Event()
+        self._open: set[ServerConnection] = set()
         self._server: Server | None = None
         self.port = 0
 
@@ -146,6 +148,8 @@ class FakeRoomServer:
 
     async def __aexit__(self, *exc: object) -> None:
         self._thaw.set()
+        for ws in self._open:
+            ws.transport.resume_reading()
         assert self._server is not None
         self._server.close()
         with contextlib.suppress(TimeoutError):
@@ -154,6 +158,8 @@ class FakeRoomServer:
 
     def freeze(self) -> None:
         self.frozen = True
+        for ws in self._open:  # no more reads: no pong, no answer to a closing handshake
+            ws.transport.pause_reading()
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
@@ -167,6 +173,7 @@ class FakeRoomServer:
         header = ws.request.headers.get("Authorization") if ws.request else None
         self.authorizations.append(header)
         codec = codec_for_subprotocol(ws.subprotocol)
+        self._open.add(ws)
         try:
             join = codec.decode(await ws.recv())
             self.joins.append(join)
@@ -175,6 +182,8 @@ class FakeRoomServer:
             await self.behaviour(Session(self, ws, join, token, player, codec))
         except ConnectionClosed:
             pass
+        finally:
+            self._open.discard(ws)
 
     # -- behaviours ---------------------------------------------------------------------
 

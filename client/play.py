@@ -135,7 +135,8 @@ async def _room_reason(client: RoomClient, default: str) -> str:
     try:
         await client.next_state(timeout=0.05)
     except RoomError as exc:
-        return f"the room refused: {exc.code} {exc.reason}"
+        detail = f" ({exc.error_code})" if exc.error_code else ""
+        return f"the room refused: {exc.code} {exc.reason}{detail}"
     except Exception:
         return default
     return default

@@ -7,7 +7,7 @@ import ipaddress
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth.clientaddr import address_bucket, client_address, is_loopback, parse_ip, parse_networks
@@ -16,6 +16,8 @@ from tests.auth.conftest import AuthUnderTest, MakeAuth
 from tests.auth.test_api import assert_error
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8:ffff::/48")
+# No per-example deadline: the machine is shared, and these are pure functions.
+PURE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- buckets
 
@@ -44,6 +46,7 @@ def test_a_peer_that_is_not_an_ip_is_its_own_bounded_bucket() -> None:
     assert address_bucket("fe80::1%eth0") == "fe80::1%eth0"  # scoped: not parsed
 
 
+@PURE
 @given(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1))
 def test_same_64_same_bucket(address: int, low: int) -> None:
     a = ipaddress.IPv6Address(address)
@@ -52,6 +55,7 @@ def test_same_64_same_bucket(address: int, low: int) -> None:
         assert address_bucket(str(a)) == address_bucket(str(b))
 
 
+@PURE
 @given(st.integers(0, 2**128 - 1), st.integers(0, 2**128 - 1))
 def test_different_64_different_bucket(x: int, y: int) -> None:
     a, b = ipaddress.IPv6Address(x), ipaddress.IPv6Address(y)
@@ -59,6 +63,7 @@ def test_different_64_different_bucket(x: int, y: int) -> None:
         assert address_bucket(str(a)) != address_bucket(str(b))
 
 
+@PURE
 @given(st.integers(0, 2**32 - 1))
 def test_ipv4_and_its_mapped_form_share_a_bucket(value: int) -> None:
     v4 = ipaddress.IPv4Address(value)
@@ -115,6 +120,7 @@ def test_no_header_from_a_trusted_proxy_is_the_proxy() -> None:
     assert client_address("10.0.0.5", [], PROXIES) == "10.0.0.5"
 
 
+@PURE
 @given(st.lists(st.text(max_size=60) | st.ip_addresses().map(str), max_size=4))
 def test_a_header_never_becomes_an_arbitrary_key(headers: list[str]) -> None:
     # from an untrusted peer: always the peer

@@ -121,7 +121,7 @@ async def test_warm_retries_until_the_login_service_answers(
     await jwks_server.start()
     up = time.monotonic()
     await asyncio.wait_for(warm, 5)
-    assert time.monotonic() - up < 1.5  # within the 1 s backoff cap of the service coming up
+    assert time.monotonic() - up < 2.5  # the 1 s backoff cap (+ margin for a busy machine)
     assert verifier.keys_known and jwks_server.requests == 1
     fetches = verifier.fetches
     assert (await verifier.verify(token)).player_id == "g_p"

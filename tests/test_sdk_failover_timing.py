@@ -17,6 +17,7 @@ import pytest
 from client import sdk
 from client.sdk import (
     BACKOFF_MAX,
+    JOIN_TIMEOUT,
     OPEN_TIMEOUT,
     RETRY_BACKOFF_MAX,
     STALL_TIMEOUT,
@@ -26,7 +27,7 @@ from client.sdk import (
     backoff_delay,
 )
 from server.protocol import CloseCode, ErrorCode
-from tests.test_sdk_fakes import Blackhole, FakeRoomServer, Room, make_token
+from tests.test_sdk_fakes import Blackhole, FakeRoomServer, Room, Session, make_token
 
 A, B, C = "ws://10.0.0.1:8001/v1/ws", "ws://10.0.0.2:8002/v1/ws", "ws://10.0.0.3:8003/v1/ws"
 
@@ -197,6 +198,25 @@ async def test_a_stall_is_noticed_within_the_stall_timeout() -> None:
         await client.close()
     assert STALL_TIMEOUT <= outage <= STALL_TIMEOUT + 0.5, outage
     assert owner.handshakes == 1
+
+
+@pytest.mark.usefixtures("first_url_first")
+async def test_an_unanswered_join_moves_on_but_does_not_make_the_server_suspect() -> None:
+    async def hold(session: Session) -> None:
+        await session.ws.wait_closed()  # a live server holding the join
+
+    async with (
+        FakeRoomServer(name="holding", behaviour=hold) as holding,
+        FakeRoomServer(name="peer") as peer,
+    ):
+        client = RoomClient([holding.url, peer.url], "lobby", make_token())
+        started = time.monotonic()
+        await client.connect(timeout=5)
+        elapsed = time.monotonic() - started
+        assert not client._rotation.is_suspect(holding.url, time.monotonic())
+        await client.close()
+    assert JOIN_TIMEOUT <= elapsed <= JOIN_TIMEOUT + 0.5, elapsed
+    assert holding.connections == 1 and peer.connections == 1
 
 
 async def test_a_slow_room_is_not_a_stall() -> None:

@@ -8,9 +8,12 @@ restarted by name.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra.cluster_file import ClusterInfo, ServerEntry
 from infra.embedded_redis import EmbeddedRedis
@@ -146,3 +149,18 @@ def start_cluster(
     for index in range(1, servers + 1):
         cluster.add_server(f"s{index}", extra)
     return cluster
+
+
+@contextlib.contextmanager
+def cluster_for(tmp_path: Path, **options: Any) -> Iterator[LocalCluster]:
+    """A cluster of its own processes (for a module-scoped fixture), stopped on exit
+    whatever happens; ``options`` go to ``start_cluster``."""
+    processes = Processes(tmp_path)
+    local = None
+    try:
+        local = start_cluster(processes, tmp_path, **options)
+        yield local
+    finally:
+        processes.stop_all()
+        if local is not None:
+            local.redis.stop()

@@ -56,3 +56,14 @@ def cluster(processes: Processes, tmp_path: Path) -> Iterator[LocalCluster]:
     finally:
         processes.stop_all()
         local.redis.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Valkey of this test alone (its settings may be changed with CONFIG SET, or it
+    may be stopped and restarted)."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

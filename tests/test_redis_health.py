@@ -3,8 +3,7 @@ CONFIG denied (managed Redis) falls back to INFO memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,16 +11,6 @@ from redis.exceptions import NoPermissionError
 
 from infra.embedded_redis import EmbeddedRedis
 from infra.redis_health import SIZING_DOC, check_redis_memory, memory_usage
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Valkey of this test alone: its settings are changed with CONFIG SET."""
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

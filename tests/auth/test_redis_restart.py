@@ -7,8 +7,6 @@ the app keeps its connection pool.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,15 +16,6 @@ from auth.app import Services, create_app
 from auth.settings import AuthSettings
 from infra.embedded_redis import EmbeddedRedis
 from infra.redis_url import connect
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_first_login_after_a_redis_restart_succeeds(

@@ -31,9 +31,9 @@ from infra.embedded_redis import EmbeddedRedis
 from infra.ports import free_port
 from server.protocol import CloseCode
 from server.store import ROOMS_KEY, RoomStore
-from tests.cluster import LocalCluster, start_cluster
+from tests.cluster import LocalCluster, cluster_for
 from tests.integration.test_room_server import close_code, open_ws, recv, recv_until
-from tests.support import STATEROOM, Processes
+from tests.support import STATEROOM
 
 JSON = [Subprotocol("stateroom.v1.json")]
 LEEWAY_S = 1.0
@@ -47,24 +47,15 @@ DEFAULT_BUDGETS = (
 
 @pytest.fixture(scope="module")
 def hard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    tmp = tmp_path_factory.mktemp("hardening")
-    processes = Processes(tmp)
-    local = None
-    try:
-        local = start_cluster(
-            processes,
-            tmp,
-            extra=(
-                *DEFAULT_BUDGETS,
-                *("--token-leeway-s", str(LEEWAY_S), "--revocation-check-s", "0.5"),
-            ),
-            auth_extra=("--access-ttl", str(ACCESS_TTL_S)),
-        )
+    with cluster_for(
+        tmp_path_factory.mktemp("hardening"),
+        extra=(
+            *DEFAULT_BUDGETS,
+            *("--token-leeway-s", str(LEEWAY_S), "--revocation-check-s", "0.5"),
+        ),
+        auth_extra=("--access-ttl", str(ACCESS_TTL_S)),
+    ) as local:
         yield local
-    finally:
-        processes.stop_all()
-        if local is not None:
-            local.redis.stop()
 
 
 @pytest_asyncio.fixture

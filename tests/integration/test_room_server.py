@@ -29,7 +29,7 @@ from auth.tokens import TokenIssuer
 from client.bots import run_bots
 from client.sdk import AuthClient, RoomClient
 from server.protocol import CloseCode
-from tests.cluster import LocalCluster, start_cluster
+from tests.cluster import LocalCluster, cluster_for, start_cluster
 from tests.support import Processes
 
 MSGPACK = [Subprotocol("stateroom.v1.msgpack")]
@@ -38,15 +38,8 @@ MSGPACK = [Subprotocol("stateroom.v1.msgpack")]
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     tmp = tmp_path_factory.mktemp("room-server")
-    processes = Processes(tmp)
-    local = None
-    try:
-        local = start_cluster(processes, tmp, extra=("--input-rate", "40", "--input-burst", "40"))
+    with cluster_for(tmp, extra=("--input-rate", "40", "--input-burst", "40")) as local:
         yield local
-    finally:
-        processes.stop_all()
-        if local is not None:
-            local.redis.stop()
 
 
 @pytest_asyncio.fixture

@@ -597,9 +597,7 @@ _SEND_RATE = 40.0
 _SEND_BURST = 40.0
 
 _RETRYABLE_CLOSES = {
-    int(CloseCode.RECONNECT),
-    int(CloseCode.REDIRECT),
-    int(CloseCode.INTERNAL_ERROR),
+    *(int(code) for code in CloseCode if code.retry),  # 4009, 4020, 4021, 4500
     1001,  # going away
     1006,  # abnormal closure (process killed)
     1011,  # internal error / keepalive timeout

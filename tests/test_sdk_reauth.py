@@ -313,3 +313,23 @@ async def test_an_unreachable_login_service_is_retried() -> None:
         with pytest.raises(sdk.ClientError, match="could not join"):
             await client.connect(timeout=1.0)
     assert auth.calls >= 3 and server.connections == 0
+
+
+async def test_a_slow_consumer_close_is_retried_and_resumes() -> None:
+    """4009: the client fell behind and was evicted; its seat waits out the grace period,
+    so the SDK reconnects and resumes (protocol.md §4), like after 4020."""
+    evicted = False
+
+    def once() -> bool:
+        nonlocal evicted
+        done, evicted = evicted, True
+        return done
+
+    slow = FakeRoomServer.refuse(None, int(CloseCode.SLOW_CONSUMER), "outbox overflow")
+    async with FakeRoomServer() as server:
+        server.behaviour = FakeRoomServer.until(once, slow, server.play)
+        client = RoomClient([server.url], "lobby", Minting(lifetime=60))
+        await client.connect(timeout=5)
+        await client.next_state(timeout=5)
+        await client.close()
+    assert server.connections == 2

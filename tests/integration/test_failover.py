@@ -109,6 +109,30 @@ async def test_redis_restart_with_append_only_persistence(
 
     assert_clean(summary, count)
     journal.check()
+    for name in ("s1", "s2", "auth"):  # an outage is logged once, never as a leak
+        log = cluster.log(name)
+        assert "Unclosed" not in log and "Traceback" not in log, log[-3000:]
+
+
+async def test_a_redis_outage_under_many_rooms_is_logged_once_without_leaks(
+    cluster: LocalCluster, store: RoomStore
+) -> None:
+    """Several rooms per server: their journal appends leave in one pipeline, which a
+    Redis outage fails; the pipeline must be closed (no "Unclosed Pipeline" error) and
+    the outage logged once, not once per retry."""
+    count = 12  # rooms of 2: six rooms over two servers
+    async with asyncio.timeout(45):
+        bots = asyncio.create_task(run_bots(cluster.info, "outage", count, seconds=6.0, rooms_of=2))
+        await room_running(store, "outage-0")
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.redis.stop)
+        await asyncio.sleep(1.0)  # an outage shorter than the lease: rooms keep going
+        await asyncio.to_thread(cluster.redis.start)
+        summary = await bots
+    assert_clean(summary, count)
+    for name in ("s1", "s2", "auth"):
+        log = cluster.log(name)
+        assert "Unclosed" not in log and "Traceback" not in log, log[-3000:]
 
 
 async def test_five_kills_in_a_row(cluster: LocalCluster, store: RoomStore) -> None:

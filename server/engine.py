@@ -15,12 +15,12 @@ Events (msgpack-able lists):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from server.errors import GameError, IllegalInput
-from server.game import Game
+from server.game import Emitted, Game
 
 Event = list[Any]
 SNAPSHOT_VERSION = 1
@@ -59,8 +59,9 @@ class Seat:
 @dataclass(frozen=True, slots=True)
 class TickOutcome:
     tick: int
-    events: list[Event]
-    state: Mapping[str, Any]
+    events: list[Event]  # the journal's: joins, leaves, inputs
+    state: Mapping[str, Any]  # the public state
+    emitted: list[Emitted] = field(default_factory=list)  # the game's events of this tick
 
 
 class RoomEngine:
@@ -72,13 +73,18 @@ class RoomEngine:
         *,
         tick: int = 0,
         max_pending_per_player: int = 32,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.game = game
+        self.options: dict[str, Any] = dict(options or {})
+        # The room's seat limit: the game's, or lower if the creator asked for it.
+        self.max_players = int(self.options.get("max_players", game.max_players))
         self.tick = tick
         self.seats: dict[str, Seat] = {}
         self.max_pending_per_player = max_pending_per_player
         self._queue: list[Event] = []
         self.last_state: Mapping[str, Any] | None = None
+        self.last_emitted: list[Emitted] = []
 
     # -- offers: called as messages arrive, between ticks ------------------
 
@@ -89,8 +95,10 @@ class RoomEngine:
             if seat.leaving:
                 raise RoomFull("this player is leaving the room; join again in a moment")
             return False
-        if len(self.seats) >= self.game.max_players:
-            raise RoomFull(f"the room is full ({self.game.max_players} players)")
+        if len(self.seats) >= self.max_players:
+            raise RoomFull(f"the room is full ({self.max_players} players)")
+        if not self.game.joinable():
+            raise RoomFull("this room takes no new players right now; try another room")
         self.seats[player_id] = Seat(player_id, name)
         self._queue.append(["j", player_id, name])
         return True
@@ -128,7 +136,7 @@ class RoomEngine:
         """Advance one tick with everything offered since the last one."""
         events, self._queue = self._queue, []
         state = self.apply(self.tick + 1, events)
-        return TickOutcome(self.tick, events, state)
+        return TickOutcome(self.tick, events, state, self.last_emitted)
 
     def apply(self, tick: int, events: list[Event]) -> Mapping[str, Any]:
         """Apply one tick's events; the same code path live and in replay."""
@@ -163,7 +171,14 @@ class RoomEngine:
             inputs = [entry for entry in inputs if entry[0] in self.seats]
         self.tick = tick
         self.last_state = self.game.tick(inputs)
+        # Events come out of the same calls as the state, so a replay derives them again.
+        self.last_emitted = self.game.take_emitted()
         return self.last_state
+
+    def view(self, player_id: str) -> Any:
+        """A seated player's private part after the latest tick (None if the game has
+        none); nobody else's."""
+        return self.game.view(player_id)
 
     # -- persistence ------------------------------------------------------------
 

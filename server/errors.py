@@ -3,7 +3,8 @@
 StateroomError
 ├── ConfigError             a setting is missing or out of range
 ├── GameError               illegal input or game state (turned into an error message)
-│   └── IllegalInput
+│   ├── IllegalInput
+│   └── InvalidOptions
 └── OwnershipLost           this process no longer holds a room's lease (fenced)
 """
 
@@ -24,6 +25,10 @@ class GameError(StateroomError):
 
 class IllegalInput(GameError):
     """An input a game cannot apply; the room replies with an error message."""
+
+
+class InvalidOptions(GameError):
+    """Room options a game refuses; the join that would create the room is refused."""
 
 
 class OwnershipLost(StateroomError):

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.engine import RoomEngine, RoomFull, Verdict
 from server.errors import IllegalInput, OwnershipLost
+from server.eventlog import EventLog, packed
 from server.game import Game
 from server.metrics import ServerMetrics
 from server.protocol import (
@@ -94,6 +95,9 @@ class Room:
         self.deleted = False  # closed for good and its keys deleted (not a move)
         # Whether any input was ever applied here (a rebuilt room: by a seat's ack).
         self.played = any(seat.accepted > 0 for seat in engine.seats.values())
+        # Game events of one grace period of ticks, for players who resume after missing
+        # some (filled from Redis by whoever rebuilds the room: see load_events).
+        self.event_log = EventLog(keep_ticks=int(settings.grace_s * game_class.tick_rate) + 1)
         self.lease_renewed_at = time.monotonic()
         self.last_checkpoint_tick = engine.tick
         self.last_checkpoint_at = time.monotonic()
@@ -239,19 +243,22 @@ class Room:
         self._expire_seats()
         outcome = self.engine.step()
         if self.settings.durable:
-            await self._append_durably(outcome.tick, outcome.events)
+            await self._append_durably(outcome.tick, outcome.events, packed(outcome.emitted))
         else:
             await self._renew_if_due()
         if self.state is not RoomState.RUNNING:
             return
         if not self.played:
             self.played = any(event[0] == "i" for event in outcome.events)
+        self.event_log.record(outcome.tick, outcome.emitted)
         self._publish(StateFrame(outcome.tick, outcome.state))
         self._maybe_checkpoint()
         if self._is_abandoned():
             await self.close_empty()
 
-    async def _append_durably(self, tick: int, events: list[Any]) -> None:
+    async def _append_durably(
+        self, tick: int, events: list[Any], emitted: list[list[Any]] | None = None
+    ) -> None:
         """Journal one tick, retrying transient errors until the lease would run out."""
         deadline = self._lease_deadline()
         while True:
@@ -261,7 +268,9 @@ class Room:
                 raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
             try:
                 async with asyncio.timeout(remaining):
-                    await self.store.append(self.lease, tick, events)
+                    await self.store.append(
+                        self.lease, tick, events, emitted, self.event_log.keep_ticks
+                    )
             except ResponseError as exc:
                 if "equal or smaller" in str(exc) and await self._already_journaled(tick):
                     self.lease_renewed_at = sent_at

@@ -8,6 +8,8 @@ Cluster slot and its scripts run atomically:
     sr:{R}:meta      hash: game, seed, creator, owner, url, epoch, created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
+    sr:{R}:events    stream, one entry per tick that emitted game events, ID "TICK-EPOCH",
+                     field v = [[data, recipients|nil], ...]; the last grace period's ticks
 
 Global, advisory keys (not needed for correctness):
 
@@ -90,6 +92,10 @@ return 1
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[3], ARGV[3], 'v', ARGV[5])
+  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[6])
+end
 return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4])
 """
 
@@ -113,7 +119,7 @@ return 1
 
 _DELETE_ROOM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 """
 
@@ -127,6 +133,7 @@ def room_keys(room: str) -> dict[str, str]:
         "journal": f"{base}:journal",
         "ckpt": f"{base}:ckpt",
         "ckpt_prev": f"{base}:ckpt:prev",
+        "events": f"{base}:events",
     }
 
 
@@ -340,7 +347,14 @@ class RoomStore:
         """Forget a closed room entirely (only while still owning it)."""
         keys = room_keys(lease.room)
         deleted = await self._delete(
-            keys=[keys["lease"], keys["meta"], keys["journal"], keys["ckpt"], keys["ckpt_prev"]],
+            keys=[
+                keys["lease"],
+                keys["meta"],
+                keys["journal"],
+                keys["ckpt"],
+                keys["ckpt_prev"],
+                keys["events"],
+            ],
             args=[lease.token],
         )
         if deleted:
@@ -353,20 +367,46 @@ class RoomStore:
 
     # -- journal and checkpoints ---------------------------------------------
 
-    async def append(self, lease: Lease, tick: int, events: list[Any]) -> None:
-        """Store one tick durably, renewing the lease; raise OwnershipLost if fenced."""
+    async def append(
+        self,
+        lease: Lease,
+        tick: int,
+        events: list[Any],
+        emitted: list[Any] | None = None,
+        keep_ticks: int = 0,
+    ) -> None:
+        """Store one tick durably, renewing the lease; raise OwnershipLost if fenced.
+
+        ``emitted``: the game events of the tick, as ``[data, recipients|None]`` pairs,
+        stored in the same script (so they are durable exactly when the tick is) in a
+        stream that keeps the last ``keep_ticks`` ticks: what a resuming player who
+        missed them is sent, also after a takeover.
+        """
         keys = room_keys(lease.room)
+        packed_events = msgpack.packb(emitted, use_bin_type=True) if emitted else ""
         with _fenced(lease):
             await self._batcher.submit(
                 self._append,
-                [keys["lease"], keys["journal"]],
+                [keys["lease"], keys["journal"], keys["events"]],
                 [
                     lease.token,
                     self.lease_ms,
                     f"{tick}-{lease.epoch}",
                     msgpack.packb(events, use_bin_type=True),
+                    packed_events,
+                    f"{max(0, tick - keep_ticks)}-0",
                 ],
             )
+
+    async def recent_events(self, room: str) -> list[tuple[int, list[Any]]]:
+        """(tick, emitted) of the ticks in the events stream, oldest first. A tick
+        journaled twice (by two epochs after a takeover) counts once: the newest."""
+        raw: Any = await self.redis.xrange(room_keys(room)["events"], min="-", max="+")
+        by_tick: dict[int, list[Any]] = {}
+        for entry_id, entry_fields in raw:
+            tick, _ = _parse_entry_id(entry_id)
+            by_tick[tick] = msgpack.unpackb(entry_fields[b"v"], raw=False, strict_map_key=False)
+        return sorted(by_tick.items())
 
     async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
         """Store a packed snapshot and trim the journal up to the previous checkpoint."""

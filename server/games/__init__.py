@@ -9,6 +9,7 @@ from server.errors import ConfigError
 from server.game import Game
 
 BUILTIN = {"arena": "server.games.arena:Arena"}
+DEFAULT_GAME = "arena"  # what a join without "game" plays, and a room index entry without one
 
 
 def _load_reference(reference: str) -> type[Game]:

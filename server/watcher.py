@@ -1,0 +1,110 @@
+"""The failover watcher: rooms whose owner is gone are claimed without waiting for a client.
+
+Every ``failover_poll_ms`` it reads which servers are alive and claims the rooms of
+dead peers (liveness connection gone two polls in a row) and of expired leases
+(frozen or partitioned peers, or a draining owner that released them). Registry
+entries of servers gone for three polls are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from server.errors import OwnershipLost
+from server.games import DEFAULT_GAME
+from server.redis_errors import REDIS_DOWN
+from server.store import Lease
+
+if TYPE_CHECKING:
+    from server.app import RoomServer
+
+log = logging.getLogger("stateroom.server")
+
+BROKEN_ROOM_RETRY_S = 10.0  # the watcher's pause before retrying a room it could not rebuild
+
+
+class FailoverWatcher:
+    """Claims the rooms of dead or frozen peers for the server it belongs to."""
+
+    def __init__(self, server: RoomServer) -> None:
+        self.server = server
+        self._missing: dict[str, int] = {}
+        self._gone_polls: dict[str, int] = {}
+        self._broken_until: dict[str, float] = {}
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.server.settings.failover_poll_ms / 1000)
+            try:
+                await self._watch_once()
+                failing = False
+            except (*REDIS_DOWN, RedisError) as exc:
+                if not failing:  # once per outage, not every poll
+                    log.warning("watcher: redis unavailable: %s", exc)
+                failing = True
+            except Exception:
+                log.exception("watcher failed")
+
+    async def _watch_once(self) -> None:
+        server = self.server
+        servers = await server.refresh_live()
+        live = server.live
+        if not server.settled():
+            return
+        await self._forget_dead_servers(servers, live)
+        index = await server.store.rooms_index()
+        names = [name for name in index if name not in server.rooms and name not in server.claiming]
+        leases = (
+            await server.redis.mget([f"sr:{{{name}}}:lease" for name in names]) if names else []
+        )
+        missing_now: set[str] = set()
+        for name, value in zip(names, leases, strict=True):
+            if value is None:
+                # Released by a draining owner, or expired (frozen/partitioned owner).
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None)
+                continue
+            lease = Lease.parse(name, value.decode() if isinstance(value, bytes) else value)
+            if lease.server_id == server.server_id or lease.server_id in live:
+                continue
+            missing_now.add(lease.server_id)
+            # Absent from two polls in a row: its process is gone.
+            if self._missing.get(lease.server_id, 0) >= 1:
+                log.info(
+                    "room=%s owner %s is gone (no liveness connection): claiming",
+                    name,
+                    lease.server_id,
+                )
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
+        self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
+
+    async def _forget_dead_servers(
+        self, registered: dict[str, dict[str, Any]], live: set[str]
+    ) -> None:
+        """Drop registry entries of servers whose liveness connection stayed gone."""
+        gone = {sid for sid in registered if sid not in live and sid != self.server.server_id}
+        for server_id in gone:
+            self._gone_polls[server_id] = self._gone_polls.get(server_id, 0) + 1
+            if self._gone_polls[server_id] >= 3:
+                await self.server.store.unregister_server(server_id)
+                log.info("server %s is gone: removed from the registry", server_id)
+        self._gone_polls = {sid: n for sid, n in self._gone_polls.items() if sid in gone and n < 3}
+
+    def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
+        if time.monotonic() < self._broken_until.get(name, 0.0):
+            return  # could not be rebuilt a moment ago: don't retry every poll
+
+        async def claim() -> None:
+            try:
+                await self.server.take_room(name, game, replacing, for_client=False)
+            except (*REDIS_DOWN, RedisError, OwnershipLost):
+                pass
+            except Exception:  # logged by RoomServer._claim_and_restore; retried later
+                self._broken_until[name] = time.monotonic() + BROKEN_ROOM_RETRY_S
+
+        self.server.spawn(claim())

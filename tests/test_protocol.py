@@ -15,7 +15,9 @@ import pytest
 from server.protocol import (
     DEFAULT_SUBPROTOCOL,
     JSON,
+    JSON_V2,
     MSGPACK,
+    MSGPACK_V2,
     PROTOCOL_VERSION,
     SUBPROTOCOLS,
     AuthMessage,
@@ -29,6 +31,8 @@ from server.protocol import (
     PingMessage,
     ProtocolError,
     StateFrame,
+    StateFrameV2,
+    SyncMessage,
     authed_message,
     close_reason,
     codec_for_subprotocol,
@@ -65,12 +69,20 @@ def nested(depth: int, leaf: Any = 0) -> dict[str, Any]:
 
 
 def test_subprotocols() -> None:
-    assert SUBPROTOCOLS == ("stateroom.v1.msgpack", "stateroom.v1.json")
-    assert DEFAULT_SUBPROTOCOL == "stateroom.v1.msgpack"
+    assert SUBPROTOCOLS == (
+        "stateroom.v2.msgpack",
+        "stateroom.v2.json",
+        "stateroom.v1.msgpack",
+        "stateroom.v1.json",
+    )
+    assert DEFAULT_SUBPROTOCOL == "stateroom.v1.msgpack"  # no offer: today's clients
     assert codec_for_subprotocol(None) is MSGPACK
     assert codec_for_subprotocol("stateroom.v1.msgpack") is MSGPACK
     assert codec_for_subprotocol("stateroom.v1.json") is JSON
-    assert (MSGPACK.text, JSON.text) == (False, True)
+    assert codec_for_subprotocol("stateroom.v2.msgpack") is MSGPACK_V2
+    assert codec_for_subprotocol("stateroom.v2.json") is JSON_V2
+    assert (MSGPACK.text, JSON.text, MSGPACK_V2.text, JSON_V2.text) == (False, True, False, True)
+    assert (MSGPACK.version, JSON.version, MSGPACK_V2.version, JSON_V2.version) == (1, 1, 2, 2)
     assert PROTOCOL_VERSION == 1
 
 
@@ -147,7 +159,14 @@ def test_parse_input_leave_ping() -> None:
         ({"t": "join", "room": "a\n"}, ErrorCode.INVALID_ROOM, "'room'"),
         ({"t": "join", "room": 5}, ErrorCode.INVALID_MESSAGE, "'room'"),
         ({"t": "join", "room": ["r"]}, ErrorCode.INVALID_MESSAGE, "'room'"),
-        ({"t": "join", "room": "r", "v": 2}, ErrorCode.UNSUPPORTED_VERSION, "speaks 1"),
+        ({"t": "join", "room": "r", "v": 3}, ErrorCode.UNSUPPORTED_VERSION, "speaks 1 and 2"),
+        (
+            {"t": "join", "room": "r", "v": 2, "options": [1]},
+            ErrorCode.INVALID_MESSAGE,
+            "'options'",
+        ),
+        ({"t": "join", "room": "r", "v": 2, "since": -1}, ErrorCode.INVALID_MESSAGE, "'since'"),
+        ({"t": "join", "room": "r", "v": 2, "since": 1.0}, ErrorCode.INVALID_MESSAGE, "'since'"),
         ({"t": "join", "room": "r", "v": 0}, ErrorCode.UNSUPPORTED_VERSION, "version"),
         ({"t": "join", "room": "r", "v": "1"}, ErrorCode.INVALID_MESSAGE, "'v'"),
         ({"t": "join", "room": "r", "v": None}, ErrorCode.INVALID_MESSAGE, "'v'"),
@@ -528,3 +547,42 @@ def test_close_reason_fits_a_close_frame_in_bytes(text: str) -> None:
     assert text.startswith(cut)
     if len(text.encode("utf-8")) <= 123:
         assert cut == text
+
+
+@codecs
+def test_v2_state_frames_share_the_shared_part_and_add_each_players_own(codec: Codec) -> None:
+    delta = {"base": 4, "tick": 5, "s": {"x": 1}}
+    keyframes = []
+
+    def keyframe() -> dict[str, Any]:
+        keyframes.append(1)
+        return {"tick": 5, "k": {"x": 1, "y": 2}}
+
+    frame = StateFrameV2(5, delta, keyframe)
+    plain = codec.decode(frame.encode_for(codec, 3))
+    assert plain == {"t": "state", "tick": 5, "shared": delta, "ack": 3}
+    full = codec.decode(
+        frame.encode_for(codec, 4, keyframe=True, private={"hand": [1]}, events=["hi"])
+    )
+    assert full == {
+        "t": "state",
+        "tick": 5,
+        "shared": {"tick": 5, "k": {"x": 1, "y": 2}},
+        "ack": 4,
+        "private": {"hand": [1]},
+        "events": ["hi"],
+    }
+    frame.encode_for(codec, 5, keyframe=True)
+    assert keyframes == [1]  # the keyframe is built once per tick, however many need it
+    assert list(full) == ["t", "tick", "shared", "ack", "private", "events"]
+
+
+def test_v2_join_and_sync_parse() -> None:
+    join = parse_client_message(
+        {"t": "join", "v": 2, "room": "r", "options": {"mode": "fast"}, "since": 41}
+    )
+    assert isinstance(join, JoinMessage)
+    assert (join.version, join.options, join.since) == (2, {"mode": "fast"}, 41)
+    assert parse_client_message({"t": "sync"}) == SyncMessage()
+    v1 = parse_client_message({"t": "join", "room": "r"})
+    assert isinstance(v1, JoinMessage) and (v1.version, v1.options, v1.since) == (1, None, 0)

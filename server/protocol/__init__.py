@@ -9,9 +9,17 @@ code here is documented in ``docs/protocol.md``.
     └── (raised with ErrorCode.*)      a valid message in the wrong place
 """
 
-from server.protocol.codec import JSON, MSGPACK, Codec, codec_for_subprotocol
+from server.protocol.codec import (
+    JSON,
+    JSON_V2,
+    MSGPACK,
+    MSGPACK_V2,
+    Codec,
+    codec_for_subprotocol,
+)
 from server.protocol.codes import (
     DEFAULT_SUBPROTOCOL,
+    PROTOCOL_V2,
     PROTOCOL_VERSION,
     SUBPROTOCOLS,
     CloseCode,
@@ -26,6 +34,8 @@ from server.protocol.messages import (
     LeaveMessage,
     PingMessage,
     StateFrame,
+    StateFrameV2,
+    SyncMessage,
     authed_message,
     close_reason,
     error_message,
@@ -38,7 +48,10 @@ from server.protocol.messages import (
 __all__ = [
     "DEFAULT_SUBPROTOCOL",
     "JSON",
+    "JSON_V2",
     "MSGPACK",
+    "MSGPACK_V2",
+    "PROTOCOL_V2",
     "PROTOCOL_VERSION",
     "SUBPROTOCOLS",
     "AuthMessage",
@@ -53,6 +66,8 @@ __all__ = [
     "PingMessage",
     "ProtocolError",
     "StateFrame",
+    "StateFrameV2",
+    "SyncMessage",
     "authed_message",
     "close_reason",
     "codec_for_subprotocol",

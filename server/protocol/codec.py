@@ -15,7 +15,12 @@ from typing import Any
 import msgpack
 import orjson
 
-from server.protocol.codes import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
+from server.protocol.codes import (
+    JSON_SUBPROTOCOL,
+    JSON_V2_SUBPROTOCOL,
+    MSGPACK_SUBPROTOCOL,
+    MSGPACK_V2_SUBPROTOCOL,
+)
 from server.protocol.errors import DecodeError
 
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -63,11 +68,13 @@ def check_value(value: Any, depth: int = 0) -> None:
 
 @dataclass(frozen=True)
 class Codec:
-    """One encoding: its subprotocol name and whether frames are text."""
+    """One encoding of one protocol version: its subprotocol name, whether frames are
+    text, and which version of the messages it carries."""
 
     name: str
     subprotocol: str
     text: bool
+    version: int = 1
 
     def encode(self, message: dict[str, Any]) -> bytes:
         if self.text:
@@ -121,7 +128,9 @@ class Codec:
 
 MSGPACK = Codec(name="msgpack", subprotocol=MSGPACK_SUBPROTOCOL, text=False)
 JSON = Codec(name="json", subprotocol=JSON_SUBPROTOCOL, text=True)
-_BY_SUBPROTOCOL = {MSGPACK.subprotocol: MSGPACK, JSON.subprotocol: JSON}
+MSGPACK_V2 = Codec(name="msgpack", subprotocol=MSGPACK_V2_SUBPROTOCOL, text=False, version=2)
+JSON_V2 = Codec(name="json", subprotocol=JSON_V2_SUBPROTOCOL, text=True, version=2)
+_BY_SUBPROTOCOL = {c.subprotocol: c for c in (MSGPACK, JSON, MSGPACK_V2, JSON_V2)}
 
 
 def codec_for_subprotocol(subprotocol: str | None) -> Codec:

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # what a connection that negotiated no subprotocol speaks
+PROTOCOL_V2 = 2  # per-player views, events, delta sync, room options
 MSGPACK_SUBPROTOCOL = "stateroom.v1.msgpack"
 JSON_SUBPROTOCOL = "stateroom.v1.json"
-SUBPROTOCOLS = (MSGPACK_SUBPROTOCOL, JSON_SUBPROTOCOL)
+MSGPACK_V2_SUBPROTOCOL = "stateroom.v2.msgpack"
+JSON_V2_SUBPROTOCOL = "stateroom.v2.json"
+SUBPROTOCOLS = (
+    MSGPACK_V2_SUBPROTOCOL,
+    JSON_V2_SUBPROTOCOL,
+    MSGPACK_SUBPROTOCOL,
+    JSON_SUBPROTOCOL,
+)
 DEFAULT_SUBPROTOCOL = MSGPACK_SUBPROTOCOL
 
 
@@ -61,6 +69,7 @@ class ErrorCode(StrEnum):
     ROOM_QUOTA = "room_quota"  # too many rooms created by this player or address
     CONNECTION_QUOTA = "connection_quota"  # too many connections/sessions of one address/player
     SERVER_FULL = "server_full"  # this server hosts as many rooms as it may
+    INVALID_OPTIONS = "invalid_options"  # the game refused the new room's options (4006)
     UNSUPPORTED_VERSION = "unsupported_version"
     INVALID_ROOM = "invalid_room"
     UNKNOWN_GAME = "unknown_game"

@@ -1,13 +1,18 @@
 """Message types of protocol v1 and their strict parsing.
 
-Client → server: ``join``, ``input``, ``leave``, ``ping``, ``auth``.
+Client → server: ``join``, ``input``, ``leave``, ``ping``, ``auth``; v2 also ``sync``.
 Server → client: ``welcome``, ``state``, ``redirect``, ``error``, ``pong``, ``authed``.
+
+Version 2 (``stateroom.v2.*`` subprotocols) changes ``state``: the shared public
+part as a delta-sync payload (``server.protocol.delta``), plus the player's own
+private part and its events of that tick; ``join`` gains ``options`` and ``since``.
 Every message is a map whose ``t`` field names its type.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +20,7 @@ import msgpack
 import orjson
 
 from server.protocol.codec import Codec
-from server.protocol.codes import PROTOCOL_VERSION, ErrorCode
+from server.protocol.codes import PROTOCOL_V2, PROTOCOL_VERSION, ErrorCode
 from server.protocol.errors import ProtocolError
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -29,6 +34,8 @@ class JoinMessage:
     game: str | None
     token: str | None
     version: int
+    options: dict[str, Any] | None = None  # v2: for a room this join creates
+    since: int = 0  # v2: the last tick the client saw (0: none); events after it are sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,12 @@ class AuthMessage:
     token: str
 
 
-ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage | AuthMessage
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    """v2: the client lost track of a delta stream; the next state carries keyframes."""
+
+
+ClientMessage = JoinMessage | InputMessage | LeaveMessage | PingMessage | AuthMessage | SyncMessage
 
 
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
@@ -101,11 +113,11 @@ def parse_join(message: dict[str, Any]) -> JoinMessage:
     # type() check: True == 1 and 1.0 == 1 in Python, but neither is version 1.
     if type(version) is not int:
         raise _invalid("'v' must be an integer (the protocol version)")
-    if version != PROTOCOL_VERSION:
+    if version not in (PROTOCOL_VERSION, PROTOCOL_V2):
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
             f"protocol version {shown(version)} is not supported;"
-            f" this server speaks {PROTOCOL_VERSION}",
+            f" this server speaks {PROTOCOL_VERSION} and {PROTOCOL_V2}",
         )
     room = message.get("room")
     if not isinstance(room, str):
@@ -117,7 +129,20 @@ def parse_join(message: dict[str, Any]) -> JoinMessage:
     game = _optional_str(message, "game")
     if game is not None and not GAME_NAME.fullmatch(game):
         raise ProtocolError(ErrorCode.UNKNOWN_GAME, "'game' must be 1-32 characters of a-z 0-9 _ -")
-    return JoinMessage(room=room, game=game, token=_optional_str(message, "token"), version=1)
+    options = message.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid("'options' must be a map")
+    since = message.get("since", 0)
+    if type(since) is not int or not 0 <= since <= MAX_SEQ:
+        raise _invalid(f"'since' must be an integer in [0, {MAX_SEQ}]")
+    return JoinMessage(
+        room=room,
+        game=game,
+        token=_optional_str(message, "token"),
+        version=version,
+        options=options,
+        since=since,
+    )
 
 
 def parse_client_message(message: dict[str, Any]) -> ClientMessage:
@@ -133,6 +158,8 @@ def parse_client_message(message: dict[str, Any]) -> ClientMessage:
         return LeaveMessage()
     if kind == "ping":
         return PingMessage(id=_int_field(message, "id", 0, MAX_SEQ))
+    if kind == "sync":
+        return SyncMessage()
     if kind == "auth":
         token = message.get("token")
         if not isinstance(token, str) or not token:
@@ -153,10 +180,13 @@ def welcome_message(
     ack: int,
     resumed: bool,
     token_exp: int,
+    version: int = PROTOCOL_VERSION,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    extra = {"options": dict(options or {})} if version >= PROTOCOL_V2 else {}
     return {
         "t": "welcome",
-        "v": PROTOCOL_VERSION,
+        "v": version,
         "room": room,
         "game": game,
         "player_id": player_id,
@@ -167,6 +197,7 @@ def welcome_message(
         "ack": ack,
         "resumed": resumed,
         "token_exp": token_exp,
+        **extra,
     }
 
 
@@ -238,3 +269,69 @@ class StateFrame:
         if codec.text:
             return b"%b%d}" % (self._prefix(codec), ack)
         return self._prefix(codec) + msgpack.packb(ack)  # type: ignore[no-any-return]
+
+
+class StateFrameV2:
+    """One tick's v2 ``state``: the shared part's payload (this tick's delta, or its
+    keyframe for a player that needs one) is encoded once per encoding and shared by
+    every player; each player's ``ack``, ``private`` payload and ``events`` follow.
+
+    Field order on the wire: ``t``, ``tick``, ``shared``, ``ack``, then ``private`` and
+    ``events`` when present.
+    """
+
+    __slots__ = ("_delta", "_keyframe", "_parts", "tick")
+
+    def __init__(
+        self, tick: int, delta: dict[str, Any], keyframe: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.tick = tick
+        self._delta = delta
+        self._keyframe = keyframe
+        self._parts: dict[tuple[bool, bool], bytes] = {}
+
+    def _shared(self, codec: Codec, keyframe: bool) -> bytes:
+        key = (codec.text, keyframe)
+        part = self._parts.get(key)
+        if part is None:
+            payload = self._keyframe() if keyframe else self._delta
+            if codec.text:
+                part = b'{"t":"state","tick":%d,"shared":%b' % (self.tick, orjson.dumps(payload))
+            else:
+                part = b"".join(
+                    (
+                        msgpack.packb("t"),
+                        msgpack.packb("state"),
+                        msgpack.packb("tick"),
+                        msgpack.packb(self.tick),
+                        msgpack.packb("shared"),
+                        msgpack.packb(payload, use_bin_type=True),
+                    )
+                )
+            self._parts[key] = part
+        return part
+
+    def encode_for(
+        self,
+        codec: Codec,
+        ack: int,
+        *,
+        keyframe: bool = False,
+        private: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
+    ) -> bytes:
+        shared = self._shared(codec, keyframe)
+        if codec.text:
+            tail = b',"ack":%d' % ack
+            if private is not None:
+                tail += b',"private":' + orjson.dumps(private)
+            if events:
+                tail += b',"events":' + orjson.dumps(events)
+            return shared + tail + b"}"
+        count = 4 + (private is not None) + bool(events)
+        out = [bytes((0x80 | count,)), shared, msgpack.packb("ack"), msgpack.packb(ack)]
+        if private is not None:
+            out += [msgpack.packb("private"), msgpack.packb(private, use_bin_type=True)]
+        if events:
+            out += [msgpack.packb("events"), msgpack.packb(events, use_bin_type=True)]
+        return b"".join(out)

@@ -323,12 +323,15 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
             if owned:
                 await svc.aclose()
 
+    from auth.rooms import room_routes  # imports this module: import it once it is loaded
+
     routes = [
         Route("/v1/guest", endpoint("/v1/guest", guest), methods=["POST"]),
         Route("/v1/accounts", endpoint("/v1/accounts", create_account), methods=["POST"]),
         Route("/v1/login", endpoint("/v1/login", login), methods=["POST"]),
         Route("/v1/refresh", endpoint("/v1/refresh", refresh), methods=["POST"]),
         Route("/v1/logout", endpoint("/v1/logout", logout), methods=["POST"]),
+        *room_routes(endpoint, svc),  # /v1/rooms…: listing and matchmaking (auth.rooms)
         Route("/.well-known/jwks.json", endpoint("/.well-known/jwks.json", jwks, limited=False)),
         Route("/healthz", endpoint("/healthz", healthz, limited=False)),
         Route("/metrics", endpoint("/metrics", metrics, limited=False)),

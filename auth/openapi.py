@@ -26,6 +26,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "username_taken",
         413: "payload_too_large: body over 16 KiB",
         415: "unsupported_media_type: Content-Type is not application/json",
+        404: "not_found: no such path",
         422: "validation_failed: a field is missing or out of range",
         429: "rate_limited: see the Retry-After header (limit per address bucket or account)",
         503: (
@@ -112,6 +113,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"204": {"description": "revoked"}, **_errors(*_BODY_ERRORS)},
                 }
             },
+            **_rooms_paths(),
             "/.well-known/jwks.json": {
                 "get": {
                     "summary": "Public signing keys (every current key, newest first)",
@@ -157,11 +159,17 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
+                "accessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "an access token from /v1/guest, /v1/login or /v1/refresh",
+                },
                 "adminToken": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the admin token (STATEROOM_ADMIN_TOKEN); /metrics only",
-                }
+                },
             },
             "schemas": {
                 "Error": {
@@ -232,11 +240,243 @@ def openapi_document() -> dict[str, Any]:
                         "name": {"type": "string"},
                     },
                 },
+                **_rooms_schemas(),
                 "JWKS": {
                     "type": "object",
                     "required": ["keys"],
                     "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
                 },
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- rooms (auth.rooms)
+
+_TOKEN_401 = _json(
+    _ref("Error"),
+    "unauthorized (no bearer token), token_malformed, token_too_large, token_expired "
+    "(refresh it), token_invalid, unknown_key, or session_revoked (logged out)",
+)
+_UNKNOWN_GAME = "unknown_game: no room server runs this game"
+_INVALID_OPTIONS = (
+    "invalid_options: options (or filters) that are not a flat map of at most 8 keys "
+    "([A-Za-z0-9_.-]{1,32}) to strings (<= 64 characters), integers or booleans, that "
+    "name an option the game does not take, or use a reserved name (private, game, "
+    "limit); max_players outside 1..the game's limit. validation_failed: game missing "
+    "or not a string, a bad limit, a query parameter given twice"
+)
+_PLAYER_429 = _json(
+    _ref("Error"),
+    "rate_limited: the address budget, or the player's (quick-joins, private rooms, "
+    "unknown codes per minute); see Retry-After",
+)
+
+
+def _room_operation(
+    summary: str,
+    ok_status: str,
+    ok_schema: str,
+    ok_text: str,
+    *,
+    body: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    not_found: str = _UNKNOWN_GAME,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"accessToken": []}],
+        "responses": {
+            ok_status: _json(_ref(ok_schema), ok_text),
+            "401": _TOKEN_401,
+            "404": _json(_ref("Error"), not_found),
+            "422": _json(_ref("Error"), _INVALID_OPTIONS),
+            "429": _PLAYER_429,
+            "503": _json(_ref("Error"), "unavailable: Redis down or above its memory watermark"),
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+        operation["responses"].update(_errors(400, 413, 415))
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _rooms_paths() -> dict[str, Any]:
+    return {
+        "/v1/rooms": {
+            "get": _room_operation(
+                "Public rooms of a game (joinable ones with a free seat first, busiest first)",
+                "200",
+                "RoomList",
+                "the rooms",
+                parameters=[
+                    {"name": "game", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                    },
+                    {
+                        "name": "filters",
+                        "in": "query",
+                        "description": (
+                            "any other parameter filters on an option: ?mode=ffa&ranked=true "
+                            "keeps rooms whose options have these values (compared as written "
+                            "in a query: 4 matches the integer 4, true the boolean)"
+                        ),
+                        "style": "form",
+                        "explode": True,
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string", "maxLength": 64},
+                        },
+                    },
+                ],
+            )
+        },
+        "/v1/rooms/quick-join": {
+            "post": _room_operation(
+                "A seat in the least-full joinable public room with these options, or a new "
+                "room's name",
+                "200",
+                "QuickJoin",
+                "the room to join; the seat is held for reserved_until",
+                body="RoomRequest",
+            )
+        },
+        "/v1/rooms/private": {
+            "post": _room_operation(
+                "Name a private room and get its join code",
+                "201",
+                "PrivateRoomCreated",
+                "the room's name (join it to create it) and its code (give it to friends)",
+                body="RoomRequest",
+            )
+        },
+        "/v1/rooms/private/{code}": {
+            "get": _room_operation(
+                "The private room a join code names",
+                "200",
+                "PrivateRoom",
+                "the room",
+                parameters=[
+                    {
+                        "name": "code",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-HJ-NP-Za-hj-np-z2-9]{6}$"},
+                        "description": "6 symbols of A-Z without I and O, and 2-9; any case",
+                    }
+                ],
+                not_found="unknown_code: no room has this code (never had, or closed)",
+            )
+        },
+    }
+
+
+def _rooms_schemas() -> dict[str, Any]:
+    room_fields: dict[str, Any] = {
+        "room": {"type": "string", "description": "the name to join"},
+        "game": {"type": "string"},
+        "players": {"type": "integer", "description": "seated, as the owner last published"},
+        "max_players": {"type": "integer"},
+        "options": _ref("Options"),
+        "metadata": {"type": "object", "description": "what the game publishes (<= 2 KiB)"},
+        "joinable": {"type": "boolean", "description": "false: closed to newcomers (mid-round)"},
+    }
+    return {
+        "Options": {
+            "type": "object",
+            "maxProperties": 8,
+            "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,32}$"},
+            "additionalProperties": {
+                "oneOf": [
+                    {"type": "string", "maxLength": 64},
+                    {"type": "integer"},
+                    {"type": "boolean"},
+                ]
+            },
+            "description": "room options; the game validates them when the room is created",
+        },
+        "RoomRequest": {
+            "type": "object",
+            "required": ["game"],
+            "properties": {"game": {"type": "string"}, "options": _ref("Options")},
+        },
+        "Room": {"type": "object", "required": list(room_fields), "properties": room_fields},
+        "RoomList": {
+            "type": "object",
+            "required": ["game", "rooms"],
+            "properties": {
+                "game": {"type": "string"},
+                "rooms": {"type": "array", "items": _ref("Room")},
+            },
+        },
+        "QuickJoin": {
+            "type": "object",
+            "required": [
+                "room",
+                "game",
+                "created",
+                "running",
+                "options",
+                "players",
+                "max_players",
+                "reserved_until",
+                "ws_url",
+            ],
+            "properties": {
+                "room": {"type": "string"},
+                "game": {"type": "string"},
+                "created": {"type": "boolean", "description": "this request named a new room"},
+                "running": {
+                    "type": "boolean",
+                    "description": "a room server runs it (false: the first join creates it)",
+                },
+                "options": {
+                    **_ref("Options"),
+                    "description": "pass these in join (they create the room if nobody runs it)",
+                },
+                "players": {"type": "integer"},
+                "max_players": {"type": "integer"},
+                "reserved_until": {
+                    "type": "number",
+                    "description": "Unix time until which the seat is held (10 s)",
+                },
+                "ws_url": {
+                    "type": ["string", "null"],
+                    "description": "the owner's WebSocket URL; null if nobody runs it yet",
+                },
+            },
+        },
+        "PrivateRoomCreated": {
+            "type": "object",
+            "required": ["code", "room", "game", "options", "max_players", "expires_in"],
+            "properties": {
+                "code": {"type": "string"},
+                "room": {"type": "string"},
+                "game": {"type": "string"},
+                "options": _ref("Options"),
+                "max_players": {"type": "integer"},
+                "expires_in": {
+                    "type": "integer",
+                    "description": "seconds the code waits for the room to be created (600)",
+                },
+            },
+        },
+        "PrivateRoom": {
+            "type": "object",
+            "required": ["code", *room_fields, "running", "ws_url"],
+            "properties": {
+                "code": {"type": "string"},
+                **room_fields,
+                "running": {"type": "boolean"},
+                "ws_url": {"type": ["string", "null"]},
             },
         },
     }

@@ -616,7 +616,7 @@ local room = ARGV[1]
 prune()
 if redis.call('HEXISTS', K_SEATS, room) == 1 then return 0 end
 redis.call('HSET', K_ENTRIES, room, ARGV[2])
-redis.call('HSET', K_SEATS, room, '0 ' .. ARGV[3] .. ' 0 vw ' .. now)
+redis.call('HSET', K_SEATS, room, '0 ' .. ARGV[3] .. ' 0 jvw ' .. now)
 redis.call('HSET', K_OPTS, room, ARGV[4])
 redis.call('ZADD', K_EXP, now + tonumber(ARGV[5]), room)
 keep(ARGV[6])

@@ -384,7 +384,7 @@ async def test_private_rooms_by_code(
         "max_players": 4,
         "options": {"map": "dust"},
         "metadata": {},
-        "joinable": False,
+        "joinable": True,
         "running": False,
         "ws_url": None,
     }

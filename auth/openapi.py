@@ -56,7 +56,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "Stateroom login service",
             "version": "1",
             "description": (
-                "Guest and password logins, refresh-token rotation, JWKS. See docs/api.md."
+                "Guest and password logins, refresh-token rotation, JWKS; listing and "
+                "matchmaking of rooms. See docs/api.md."
             ),
         },
         "paths": {

@@ -133,7 +133,7 @@ async def test_an_entry_nobody_refreshes_expires_within_its_ttl(r: aioredis.Redi
     await d.publish(r, room("alive", 1), ttl_ms=60_000)
     assert {e.room for e in await d.list_public(r, "arena")} == {"orphan", "alive"}
     took = await wait_until_gone(r, "orphan", deadline_s=3)
-    assert took <= 0.4 + 0.3  # the TTL, plus polling slack on a busy machine
+    assert took <= 0.4 + 0.6  # the TTL, plus polling slack on a busy machine
     assert [e.room for e in await d.list_public(r, "arena")] == ["alive"]
     # a write prunes it from every structure, not just from what readers see
     await d.quick_join(r, "arena", {}, player="p", max_players_default=4)

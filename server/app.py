@@ -291,6 +291,7 @@ class RoomServer:
         *,
         for_client: bool = True,
         creator: str = "",
+        options: dict[str, Any] | None = None,
     ) -> Room | None:
         """Claim a room and rebuild it from Redis; None if someone else holds it.
 
@@ -306,7 +307,9 @@ class RoomServer:
         future: asyncio.Future[Room | None] = asyncio.get_running_loop().create_future()
         self.claiming[name] = future
         try:
-            room = await self._claim_and_restore(name, game, replacing, for_client, creator)
+            room = await self._claim_and_restore(
+                name, game, replacing, for_client, creator, options
+            )
             future.set_result(room)
             return room
         except BaseException as exc:
@@ -317,7 +320,13 @@ class RoomServer:
             del self.claiming[name]
 
     async def _claim_and_restore(
-        self, name: str, game: str, replacing: Lease | None, for_client: bool, creator: str
+        self,
+        name: str,
+        game: str,
+        replacing: Lease | None,
+        for_client: bool,
+        creator: str,
+        options: dict[str, Any] | None,
     ) -> Room | None:
         started = time.perf_counter()
         claim = await self.store.claim(
@@ -328,6 +337,7 @@ class RoomServer:
             replacing,
             must_exist=not for_client,
             creator=creator,
+            options=options,
         )
         if not claim.won:
             return None
@@ -337,13 +347,19 @@ class RoomServer:
             raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
         try:
             checkpoint, entries = await self.store.load(name)
+            meta = await self.store.meta(name)
+            room_options = await self.store.options(name)
             if checkpoint is not None:
-                engine = RoomEngine.restore(game_class, checkpoint.snapshot)
+                engine = RoomEngine.restore(game_class, checkpoint.snapshot, options=room_options)
             else:
-                seed = int((await self.store.meta(name)).get("seed", "0"))
-                engine = RoomEngine(game_class.create(seed))
+                # A room built from its seed (new, or never checkpointed): setup is part
+                # of its first state, so a rebuild calls it again, the same way.
+                game_instance = game_class.create(int(meta.get("seed", "0")))
+                game_instance.setup(room_options)
+                engine = RoomEngine(game_instance, options=room_options)
             for entry in entries:
                 engine.apply(entry.tick, entry.events)
+            recent_events = await self.store.recent_events(name)
         except Exception:
             # A room that cannot be rebuilt must not sit behind our lease: give it back
             # so the error shows up (and is retried) instead of a silent hang.
@@ -373,6 +389,7 @@ class RoomServer:
             self._room_closed,
         )
         room.creator = claim.creator
+        room.event_log.load(recent_events)
         self.rooms[name] = room
         self.metrics.rooms.set(len(self.rooms))
         room.start()

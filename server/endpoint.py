@@ -30,11 +30,12 @@ from auth.verify import MAX_TOKEN_BYTES, InvalidToken, VerifiedToken
 from infra.revocation import revoked
 from server.admin import http_response
 from server.engine import RoomFull
-from server.errors import ConfigError, OwnershipLost
+from server.errors import ConfigError, InvalidOptions, OwnershipLost
 from server.fastpath import FastConnection
 from server.games import DEFAULT_GAME
 from server.placement import Redirect, Unavailable
 from server.protocol import (
+    PROTOCOL_V2,
     SUBPROTOCOLS,
     AuthMessage,
     CloseCode,
@@ -44,6 +45,7 @@ from server.protocol import (
     LeaveMessage,
     PingMessage,
     ProtocolError,
+    SyncMessage,
     authed_message,
     codec_for_subprotocol,
     parse_client_message,
@@ -190,6 +192,15 @@ class Endpoint:
             session.send_error(ErrorCode.NOT_JOINED, "the first message must be join")
             session.close(CloseCode.PROTOCOL_ERROR, "the first message must be join")
             return None
+        if message.version != session.codec.version:
+            text = (
+                f"this connection speaks protocol {session.codec.version}"
+                f" ({session.codec.subprotocol}); send join with v={session.codec.version}"
+            )
+            session.send_error(ErrorCode.UNSUPPORTED_VERSION, text)
+            session.close(CloseCode.UNSUPPORTED_VERSION, "version does not match subprotocol")
+            return None
+        session.since = message.since
         token = _bearer(ws.request.headers) or message.token
         if not token:
             session.send_error(ErrorCode.UNAUTHORIZED, "an access token is required")
@@ -211,10 +222,14 @@ class Endpoint:
         placed = "placed=1" in ws.request.path
         try:
             located = await server.placement.locate(
-                message.room, game, placed, session.player_id, session.address
+                message.room, game, placed, session.player_id, session.address, message.options
             )
             if isinstance(located, Room):
                 await server.quotas.take_session(session.player_id, message.room)
+        except InvalidOptions as exc:
+            session.send_error(ErrorCode.INVALID_OPTIONS, str(exc))
+            session.close(CloseCode.INVALID_ROOM, "invalid_options")
+            return None
         except QuotaExceeded as exc:
             server.metrics.evicted.labels(str(exc.code)).inc()
             session.send_error(exc.code, exc.message)
@@ -365,6 +380,8 @@ class Endpoint:
                 room.on_input(session, message)
         elif isinstance(message, AuthMessage):
             server.background(self._reauth(session, message.token))
+        elif isinstance(message, SyncMessage) and session.codec.version >= PROTOCOL_V2:
+            session.needs_keyframe = True
         elif isinstance(message, PingMessage):
             session.send(pong_message(message.id, room.engine.tick))
         elif isinstance(message, LeaveMessage):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from server.errors import IllegalInput, InvalidOptions
+from server.protocol.delta import Schema
 
 __all__ = ["Emitted", "Game", "IllegalInput", "InvalidOptions", "PlayerInput"]
 
@@ -61,6 +62,10 @@ class Game(ABC):
     name: ClassVar[str]
     #: Ticks per second; the engine runs the room at this rate.
     tick_rate: ClassVar[int] = 20
+    #: How the public state is described to protocol-v2 clients: a compact schema
+    #: (``server.protocol.delta.Schema``: field order, integers at a declared precision)
+    #: or None for the generic delta of any state.
+    state_schema: ClassVar[Schema | None] = None
     #: Seats per room; a join beyond this is refused with ``room_full``.
     max_players: ClassVar[int] = 64
     #: Largest encoded ``input`` message (bytes, envelope included) a player may send once

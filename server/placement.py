@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from server.options import room_options
 from server.protocol import ErrorCode
 from server.quotas import QuotaExceeded
 from server.room import Room, RoomState
@@ -75,7 +76,13 @@ class Placement:
         return chosen, servers[chosen]["ws_url"]
 
     async def locate(
-        self, name: str, game: str, placed_hint: bool, player_id: str = "", address: str = ""
+        self,
+        name: str,
+        game: str,
+        placed_hint: bool,
+        player_id: str = "",
+        address: str = "",
+        options: Any = None,
     ) -> Room | Redirect | Unavailable:
         """Where a join for room ``name`` is served: here (claimed or rebuilt if needed),
         at a live peer (a redirect to its registered URL), or nowhere right now.
@@ -117,23 +124,27 @@ class Placement:
                         target = await self._place_new_room(name)
                         if target is not None:
                             return Redirect(target[1] + "?placed=1", target[0])
-                    taken = await self._create_room(name, game, player_id, address)
+                    taken = await self._create_room(name, game, player_id, address, options)
                 else:
                     taken = await server.take_room(name, game, lease)
             if taken is not None:
                 return taken
         return Unavailable("room ownership is changing")
 
-    async def _create_room(self, name: str, game: str, creator: str, address: str) -> Room | None:
-        """Create a new room here, charged to its creator; None if another server won."""
+    async def _create_room(
+        self, name: str, game: str, creator: str, address: str, options: Any
+    ) -> Room | None:
+        """Create a new room here with the creator's options (validated first: a refused
+        option costs no quota), charged to its creator; None if another server won."""
         server = self.server
+        validated = room_options(server.games[game], options)
         if len(server.rooms) + len(server.claiming) >= server.settings.max_rooms:
             raise QuotaExceeded(
                 ErrorCode.SERVER_FULL, "this server runs as many rooms as it may; retry"
             )
         if creator:
             await server.quotas.reserve_room(creator, address, name)
-        room = await server.take_room(name, game, None, creator=creator)
+        room = await server.take_room(name, game, None, creator=creator, options=validated)
         if creator and (room is None or room.creator != creator):
             await server.quotas.release_room(creator, name)  # someone else created it
         return room

@@ -26,19 +26,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.engine import RoomEngine, RoomFull, Verdict
+from server.engine import RoomEngine, RoomFull, TickOutcome, Verdict
 from server.errors import IllegalInput, OwnershipLost
 from server.eventlog import EventLog, packed
 from server.game import Game
 from server.metrics import ServerMetrics
 from server.protocol import (
+    PROTOCOL_V2,
     CloseCode,
     ErrorCode,
     InputMessage,
     StateFrame,
+    StateFrameV2,
     redirect_message,
     welcome_message,
 )
+from server.protocol.delta import DeltaEncoder
 from server.session import Session, SessionState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore
@@ -98,6 +101,10 @@ class Room:
         # Game events of one grace period of ticks, for players who resume after missing
         # some (filled from Redis by whoever rebuilds the room: see load_events).
         self.event_log = EventLog(keep_ticks=int(settings.grace_s * game_class.tick_rate) + 1)
+        # Protocol v2: the shared public state's delta stream (one per room), and whether
+        # the game has private parts at all (then each v2 session has its own stream).
+        self.shared_stream: DeltaEncoder | None = None
+        self.has_views = game_class.view is not Game.view
         self.lease_renewed_at = time.monotonic()
         self.last_checkpoint_tick = engine.tick
         self.last_checkpoint_at = time.monotonic()
@@ -162,8 +169,11 @@ class Room:
                 ack=seat.ack,
                 resumed=resumed,
                 token_exp=session.token_exp,
+                version=session.codec.version,
+                options=self.engine.options,
             )
         )
+        session.needs_keyframe = True  # v2: the first state carries keyframes
         log.info(
             "join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack
         )
@@ -251,7 +261,7 @@ class Room:
         if not self.played:
             self.played = any(event[0] == "i" for event in outcome.events)
         self.event_log.record(outcome.tick, outcome.emitted)
-        self._publish(StateFrame(outcome.tick, outcome.state))
+        self._publish(outcome)
         self._maybe_checkpoint()
         if self._is_abandoned():
             await self.close_empty()
@@ -310,14 +320,63 @@ class Room:
                     f"room {self.name}: could not renew the lease in time"
                 ) from None
 
-    def _publish(self, frame: StateFrame) -> None:
+    def _publish(self, outcome: TickOutcome) -> None:
+        """Send the tick to every seated session: v1 sessions get the full public state,
+        v2 sessions the shared delta (or keyframe), their own private part and events."""
         seats = self.engine.seats
+        tick = outcome.tick
+        v1: StateFrame | None = None
+        v2: StateFrameV2 | None = None
         for player_id, session in list(self.sessions.items()):
             seat = seats.get(player_id)
             # A session welcomed while this tick was being made durable was told this tick
             # already (welcome.tick); its first state is the next one, which seats it.
-            if seat is not None and frame.tick > session.welcome_tick:
-                session.send_frame(frame.encode_for(session.codec, seat.ack))
+            if seat is None or tick <= session.welcome_tick:
+                continue
+            if session.codec.version < PROTOCOL_V2:
+                if v1 is None:
+                    v1 = StateFrame(tick, outcome.state)
+                session.send_frame(v1.encode_for(session.codec, seat.ack))
+                continue
+            if v2 is None:
+                v2 = self._shared_frame(outcome)
+            session.send_frame(self._frame_for(v2, session, outcome, seat.ack))
+
+    def _shared_frame(self, outcome: TickOutcome) -> StateFrameV2:
+        """This tick's shared payload, encoded once. The stream restarts (a keyframe for
+        everyone) when ticks were skipped, e.g. while no v2 client was connected."""
+        stream = self.shared_stream
+        if stream is None or stream.tick != outcome.tick - 1:
+            stream = self.shared_stream = DeltaEncoder(
+                self.game_class.state_schema, stream=self.lease.epoch
+            )
+            for session in self.sessions.values():
+                session.needs_keyframe = True
+        delta = stream.delta(outcome.tick, outcome.state)
+        return StateFrameV2(outcome.tick, delta, stream.current_keyframe)
+
+    def _frame_for(
+        self, frame: StateFrameV2, session: Session, outcome: TickOutcome, ack: int
+    ) -> bytes:
+        player_id = session.player_id
+        keyframe = session.needs_keyframe
+        private = None
+        if self.has_views:
+            stream = session.private_stream
+            if stream is None or keyframe or stream.tick != outcome.tick - 1:
+                stream = session.private_stream = DeltaEncoder(stream=self.lease.epoch)
+            payload = stream.delta(outcome.tick, self.engine.view(player_id))
+            private = stream.current_keyframe() if keyframe else payload
+        if keyframe and session.since < outcome.tick - 1:
+            # A resume: the events of the ticks it has not seen, then this tick's.
+            events = self.event_log.for_player(player_id, session.since, outcome.tick)
+        else:
+            events = [e.data for e in outcome.emitted if e.for_player(player_id)]
+        session.needs_keyframe = False
+        session.since = outcome.tick
+        return frame.encode_for(
+            session.codec, ack, keyframe=keyframe, private=private, events=events or None
+        )
 
     def _expire_seats(self) -> None:
         """Free the seats whose grace period is over. The long grace is for players who
@@ -426,6 +485,10 @@ class Room:
     async def close_empty(self) -> None:
         log.info("room=%s empty (played: %s): closing", self.name, self.played)
         self.transition(RoomState.CLOSED)
+        try:
+            self.engine.game.dispose()
+        except Exception:  # the game's hook; the room closes regardless
+            log.exception("room=%s: the game's dispose hook failed", self.name)
         try:
             self.deleted = await self.store.delete_room(self.lease)
         except _REDIS_TRANSIENT as exc:

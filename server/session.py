@@ -20,6 +20,7 @@ from websockets.protocol import State
 
 from server.fastpath import write_data_frame
 from server.protocol import CloseCode, Codec, ErrorCode, close_reason, error_message
+from server.protocol.delta import DeltaEncoder
 
 if TYPE_CHECKING:
     from server.metrics import ServerMetrics
@@ -82,6 +83,11 @@ class Session:
         self.name = ""
         self.room_name = ""
         self.welcome_tick = 0  # welcome.tick; states are sent for later ticks only
+        # Protocol v2: the tick the client saw last when it joined (events after it are
+        # resent), whether its next state needs keyframes, and its private stream.
+        self.since = 0
+        self.needs_keyframe = True
+        self.private_stream: DeltaEncoder | None = None
         self.token_exp = 0  # unix seconds: the session ends at this + the verifier's leeway
         self.session_id: str | None = None  # the token's sid (login session), for logout
         self.address = ""  # the client's address bucket (IPv6: its /64)

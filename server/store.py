@@ -5,7 +5,7 @@ Cluster slot and its scripts run atomically:
 
     sr:{R}:lease     "EPOCH|SERVER"  with a TTL      who owns R right now (the fence)
     sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
-    sr:{R}:meta      hash: game, seed, creator, owner, url, epoch, created
+    sr:{R}:meta      hash: game, seed, creator, options (JSON), owner, url, epoch, created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
     sr:{R}:events    stream, one entry per tick that emitted game events, ID "TICK-EPOCH",
@@ -76,7 +76,7 @@ local lease = epoch .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
 if redis.call('HEXISTS', KEYS[3], 'game') == 0 then
   redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7],
-             'creator', ARGV[9])
+             'creator', ARGV[9], 'options', ARGV[10])
 end
 redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch)
 local meta = redis.call('HMGET', KEYS[3], 'game', 'creator')
@@ -299,6 +299,7 @@ class RoomStore:
         *,
         must_exist: bool = False,
         creator: str = "",
+        options: dict[str, Any] | None = None,
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -319,6 +320,7 @@ class RoomStore:
                 int(time.time() * 1000),
                 "1" if must_exist else "0",
                 creator,
+                json.dumps(options or {}, sort_keys=True),
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
@@ -360,6 +362,12 @@ class RoomStore:
         if deleted:
             await self.redis.hdel(ROOMS_KEY, lease.room)
         return bool(deleted)
+
+    async def options(self, room: str) -> dict[str, Any]:
+        """The room's validated options, as stored when it was created."""
+        raw = await self.redis.hget(room_keys(room)["meta"], "options")
+        loaded = json.loads(_s(raw)) if raw else {}
+        return loaded if isinstance(loaded, dict) else {}
 
     async def meta(self, room: str) -> dict[str, str]:
         raw = await self.redis.hgetall(room_keys(room)["meta"])

@@ -78,7 +78,8 @@ class Hands(Game):
         return self.open_seats
 
     def snapshot(self) -> dict[str, Any]:
-        return {"rng": self.rng, "hands": self.hands, "mode": self.mode, "open": self.open_seats}
+        hands = {p: list(h) for p, h in self.hands.items()}  # a copy, as a checkpoint is
+        return {"rng": self.rng, "hands": hands, "mode": self.mode, "open": self.open_seats}
 
     @classmethod
     def restore(cls, snapshot: dict[str, Any]) -> Self:

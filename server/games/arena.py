@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Self
 
 from server.errors import GameError, IllegalInput
 from server.game import Game, PlayerInput
+from server.protocol.delta import Schema
+from server.protocol.schemas import ARENA_SCHEMA
 
 WIDTH = 64
 HEIGHT = 32
@@ -97,6 +99,8 @@ class Arena(Game):
     max_players: ClassVar[int] = 64
     # An arena input is {"dx": float, "dy": float}: about 25 bytes; 256 leaves room.
     max_input_bytes: ClassVar[int] = 256
+    # Positions travel as integers at the arena's own 0.01 rounding (protocol v2).
+    state_schema: ClassVar[Schema | None] = ARENA_SCHEMA
 
     def __init__(self, rng: int, players: dict[str, _Player], pickups: list[list[float]]) -> None:
         self._rng = rng & _MASK64

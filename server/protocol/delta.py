@@ -43,6 +43,7 @@ encoder keeps its own copy of what it sent, so a game may mutate its view in pla
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -547,6 +548,12 @@ class _Shape:
         return dict(zip(self.names, values, strict=True))
 
 
+@functools.lru_cache(maxsize=256)
+def _shape(fields: tuple[Field, ...], tuples: bool) -> _Shape:
+    """The compiled shape of a record (cached: a keyframe's schema recompiles nothing)."""
+    return _Shape(fields, tuples)
+
+
 def _generate(shape: _Shape) -> tuple[Any, Any]:
     """Source of ``step(record, old, changed, skip) -> (wire, mask)`` (mask 0: unchanged,
     -1: a difference too large, nothing appended) and ``apply_changes(flat, wires, ids,
@@ -790,7 +797,7 @@ class DeltaEncoder:
         self._lists: dict[str, list[list[Any]]] = {}
         if self.schema is not None:
             self._plan = [
-                (f, _Shape(f.fields, f.tuples) if isinstance(f, Collection) else None)
+                (f, _shape(f.fields, f.tuples) if isinstance(f, Collection) else None)
                 for f in self.schema.fields
             ]
             self._declared = frozenset(f.name for f in self.schema.fields)
@@ -1114,7 +1121,7 @@ class DeltaDecoder:
         if type(body) is not dict:
             raise DeltaError("a schema keyframe's 'view' must be a map")
         self._plan = [
-            (f, _Shape(f.fields, f.tuples) if isinstance(f, Collection) else None)
+            (f, _shape(f.fields, f.tuples) if isinstance(f, Collection) else None)
             for f in schema.fields
         ]
         self._scalars: dict[str, Any] = {}
@@ -1301,10 +1308,14 @@ def quantize_view(schema: Schema | None, view: Any) -> Any:
             wire = _wire_value(f, value)
             out[f.name] = wire / f.scale if f.scale else wire
         else:
-            shape = _Shape(f.fields, f.tuples)
+            shape = _shape(f.fields, f.tuples)
             if f.keyed:
+                if not isinstance(value, Mapping):
+                    raise ViewError(f"collection {f.name!r} must be a map of id -> record")
                 out[f.name] = {key: shape.view(shape.wire(r)) for key, r in value.items()}
             else:
+                if type(value) not in (list, tuple):
+                    raise ViewError(f"collection {f.name!r} must be a list of records")
                 out[f.name] = [shape.view(shape.wire(r)) for r in value]
     declared = {f.name for f in schema.fields}
     out.update({k: _copy(v) for k, v in view.items() if k not in declared})

@@ -87,7 +87,7 @@ import ssl as ssl_module
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
@@ -100,7 +100,20 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
-from server.protocol import JSON, MSGPACK, CloseCode, Codec, ErrorCode, ProtocolError
+from server.protocol import (
+    JSON,
+    JSON_V2,
+    MSGPACK,
+    MSGPACK_V2,
+    PROTOCOL_V2,
+    PROTOCOL_VERSION,
+    CloseCode,
+    Codec,
+    ErrorCode,
+    ProtocolError,
+)
+from server.protocol.delta import DeltaDecoder, DeltaError
+from server.protocol.messages import shown
 
 log = logging.getLogger("stateroom.client")
 
@@ -120,6 +133,7 @@ REAUTH_FRACTION = 0.8  # of the remaining lifetime
 REAUTH_MIN_INTERVAL = 5.0  # s between two auth messages (unless the token would expire)
 REAUTH_HARD_MIN_INTERVAL = 1.0  # s between two auth messages, always
 REAUTH_REPLY_TIMEOUT = 10.0  # s to wait for authed before trying again
+RESYNC_TIMEOUT = 2.0  # s to wait for keyframes after a sync before reconnecting
 
 
 class ClientError(Exception):
@@ -480,24 +494,49 @@ class ConnectionState(Enum):
 class State:
     """One tick of the room as this player sees it.
 
-    ``State(tick, ack, state, server, epoch)``, immutable. On a msgpack connection the
-    ``state`` is decoded on first access (then cached): a reader that looks only at
-    ``tick`` and ``ack``, or at one state in N, does not pay for decoding the world every
-    tick. The SDK checks the state's msgpack structure on receipt; content that only a
-    full decode can reject (invalid UTF-8, an unhashable map key) raises ``ProtocolError``
-    on that first access instead.
+    ``State(tick, ack, state, server, epoch, private=None, events=None)``, immutable:
+
+    - ``state``: the room's full public state at ``tick``;
+    - ``private``: this player's private view at ``tick`` (protocol v2, for a game that has
+      one; None otherwise);
+    - ``events``: the data of the game events addressed to this player that the SDK
+      delivers with this state, oldest first (protocol v2; a list, usually empty). They
+      belong to ``tick`` or, after a resume or when the SDK skipped states (a resync, a
+      slow reader), to the ticks in between: every event reaches the application exactly
+      once, with the first state delivered at or after its tick.
+
+    On protocol v2 ``state`` and ``private`` are rebuilt from the delta stream (keyframe,
+    then deltas; see ``docs/protocol.md``): treat them as read-only, since parts that did
+    not change are shared between successive states.
+
+    On a protocol v1 msgpack connection the ``state`` is decoded on first access (then
+    cached): a reader that looks only at ``tick`` and ``ack``, or at one state in N, does
+    not pay for decoding the world every tick. The SDK checks the state's msgpack structure
+    on receipt; content that only a full decode can reject (invalid UTF-8, an unhashable
+    map key) raises ``ProtocolError`` on that first access instead.
     """
 
-    __slots__ = ("_raw", "_state", "ack", "epoch", "server", "tick")
+    __slots__ = ("_raw", "_state", "ack", "epoch", "events", "private", "server", "tick")
 
     tick: int
     ack: int
     server: str
     epoch: int
+    private: Any
+    events: list[Any]
     _state: Any
     _raw: memoryview | None  # the state's msgpack bytes while not decoded yet
 
-    def __init__(self, tick: int, ack: int, state: Any, server: str, epoch: int) -> None:
+    def __init__(
+        self,
+        tick: int,
+        ack: int,
+        state: Any,
+        server: str,
+        epoch: int,
+        private: Any = None,
+        events: list[Any] | None = None,
+    ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "tick", tick)
         setattr_(self, "ack", ack)
@@ -505,6 +544,8 @@ class State:
         setattr_(self, "_raw", None)
         setattr_(self, "server", server)
         setattr_(self, "epoch", epoch)
+        setattr_(self, "private", private)
+        setattr_(self, "events", [] if events is None else events)
 
     @classmethod
     def lazy(cls, tick: int, ack: int, raw: memoryview, server: str, epoch: int) -> State:
@@ -512,6 +553,13 @@ class State:
         self = cls(tick, ack, None, server, epoch)
         object.__setattr__(self, "_raw", raw)
         return self
+
+    def _with_events(self, events: list[Any]) -> State:
+        """This state with other events (the SDK carries skipped states' events over)."""
+        copy = State(self.tick, self.ack, None, self.server, self.epoch, self.private, events)
+        object.__setattr__(copy, "_state", self._state)
+        object.__setattr__(copy, "_raw", self._raw)
+        return copy
 
     @property
     def state(self) -> Any:
@@ -523,7 +571,7 @@ class State:
 
     @property
     def decoded(self) -> bool:
-        """Whether ``state`` has been decoded already (always, for JSON connections)."""
+        """Whether ``state`` has been decoded already (always, for JSON and v2)."""
         return self._raw is None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -541,20 +589,37 @@ class State:
             and self.server == other.server
             and self.epoch == other.epoch
             and self.state == other.state
+            and self.private == other.private
+            and self.events == other.events
         )
 
     def __hash__(self) -> int:
         return hash((self.tick, self.ack, self.server, self.epoch))
 
-    def __reduce__(self) -> tuple[type[State], tuple[int, int, Any, str, int]]:
-        return State, (self.tick, self.ack, self.state, self.server, self.epoch)
+    def __reduce__(
+        self,
+    ) -> tuple[type[State], tuple[int, int, Any, str, int, Any, list[Any]]]:
+        return State, (
+            self.tick,
+            self.ack,
+            self.state,
+            self.server,
+            self.epoch,
+            self.private,
+            self.events,
+        )
 
     def __repr__(self) -> str:
         raw = self._raw
         state = f"<{len(raw)} msgpack bytes, not decoded>" if raw is not None else repr(self._state)
+        extra = ""
+        if self.private is not None:
+            extra += f", private={self.private!r}"
+        if self.events:
+            extra += f", events={self.events!r}"
         return (
             f"State(tick={self.tick!r}, ack={self.ack!r}, state={state}, "
-            f"server={self.server!r}, epoch={self.epoch!r})"
+            f"server={self.server!r}, epoch={self.epoch!r}{extra})"
         )
 
 
@@ -575,6 +640,10 @@ class ClientStats:
     rollbacks: int = 0  # states older than (or as old as) one already delivered
     ack_regressions: int = 0  # acked inputs the server later forgot (lost)
     seat_resets: int = 0  # rejoined on a fresh seat (the old one had expired)
+    resyncs: int = 0  # v2: deltas the decoder refused (a ``sync`` sent, states dropped)
+    dropped_states: int = 0  # v2: states skipped while waiting for a keyframe
+    conflated_states: int = 0  # states dropped because the application read too slowly
+    events: int = 0  # v2: game events delivered to the application
     max_ack: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_tick: int = 0
@@ -585,6 +654,51 @@ class _Pending:
     seq: int
     data: Any
     sent_at: float
+
+
+class _Mailbox:
+    """The states waiting for the application, oldest first, then maybe the session's end.
+
+    Bounded: when a slow reader lets it fill up, the oldest state is dropped (the reader
+    gets the latest states) and its events are carried into the next one, so conflation
+    never loses an event. The final error (``fail``) comes after the states queued before
+    it, and then on every later read.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.states: deque[State] = deque()
+        self.error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, state: State) -> bool:
+        """Queue ``state``; True when the oldest state had to be dropped for it."""
+        states = self.states
+        conflated = len(states) >= self.size
+        if conflated:
+            dropped = states.popleft()
+            if dropped.events:
+                if states:
+                    states[0] = states[0]._with_events(dropped.events + states[0].events)
+                else:
+                    state = state._with_events(dropped.events + state.events)
+        states.append(state)
+        self._ready.set()
+        return conflated
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._ready.set()
+
+    async def get(self) -> State:
+        while True:
+            if self.states:
+                return self.states.popleft()
+            if self.error is not None:
+                raise self.error
+            self._ready.clear()
+            await self._ready.wait()
 
 
 # Flow control. The server applies inputs strictly in seq order: one it drops (over 32 pending
@@ -621,6 +735,15 @@ class RoomClient:
     open connection before it expires; ``AuthClient.token_source``). ``ssl``: the TLS
     context for ``wss`` URLs (default: the system's). Timeouts and backoff: see the
     module docstring.
+
+    ``protocol``: 2 (default) offers ``stateroom.v2.<encoding>`` first, then
+    ``stateroom.v1.<encoding>``, and speaks whichever the server picks (``version``);
+    1 offers v1 only. ``options``: room options sent in every v2 ``join``, used by the
+    server only when that join creates the room; ``self.options`` is what the server's
+    v2 ``welcome`` says the room's options are (None until then, and on v1). Asking for
+    options from a server that speaks only v1 fails the first join with
+    ``RoomError(4004, ..., "unsupported_version")`` rather than create a room without
+    them. See "Protocol v2" in the module docstring.
     """
 
     def __init__(
@@ -631,6 +754,8 @@ class RoomClient:
         *,
         game: str | None = None,
         encoding: str = "msgpack",
+        protocol: int = PROTOCOL_V2,
+        options: Mapping[str, Any] | None = None,
         allowed_hosts: Sequence[str] = (),
         ssl: ssl_module.SSLContext | None = None,
         stall_timeout: float = STALL_TIMEOUT,
@@ -650,7 +775,19 @@ class RoomClient:
         self.room = room
         self._token_source = token
         self.game = game
-        self.codec: Codec = JSON if encoding == "json" else MSGPACK
+        if encoding not in ("msgpack", "json"):
+            raise ValueError(f"encoding must be 'msgpack' or 'json', not {encoding!r}")
+        if protocol not in (PROTOCOL_VERSION, PROTOCOL_V2):
+            raise ValueError(f"protocol must be {PROTOCOL_VERSION} or {PROTOCOL_V2}")
+        self.protocol = protocol
+        v1, v2 = (JSON, JSON_V2) if encoding == "json" else (MSGPACK, MSGPACK_V2)
+        self._offered: list[Codec] = [v2, v1] if protocol >= PROTOCOL_V2 else [v1]
+        #: The codec of the current (or last) connection; its ``version`` is ``version``.
+        self.codec: Codec = self._offered[0]
+        self.requested_options: dict[str, Any] | None = (
+            dict(options) if options is not None else None
+        )
+        self.options: dict[str, Any] | None = None  # the room's options, from welcome (v2)
         self.redirect_policy = RedirectPolicy(self.urls, allowed_hosts)
         self.ssl = ssl
         self.stall_timeout = stall_timeout
@@ -675,7 +812,12 @@ class RoomClient:
         self._tokens = _SEND_BURST
         self._tokens_at = time.monotonic()
         self._ws: ClientConnection | None = None
-        self._states: asyncio.Queue[State | BaseException] = asyncio.Queue(queue_size)
+        self._mailbox = _Mailbox(queue_size)
+        # v2: one decoder per stream, fresh on every connection (welcome → keyframes).
+        self._shared = DeltaDecoder()
+        self._private = DeltaDecoder()
+        self._resync_at: float | None = None  # monotonic: when we sent sync (None: in step)
+        self._carry: list[Any] = []  # events of states dropped while resyncing
         self._runner: asyncio.Task[None] | None = None
         self._joined = asyncio.Event()
         self._closing = False
@@ -720,10 +862,8 @@ class RoomClient:
             joined.cancel()
         if self._runner in done:
             self._runner.result()
-            if not self._states.empty():
-                refusal = self._states.get_nowait()
-                if isinstance(refusal, BaseException):
-                    raise refusal
+            if self._mailbox.error is not None:
+                raise self._mailbox.error
             raise ClientError("session ended before joining")
         if not self._joined.is_set():
             await self.close()
@@ -741,19 +881,20 @@ class RoomClient:
         return pending.seq
 
     async def states(self) -> AsyncIterator[State]:
-        """Every state in tick order (old or repeated ticks are never yielded)."""
+        """Every state in tick order (old or repeated ticks are never yielded). A reader
+        slower than the tick rate gets the latest ``queue_size`` states (the events of the
+        ones skipped come with the next). Raises the session's final error."""
         while True:
-            item = await self._states.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            yield await self._mailbox.get()
 
     async def next_state(self, timeout: float | None = None) -> State:
         async with asyncio.timeout(timeout):
-            item = await self._states.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+            return await self._mailbox.get()
+
+    @property
+    def version(self) -> int:
+        """The protocol version of the current (or last) connection."""
+        return self.codec.version
 
     @property
     def closing(self) -> bool:
@@ -804,7 +945,7 @@ class RoomClient:
 
     async def _fail(self, code: int, reason: str, error_code: str | None) -> None:
         self.connection_state = ConnectionState.CLOSED
-        await self._states.put(RoomError(code, reason, error_code))
+        self._mailbox.fail(RoomError(code, reason, error_code))
 
     async def _run(self) -> None:
         attempt = 0
@@ -890,7 +1031,7 @@ class RoomClient:
         async with asyncio.timeout(self.open_timeout):
             ws = await connect(
                 url,
-                subprotocols=[Subprotocol(self.codec.subprotocol)],
+                subprotocols=[Subprotocol(c.subprotocol) for c in self._offered],
                 additional_headers={"Authorization": f"Bearer {token}"},
                 open_timeout=self.open_timeout,
                 compression=None,
@@ -902,10 +1043,36 @@ class RoomClient:
             )
         self._opened = True
         self._ws = ws
+        # The version the server picked (websockets refuses one we did not offer); a server
+        # that negotiates no subprotocol at all speaks v1.
+        chosen = [c for c in self._offered if c.subprotocol == ws.subprotocol]
+        self.codec = chosen[0] if chosen else self._offered[-1]
+        self._shared = DeltaDecoder()
+        self._private = DeltaDecoder()
+        self._resync_at = None
+        self._carry = []  # the server resends them: they are after ``since``
         try:
-            join: dict[str, Any] = {"t": "join", "v": 1, "room": self.room}
+            version = self.codec.version
+            if (
+                version < PROTOCOL_V2
+                and self.requested_options is not None
+                and not self._joined.is_set()
+            ):
+                # Creating the room without its options would be worse than not joining.
+                self._last_error = str(ErrorCode.UNSUPPORTED_VERSION)
+                await ws.close(1000, "room options need protocol v2")
+                return int(CloseCode.UNSUPPORTED_VERSION), (
+                    "room options need protocol v2; this server speaks only v1"
+                )
+            join: dict[str, Any] = {"t": "join", "v": version, "room": self.room}
             if self.game:
                 join["game"] = self.game
+            if version >= PROTOCOL_V2:
+                if self.requested_options is not None:
+                    join["options"] = self.requested_options
+                # The last tick delivered to the application: the server resends the
+                # events of the later ones with the first state.
+                join["since"] = self.stats.last_tick
             await ws.send(self.codec.encode(join), text=self.codec.text)
             pinged = False
             while True:
@@ -930,8 +1097,13 @@ class RoomClient:
                     what = "frame" if joined else "answer to join"
                     return 1006, f"no {what} within the timeout"
                 pinged = False
-                message = _decode_server_frame(frame, self.codec.text)
+                message = _decode_server_frame(frame, self.codec.text, version)
                 self._handle(ws, message)
+                if self._resync_overdue():
+                    # The server did not answer our sync with keyframes: a new connection
+                    # starts with them.
+                    await ws.close(1000, "no keyframe after sync")
+                    return 1013, "no keyframe after sync"
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             return (rcvd.code, rcvd.reason) if rcvd else (1006, "connection lost")
@@ -945,6 +1117,10 @@ class RoomClient:
                 self.connection_state = ConnectionState.RECONNECTING
             with contextlib.suppress(Exception):
                 await ws.close()
+
+    def _resync_overdue(self) -> bool:
+        resync_at = self._resync_at
+        return resync_at is not None and time.monotonic() - resync_at > RESYNC_TIMEOUT
 
     # -- token renewal on the open connection ----------------------------------------------
 
@@ -1055,6 +1231,17 @@ class RoomClient:
                 self._sent_upto = expected - 1  # resend from there, paced by _flush
 
     def _on_welcome(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        version = self.codec.version
+        if message.get("v", PROTOCOL_VERSION) != version:
+            raise _protocol_error(
+                f"the server's welcome says protocol {shown(message.get('v'))}, but the"
+                f" connection negotiated {self.codec.subprotocol}"
+            )
+        if version >= PROTOCOL_V2:
+            options = message.get("options")
+            if not isinstance(options, dict):
+                raise _protocol_error("a v2 welcome needs the room's 'options' (a map)")
+            self.options = options
         if self._joined.is_set():
             self.stats.reconnects += 1  # a resumed session, not a failed attempt
         self._welcomed_this_session = True
@@ -1094,16 +1281,59 @@ class RoomClient:
         tick: int = message["tick"]  # ints: checked by _decode_server_frame
         ack: int = message["ack"]
         if tick <= self.stats.last_tick:
+            # Older than (or as old as) a state delivered. Its events, if any, were
+            # delivered too: with their tick's state, or in the first state after a resume
+            # (whose ``since`` covered them), or carried into a later state.
             self.stats.rollbacks += 1
             return
-        self.stats.last_tick = tick
         self._apply_ack(ack)
         self._flush()
-        state = _make_state(message, self.server, self.epoch)
-        if self._states.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._states.get_nowait()  # conflate: a slow reader gets the latest states
-        self._states.put_nowait(state)
+        if self.codec.version >= PROTOCOL_V2:
+            state = self._state_v2(message)
+            if state is None:
+                return
+        else:
+            state = _make_state(message, self.server, self.epoch)
+        # Only now is the tick applied: the next join's ``since``.
+        self.stats.last_tick = tick
+        self.stats.events += len(state.events)
+        if self._mailbox.put(state):
+            self.stats.conflated_states += 1
+
+    def _state_v2(self, message: dict[str, Any]) -> State | None:
+        """Apply a v2 state's payloads to this connection's decoders: its ``State``, or
+        None when it is dropped while the client waits for keyframes (its events are kept
+        for the next state delivered)."""
+        shared = message["shared"]
+        private = message.get("private")
+        events: list[Any] = message.get("events", [])
+        if self._resync_at is not None and not _is_keyframe(shared):
+            self.stats.dropped_states += 1
+            self._carry.extend(events)
+            return None
+        try:
+            view = self._shared.apply(shared)
+            mine = None if private is None else self._private.apply(private)
+        except DeltaError as exc:
+            if _is_keyframe(shared) and (private is None or _is_keyframe(private)):
+                raise  # a keyframe we cannot read: a bad server, not a missed frame
+            # A delta we cannot apply (one was missed, or the stream restarted): ask for
+            # keyframes once, and skip states until they come.
+            log.info("room %s: %s; asking for a keyframe", self.room, exc.message)
+            self.stats.resyncs += 1
+            self.stats.dropped_states += 1
+            self._carry.extend(events)
+            if self._resync_at is None:
+                self._resync_at = time.monotonic()
+                ws = self._ws
+                if ws is not None:
+                    self._send_now(ws, {"t": "sync"})
+            return None
+        self._resync_at = None
+        if self._carry:
+            events = self._carry + events
+            self._carry = []
+        return State(message["tick"], message["ack"], view, self.server, self.epoch, mine, events)
 
     def _apply_ack(self, ack: int) -> None:
         if ack < self.stats.max_ack:
@@ -1178,13 +1408,16 @@ def _parse_msgpack_frame(frame: bytes) -> dict[str, Any]:
     return message
 
 
-def _decode_server_frame(frame: bytes | str, text: bool) -> dict[str, Any]:
+def _decode_server_frame(
+    frame: bytes | str, text: bool, version: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
     """Decode a server frame. States can be far larger than the 16 KiB limit on client
     messages, so only the shape is checked here, not the client-side size limits.
 
-    On a msgpack connection a state message's ``state`` is left undecoded (a
+    On a v1 msgpack connection a state message's ``state`` is left undecoded (a
     ``_RawState``, see ``_parse_msgpack_frame``); ``_make_state`` wraps it in a lazy
-    ``State``. A state message's ``tick`` and ``ack`` are checked to be ints.
+    ``State``. A state message's ``tick`` and ``ack`` are checked to be ints; on v2 it
+    needs ``shared``, and ``events``, if present, must be a list.
     """
     if text:
         try:
@@ -1203,9 +1436,19 @@ def _decode_server_frame(frame: bytes | str, text: bool) -> dict[str, Any]:
             number = message.get(name)
             if not isinstance(number, int) or isinstance(number, bool):
                 raise _protocol_error(f"state message without an integer {name!r}")
-        if "state" not in message:
+        if version >= PROTOCOL_V2:
+            if "shared" not in message:
+                raise _protocol_error("v2 state message without a 'shared'")
+            if not isinstance(message.get("events", []), list):
+                raise _protocol_error("a state's 'events' must be a list")
+        elif "state" not in message:
             raise _protocol_error("state message without a 'state'")
     return message
+
+
+def _is_keyframe(payload: Any) -> bool:
+    """A delta-sync payload that does not build on a previous one (it has no ``base``)."""
+    return not (isinstance(payload, dict) and "base" in payload)
 
 
 def _make_state(message: dict[str, Any], server: str, epoch: int) -> State:

@@ -103,7 +103,7 @@ def first_url_first(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("first_url_first")
 async def test_a_server_that_never_completes_the_handshake_costs_one_open_timeout() -> None:
     async with Blackhole() as frozen, FakeRoomServer(name="peer") as peer:
-        client = RoomClient([frozen.url, peer.url], "lobby", make_token())
+        client = RoomClient([frozen.url, peer.url], "lobby", make_token(), protocol=1)
         started = time.monotonic()
         await client.connect(timeout=5)
         elapsed = time.monotonic() - started
@@ -135,7 +135,7 @@ async def play_until_frozen(
             peer.behaviour = FakeRoomServer.until(
                 lambda: time.monotonic() >= claimed_at[0], before, peer.play
             )
-            client = RoomClient([owner.url, peer.url], "lobby", make_token())
+            client = RoomClient([owner.url, peer.url], "lobby", make_token(), protocol=1)
             await client.connect(timeout=5)
             for _ in range(5):
                 client.send_input({"dx": 1, "dy": 0})
@@ -187,7 +187,7 @@ async def test_a_stall_is_noticed_within_the_stall_timeout() -> None:
         FakeRoomServer(name="owner", room=room) as owner,
         FakeRoomServer(name="peer", room=room) as peer,
     ):
-        client = RoomClient([owner.url, peer.url], "lobby", make_token())
+        client = RoomClient([owner.url, peer.url], "lobby", make_token(), protocol=1)
         await client.connect(timeout=5)
         await client.next_state(timeout=2)
         frozen_at = time.monotonic()
@@ -209,7 +209,7 @@ async def test_an_unanswered_join_moves_on_but_does_not_make_the_server_suspect(
         FakeRoomServer(name="holding", behaviour=hold) as holding,
         FakeRoomServer(name="peer") as peer,
     ):
-        client = RoomClient([holding.url, peer.url], "lobby", make_token())
+        client = RoomClient([holding.url, peer.url], "lobby", make_token(), protocol=1)
         started = time.monotonic()
         await client.connect(timeout=5)
         elapsed = time.monotonic() - started
@@ -223,7 +223,7 @@ async def test_a_slow_room_is_not_a_stall() -> None:
     """A live server that sends no state for a while still answers the SDK's ping."""
     async with FakeRoomServer(name="slow") as server:
         server.state_interval = 2.5 * STALL_TIMEOUT
-        client = RoomClient([server.url], "lobby", make_token())
+        client = RoomClient([server.url], "lobby", make_token(), protocol=1)
         await client.connect(timeout=5)
         await client.next_state(timeout=5)
         await client.close()

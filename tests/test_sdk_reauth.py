@@ -201,7 +201,7 @@ async def test_a_callable_token_keeps_the_session_alive_past_expiry() -> None:
     minting = Minting(lifetime=3)  # renewed every 1-1.5 s: the 5 s minimum gives way
     async with (
         FakeRoomServer(leeway=0.5) as server,
-        RoomClient([server.url], "lobby", minting) as client,
+        RoomClient([server.url], "lobby", minting, protocol=1) as client,
     ):
         first_exp = client.token_exp
         assert first_exp == token_exp(minting.issued[0])
@@ -223,7 +223,7 @@ async def test_a_callable_token_keeps_the_session_alive_past_expiry() -> None:
 async def test_a_string_token_is_never_renewed_and_the_session_ends_at_expiry() -> None:
     token = make_token("p1", lifetime=2)
     async with FakeRoomServer(leeway=0.3) as server:
-        client = RoomClient([server.url], "lobby", token)
+        client = RoomClient([server.url], "lobby", token, protocol=1)
         await client.connect()
         error = await final_error(client, timeout=5)
         await client.close()
@@ -235,7 +235,7 @@ async def test_token_expired_is_answered_by_one_resume_with_a_fresh_token() -> N
     minting = Minting(lifetime=2)
     # The server refuses every renewal, so the first token runs out.
     async with FakeRoomServer(leeway=0.3, auth_reply="refuse") as server:
-        client = RoomClient([server.url], "lobby", minting)
+        client = RoomClient([server.url], "lobby", minting, protocol=1)
         await client.connect()
         async with asyncio.timeout(6):
             while client.stats.token_resumes == 0 or client.connection_state.value != "connected":
@@ -250,7 +250,7 @@ async def test_token_expired_is_answered_by_one_resume_with_a_fresh_token() -> N
 async def test_a_second_token_expired_in_a_row_is_final() -> None:
     stale = Minting(lifetime=-60)  # every token it mints has expired already
     async with FakeRoomServer(leeway=0) as server:
-        client = RoomClient([server.url], "lobby", stale)
+        client = RoomClient([server.url], "lobby", stale, protocol=1)
         with pytest.raises(RoomError) as refusal:
             await client.connect(timeout=5)
     assert (refusal.value.code, refusal.value.error_code) == (4001, "token_expired")
@@ -270,7 +270,7 @@ async def test_a_second_token_expired_in_a_row_is_final() -> None:
 async def test_final_refusals_carry_their_error_code(code: ErrorCode, close: CloseCode) -> None:
     behaviour = FakeRoomServer.refuse(code, int(close), "no")
     async with FakeRoomServer(behaviour=behaviour) as server:
-        client = RoomClient([server.url], "lobby", Minting(lifetime=60))
+        client = RoomClient([server.url], "lobby", Minting(lifetime=60), protocol=1)
         with pytest.raises(RoomError) as refusal:
             await client.connect(timeout=5)
     assert (refusal.value.code, refusal.value.error_code) == (int(close), str(code))
@@ -286,7 +286,7 @@ async def test_session_revoked_on_an_open_session_is_final() -> None:
         await play
 
     async with FakeRoomServer(behaviour=revoke_later) as server:
-        client = RoomClient([server.url], "lobby", Minting(lifetime=60))
+        client = RoomClient([server.url], "lobby", Minting(lifetime=60), protocol=1)
         await client.connect()
         error = await final_error(client, timeout=5)
         await client.close()
@@ -298,7 +298,7 @@ async def test_a_refresh_refused_by_the_login_service_is_final() -> None:
     auth = FakeAuth(fail=LoginError(401, "invalid_grant", "refresh token reused"))
     expired = source(auth, time.time() - 1)
     async with FakeRoomServer() as server:
-        client = RoomClient([server.url], "lobby", expired)
+        client = RoomClient([server.url], "lobby", expired, protocol=1)
         with pytest.raises(RoomError) as refusal:
             await client.connect(timeout=5)
     assert (refusal.value.code, refusal.value.error_code) == (4001, "invalid_grant")
@@ -309,7 +309,7 @@ async def test_an_unreachable_login_service_is_retried() -> None:
     auth = FakeAuth(fail=LoginError(503, "unavailable", "try later"))
     expired = source(auth, time.time() - 1)
     async with FakeRoomServer() as server:
-        client = RoomClient([server.url], "lobby", expired)
+        client = RoomClient([server.url], "lobby", expired, protocol=1)
         with pytest.raises(sdk.ClientError, match="could not join"):
             await client.connect(timeout=1.0)
     assert auth.calls >= 3 and server.connections == 0
@@ -328,7 +328,7 @@ async def test_a_slow_consumer_close_is_retried_and_resumes() -> None:
     slow = FakeRoomServer.refuse(None, int(CloseCode.SLOW_CONSUMER), "outbox overflow")
     async with FakeRoomServer() as server:
         server.behaviour = FakeRoomServer.until(once, slow, server.play)
-        client = RoomClient([server.url], "lobby", Minting(lifetime=60))
+        client = RoomClient([server.url], "lobby", Minting(lifetime=60), protocol=1)
         await client.connect(timeout=5)
         await client.next_state(timeout=5)
         await client.close()

@@ -82,7 +82,7 @@ async def test_a_redirect_out_of_the_cluster_gets_no_connection_and_no_token(
     async with FakeRoomServer("127.0.0.2", name="evil") as evil:
         poisoned = f"ws://127.0.0.2:{evil.port}/v1/ws?token=leaked-{token}"
         async with FakeRoomServer(behaviour=FakeRoomServer.redirect(poisoned)) as own:
-            client = RoomClient([own.url], "lobby", token)
+            client = RoomClient([own.url], "lobby", token, protocol=1)
             with (
                 caplog.at_level(logging.WARNING, "stateroom.client"),
                 pytest.raises(ClientError, match="could not join"),
@@ -106,7 +106,7 @@ async def test_a_redirect_to_an_allowed_host_is_followed() -> None:
         redirect = FakeRoomServer.redirect(owner.url, "owner")
         async with (
             FakeRoomServer(behaviour=redirect) as entry,
-            RoomClient([entry.url], "lobby", token, allowed_hosts=["127.0.0.2"]) as c,
+            RoomClient([entry.url], "lobby", token, allowed_hosts=["127.0.0.2"], protocol=1) as c,
         ):
             state = await c.next_state(timeout=5)
             assert state.server == "owner"
@@ -120,7 +120,7 @@ async def test_a_redirect_to_a_known_host_on_another_port_is_followed() -> None:
         redirect = FakeRoomServer.redirect(owner.url)
         async with (
             FakeRoomServer(behaviour=redirect) as entry,
-            RoomClient([entry.url], "lobby", token) as client,
+            RoomClient([entry.url], "lobby", token, protocol=1) as client,
         ):
             await client.next_state(timeout=5)
     assert owner.connections == 1 and client.stats.redirects == 1
@@ -167,7 +167,7 @@ async def test_wss_is_never_downgraded_to_ws(tmp_path: Path) -> None:
         redirect = FakeRoomServer.redirect(plain.url)
         async with FakeRoomServer(behaviour=redirect, ssl=server_tls) as secure:
             assert secure.url.startswith("wss://127.0.0.1:")
-            client = RoomClient([secure.url], "lobby", token, ssl=client_tls)
+            client = RoomClient([secure.url], "lobby", token, ssl=client_tls, protocol=1)
             with pytest.raises(ClientError, match="could not join"):
                 await client.connect(timeout=1.0)
     assert secure.connections >= 1 and secure.authorizations[0] == f"Bearer {token}"
@@ -183,7 +183,7 @@ async def test_wss_to_wss_is_followed(tmp_path: Path) -> None:
         redirect = FakeRoomServer.redirect(owner.url)
         async with (
             FakeRoomServer(behaviour=redirect, ssl=server_tls) as entry,
-            RoomClient([entry.url], "lobby", token, ssl=client_tls) as client,
+            RoomClient([entry.url], "lobby", token, ssl=client_tls, protocol=1) as client,
         ):
             assert (await client.next_state(timeout=5)).server == "owner"
     assert owner.authorizations == [f"Bearer {token}"]

@@ -39,6 +39,7 @@ from server.errors import ConfigError
 from server.fastpath import FastConnection
 from server.game import Game
 from server.games import available_games
+from server.listing import RoomListing, games_info
 from server.metrics import ServerMetrics
 from server.placement import Placement
 from server.protocol import SUBPROTOCOLS
@@ -123,6 +124,7 @@ class RoomServer:
         self.endpoint = Endpoint(self)
         self.placement = Placement(self)
         self.watcher = FailoverWatcher(self)
+        self.listing = RoomListing(self)
 
     # -- startup and shutdown ------------------------------------------------------
 
@@ -165,6 +167,7 @@ class RoomServer:
             loop.create_task(self.verifier.warm(), name="jwks-warm"),
             loop.create_task(self.endpoint.quota_refresh_loop(), name="quota-refresh"),
             loop.create_task(self.endpoint.revocation_loop(), name="revocations"),
+            loop.create_task(self.listing.run(), name="directory"),
         ]
         log.info(
             "server %s listening on %s (pid %d, redis %s)",
@@ -221,6 +224,7 @@ class RoomServer:
             "rooms": len(self.rooms),
             "players": sum(len(r.sessions) for r in self.rooms.values()),
             "room_players": {name: len(r.sessions) for name, r in self.rooms.items()},
+            "games": games_info(self.games),
         }
 
     async def _heartbeat_once(self, register: bool = True) -> None:
@@ -292,6 +296,7 @@ class RoomServer:
         for_client: bool = True,
         creator: str = "",
         options: dict[str, Any] | None = None,
+        join_code: str = "",
     ) -> Room | None:
         """Claim a room and rebuild it from Redis; None if someone else holds it.
 
@@ -308,7 +313,7 @@ class RoomServer:
         self.claiming[name] = future
         try:
             room = await self._claim_and_restore(
-                name, game, replacing, for_client, creator, options
+                name, game, replacing, for_client, creator, options, join_code
             )
             future.set_result(room)
             return room
@@ -327,6 +332,7 @@ class RoomServer:
         for_client: bool,
         creator: str,
         options: dict[str, Any] | None,
+        join_code: str,
     ) -> Room | None:
         started = time.perf_counter()
         claim = await self.store.claim(
@@ -338,6 +344,7 @@ class RoomServer:
             must_exist=not for_client,
             creator=creator,
             options=options,
+            join_code=join_code,
         )
         if not claim.won:
             return None
@@ -389,6 +396,7 @@ class RoomServer:
             self._room_closed,
         )
         room.creator = claim.creator
+        room.join_code = meta.get("code", "")
         room.event_log.load(recent_events)
         self.rooms[name] = room
         self.metrics.rooms.set(len(self.rooms))
@@ -411,6 +419,8 @@ class RoomServer:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.rooms.set(len(self.rooms))
+        if room.deleted:
+            self.listing.closed(room)
         if room.deleted and room.creator:
             self.background(self.quotas.release_room(room.creator, room.name))
 

@@ -66,6 +66,9 @@ class Game(ABC):
     #: (``server.protocol.delta.Schema``: field order, integers at a declared precision)
     #: or None for the generic delta of any state.
     state_schema: ClassVar[Schema | None] = None
+    #: Names of the room options ``validate_options`` accepts, for the room listing's
+    #: filters and the matchmaking API (``max_players`` and ``private`` are generic).
+    option_names: ClassVar[tuple[str, ...]] = ()
     #: Seats per room; a join beyond this is refused with ``room_full``.
     max_players: ClassVar[int] = 64
     #: Largest encoded ``input`` message (bytes, envelope included) a player may send once

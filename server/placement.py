@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from infra import directory
 from server.options import room_options
 from server.protocol import ErrorCode
 from server.quotas import QuotaExceeded
@@ -137,6 +138,13 @@ class Placement:
         """Create a new room here with the creator's options (validated first: a refused
         option costs no quota), charged to its creator; None if another server won."""
         server = self.server
+        join_code = ""
+        handed_out = await directory.lookup(server.redis, game, name)
+        if handed_out is not None and handed_out.pending and handed_out.private:
+            # A name the matchmaking API reserved for a private room: its options and
+            # code are the API's, whatever the joining client sends.
+            options = {**handed_out.options, "private": True}
+            join_code = handed_out.join_code or ""
         validated = room_options(server.games[game], options)
         if len(server.rooms) + len(server.claiming) >= server.settings.max_rooms:
             raise QuotaExceeded(
@@ -144,7 +152,9 @@ class Placement:
             )
         if creator:
             await server.quotas.reserve_room(creator, address, name)
-        room = await server.take_room(name, game, None, creator=creator, options=validated)
+        room = await server.take_room(
+            name, game, None, creator=creator, options=validated, join_code=join_code
+        )
         if creator and (room is None or room.creator != creator):
             await server.quotas.release_room(creator, name)  # someone else created it
         return room

@@ -95,6 +95,7 @@ class Room:
         self.disconnected_at: dict[str, float] = {}
         self.empty_since: float | None = None
         self.creator = ""  # the player charged for this room's creation (quotas)
+        self.join_code = ""  # a private room's code in the directory (from its meta)
         self.deleted = False  # closed for good and its keys deleted (not a move)
         # Whether any input was ever applied here (a rebuilt room: by a seat's ack).
         self.played = any(seat.accepted > 0 for seat in engine.seats.values())

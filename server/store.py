@@ -5,7 +5,8 @@ Cluster slot and its scripts run atomically:
 
     sr:{R}:lease     "EPOCH|SERVER"  with a TTL      who owns R right now (the fence)
     sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
-    sr:{R}:meta      hash: game, seed, creator, options (JSON), owner, url, epoch, created
+    sr:{R}:meta      hash: game, seed, creator, options (JSON), code (private rooms),
+                     owner, url, epoch, created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
     sr:{R}:events    stream, one entry per tick that emitted game events, ID "TICK-EPOCH",
@@ -76,7 +77,7 @@ local lease = epoch .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
 if redis.call('HEXISTS', KEYS[3], 'game') == 0 then
   redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7],
-             'creator', ARGV[9], 'options', ARGV[10])
+             'creator', ARGV[9], 'options', ARGV[10], 'code', ARGV[11])
 end
 redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch)
 local meta = redis.call('HMGET', KEYS[3], 'game', 'creator')
@@ -300,6 +301,7 @@ class RoomStore:
         must_exist: bool = False,
         creator: str = "",
         options: dict[str, Any] | None = None,
+        join_code: str = "",
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -321,6 +323,7 @@ class RoomStore:
                 "1" if must_exist else "0",
                 creator,
                 json.dumps(options or {}, sort_keys=True),
+                join_code,
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry

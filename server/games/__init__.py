@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from server.errors import ConfigError
 from server.game import Game
 
-BUILTIN = {"arena": "server.games.arena:Arena"}
+BUILTIN = {"arena": "server.games.arena:Arena", "duel": "server.games.duel:Duel"}
 DEFAULT_GAME = "arena"  # what a join without "game" plays, and a room index entry without one
 
 

@@ -175,6 +175,7 @@ class Room:
             )
         )
         session.needs_keyframe = True  # v2: the first state carries keyframes
+        session.resumed = resumed  # v2: only a resumed seat gets the events it missed
         log.info(
             "join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack
         )
@@ -368,12 +369,13 @@ class Room:
                 stream = session.private_stream = DeltaEncoder(stream=self.lease.epoch)
             payload = stream.delta(outcome.tick, self.engine.view(player_id))
             private = stream.current_keyframe() if keyframe else payload
-        if keyframe and session.since < outcome.tick - 1:
+        if keyframe and session.resumed and 0 < session.since < outcome.tick - 1:
             # A resume: the events of the ticks it has not seen, then this tick's.
             events = self.event_log.for_player(player_id, session.since, outcome.tick)
         else:
             events = [e.data for e in outcome.emitted if e.for_player(player_id)]
         session.needs_keyframe = False
+        session.resumed = False
         session.since = outcome.tick
         return frame.encode_for(
             session.codec, ack, keyframe=keyframe, private=private, events=events or None

@@ -87,6 +87,7 @@ class Session:
         # resent), whether its next state needs keyframes, and its private stream.
         self.since = 0
         self.needs_keyframe = True
+        self.resumed = False
         self.private_stream: DeltaEncoder | None = None
         self.token_exp = 0  # unix seconds: the session ends at this + the verifier's leeway
         self.session_id: str | None = None  # the token's sid (login session), for logout

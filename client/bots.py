@@ -1,8 +1,8 @@
-"""``stateroom bots``: headless arena players that also check the room's guarantees.
+"""``stateroom bots``: headless players that also check the room's guarantees.
 
 Each bot logs in as a guest, joins the room through the SDK (which follows
-redirects and resumes after failovers), sends an input every 1/rate s and
-reads every state. It checks, from what it sees:
+redirects and resumes after failovers), asks its policy for an input every 1/rate s
+and reads every state. It checks, from what it sees:
 
 - latency: from sending an input to the first state whose ack covers it;
 - rollbacks: a state whose tick is not newer than one already seen;
@@ -10,7 +10,23 @@ reads every state. It checks, from what it sees:
 - duplicate inputs: the arena counts the inputs it applied for each player;
   with seq 1..ack sent once each, ``inputs`` must equal ``ack`` — more means
   an input was applied twice. Sampled (about once a second, see ``read_states``):
-  the other checks use only tick and ack and run on every state in the SDK.
+  the other checks use only tick and ack and run on every state in the SDK;
+- events (protocol v2): counted per bot; with ``--event-seq FIELD`` (events that are
+  maps numbered in FIELD by the game, per recipient and per kind of event, as the test
+  game ``tests.games:Cards`` does with ``n``), an event seen twice is a duplicate.
+  Events carry no id of their own, so without it they are only counted.
+
+The policy (``--policy module:callable``) says what a bot sends: it is called as
+``policy(rng, state, me)`` once per input period, with the bot's own seeded
+``random.Random``, the latest ``State`` it read (None before the first) and its player
+id, and returns the input's data, or None to send nothing this time. A class is
+instantiated once per bot (a policy with memory); a function is shared. The default,
+``client.bots:ArenaPolicy``, is the arena's: a heading that changes one time in ten.
+
+The run fails (exit status 1) when any bot could not log in, join or play (its session
+ended with an error, it never received a state, or none of its inputs was acked), or
+when a guarantee was seen broken: an acked input lost or applied twice, a rollback, a
+duplicate event.
 """
 
 from __future__ import annotations
@@ -18,16 +34,75 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.cluster_file import ClusterInfo, load_cluster
+
+if TYPE_CHECKING:
+    from client.sdk import State
+
+#: ``policy(rng, state, me) -> input data or None`` (see the module docstring).
+Policy = Callable[[random.Random, "State | None", str], Any]
+DEFAULT_POLICY = "client.bots:ArenaPolicy"
+
+
+class ArenaPolicy:
+    """The arena's bot: move along a random heading, changed with probability 0.1 each
+    input (the same inputs, for a given seed, as the bots before policies existed)."""
+
+    def __init__(self) -> None:
+        self.heading: tuple[float, float] | None = None
+
+    def __call__(self, rng: random.Random, state: State | None, me: str) -> Any:
+        if self.heading is None:
+            self.heading = (rng.uniform(-1, 1), rng.uniform(-1, 1))
+        if rng.random() < 0.1:
+            self.heading = (rng.uniform(-1, 1), rng.uniform(-1, 1))
+        return {"dx": round(self.heading[0], 3), "dy": round(self.heading[1], 3)}
+
+
+def load_policy(spec: str) -> Callable[[], Policy]:
+    """``module:callable`` (the attribute may be dotted) → a factory of per-bot policies.
+
+    Raises ValueError with what is wrong: a bad spec, a module that does not import, a
+    missing attribute, or one that is not callable.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"--policy must be module:callable, not {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--policy {spec}: cannot import {module_name!r}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"--policy {spec}: {module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"--policy {spec}: {attribute!r} is not callable")
+    if isinstance(target, type):
+        return target  # a class: one instance per bot
+    return lambda: target
+
+
+def event_key(event: Any, seq_field: str) -> Hashable | None:
+    """The identity of an event numbered by its game in ``seq_field`` (per recipient and
+    per kind: the names of its other fields), or None for one that is not numbered."""
+    if not isinstance(event, dict):
+        return None
+    number = event.get(seq_field)
+    if not isinstance(number, int) or isinstance(number, bool):
+        return None
+    return (tuple(sorted(str(k) for k in event if k != seq_field)), number)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +119,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rooms-of", type=int, default=0, help="spread bots over rooms of this many players"
     )
     parser.add_argument("--encoding", choices=["msgpack", "json"], default="msgpack")
+    parser.add_argument(
+        "--protocol", type=int, choices=[1, 2], default=2, help="wire protocol (default 2)"
+    )
+    parser.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        help="module:callable(rng, state, me) -> input data or None"
+        f" (a class: one instance per bot; default {DEFAULT_POLICY})",
+    )
+    parser.add_argument("--game", default=None, help="game of a room the bots create")
+    parser.add_argument(
+        "--options", default=None, help="room options (a JSON object) for a room they create"
+    )
+    parser.add_argument(
+        "--event-seq",
+        default=None,
+        metavar="FIELD",
+        help="events are maps the game numbers in FIELD: report any seen twice",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -61,8 +155,22 @@ class BotResult:
     redirects_refused: int = 0
     duplicate_inputs: int = 0
     states: int = 0
+    events: int = 0
+    duplicate_events: int = 0
+    resyncs: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     failed: str = ""
+
+
+@dataclass(frozen=True)
+class BotOptions:
+    """What every bot of a run shares beyond the room and the clock."""
+
+    policy: Callable[[], Policy] = ArenaPolicy
+    game: str | None = None
+    protocol: int = 2
+    options: dict[str, Any] | None = None
+    event_seq: str | None = None
 
 
 async def run_bot(
@@ -74,9 +182,12 @@ async def run_bot(
     start_gate: asyncio.Event,
     index: int,
     joined: Callable[[], None] = lambda: None,
+    setup: BotOptions | None = None,
 ) -> BotResult:
-    from client.sdk import AuthClient, ClientError, RoomClient, State
+    from client.sdk import AuthClient, ClientError, RoomClient
     from server.protocol import ProtocolError
+
+    setup = setup or BotOptions()
 
     result = BotResult()
     auth = AuthClient(cluster.auth_url)
@@ -88,8 +199,18 @@ async def run_bot(
         return result
     # A refreshing token source: the SDK renews the session's token before it expires,
     # so a run longer than the access-token lifetime keeps playing.
-    client = RoomClient(cluster.ws_urls, room, auth.token_source(tokens), encoding=encoding)
+    client = RoomClient(
+        cluster.ws_urls,
+        room,
+        auth.token_source(tokens),
+        encoding=encoding,
+        game=setup.game,
+        protocol=setup.protocol,
+        options=setup.options,
+    )
+    policy = setup.policy()
     rng = random.Random(index)
+    seen_events: set[Hashable] = set()
     duplicate_excess = 0
     last: State | None = None  # the newest state read
     last_checked: State | None = None
@@ -132,6 +253,16 @@ async def run_bot(
         async for state in client.states():
             result.states += 1
             previous, last = last, state
+            if state.events:
+                result.events += len(state.events)
+                if setup.event_seq is not None:
+                    for event in state.events:
+                        key = event_key(event, setup.event_seq)
+                        if key is None:
+                            continue
+                        if key in seen_events:
+                            result.duplicate_events += 1
+                        seen_events.add(key)
             if previous is not None and (
                 state.tick != previous.tick + 1 or state.ack < previous.ack
             ):
@@ -155,22 +286,33 @@ async def run_bot(
         period = 1.0 / rate
         next_at = time.monotonic() + rng.uniform(0, period)
         deadline = time.monotonic() + seconds
-        heading = (rng.uniform(-1, 1), rng.uniform(-1, 1))
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not reader.done():
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += period
-            if rng.random() < 0.1:
-                heading = (rng.uniform(-1, 1), rng.uniform(-1, 1))
-            with contextlib.suppress(ClientError):
-                client.send_input({"dx": round(heading[0], 3), "dy": round(heading[1], 3)})
+            data = policy(rng, last, client.player_id)
+            if data is not None:
+                with contextlib.suppress(ClientError):
+                    client.send_input(data)
         # Let the last inputs be acked (or give up after a few seconds).
         drain_until = time.monotonic() + 5
         while client.unacked and time.monotonic() < drain_until and not reader.done():
             await asyncio.sleep(0.02)
+    except Exception as exc:  # the policy's, most likely: this bot cannot play
+        result.failed = f"play: {type(exc).__name__}: {exc}"
     finally:
+        ended: BaseException | None = None
+        if reader.done() and not reader.cancelled():
+            ended = reader.exception()  # the session ended (RoomError) before the run did
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
+        if not result.failed:
+            if ended is not None:
+                result.failed = f"play: {ended}"
+            elif result.states == 0:
+                result.failed = "play: no state received"
+            elif client.stats.inputs_sent and not client.stats.inputs_acked:
+                result.failed = "play: no input acked"
         if last is not None:
             check_duplicates(last)
         stats = client.stats
@@ -184,6 +326,7 @@ async def run_bot(
         result.seat_resets = stats.seat_resets
         result.reauths = stats.reauths
         result.redirects_refused = stats.redirects_refused
+        result.resyncs = stats.resyncs
         result.duplicate_inputs = max(0, duplicate_excess)
         result.errors = dict(stats.errors)
         if undecodable:
@@ -228,6 +371,9 @@ def summarize(results: list[BotResult], seconds: float) -> dict[str, Any]:
         "redirects_refused": sum(r.redirects_refused for r in results),
         "duplicate_inputs": sum(r.duplicate_inputs for r in results),
         "rollbacks": sum(r.rollbacks for r in results),
+        "events_received": sum(r.events for r in results),
+        "duplicate_events": sum(r.duplicate_events for r in results),
+        "resyncs": sum(r.resyncs for r in results),
         "errors": errors,
         "failures": sorted({r.failed for r in results if r.failed})[:5],
     }
@@ -241,6 +387,7 @@ async def run_bots(
     rate: float = 20.0,
     rooms_of: int = 0,
     encoding: str = "msgpack",
+    setup: BotOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``count`` bots and return the summary (also used by tests and benches)."""
     gate = asyncio.Event()
@@ -263,7 +410,7 @@ async def run_bots(
 
         try:
             return await run_bot(
-                cluster, room_for(index), seconds, rate, encoding, gate, index, mark
+                cluster, room_for(index), seconds, rate, encoding, gate, index, mark, setup
             )
         finally:
             mark()
@@ -273,9 +420,51 @@ async def run_bots(
     return summarize(list(results), seconds)
 
 
+def failures(summary: dict[str, Any]) -> list[str]:
+    """Why a run's summary is a failure (empty: it is not)."""
+    problems = [
+        f"{key}={summary[key]}"
+        for key in (
+            "failed_players",
+            "lost_acked_inputs",
+            "duplicate_inputs",
+            "rollbacks",
+            "duplicate_events",
+        )
+        if summary.get(key)
+    ]
+    if not summary.get("players"):
+        problems.append("no bot ran")
+    return problems
+
+
+def setup_from_args(args: argparse.Namespace) -> BotOptions:
+    """The run's ``BotOptions``; ValueError names the bad flag."""
+    options = None
+    if args.options is not None:
+        try:
+            options = json.loads(args.options)
+        except ValueError as exc:
+            raise ValueError(f"--options is not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise ValueError("--options must be a JSON object")
+    return BotOptions(
+        policy=load_policy(args.policy),
+        game=args.game,
+        protocol=args.protocol,
+        options=options,
+        event_seq=args.event_seq,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from infra.eventloop import run_loop
 
+    try:
+        setup = setup_from_args(args)
+    except ValueError as exc:
+        print(f"stateroom bots: {exc}", file=sys.stderr)
+        return 2
     cluster = load_cluster(Path(args.cluster))
     summary: dict[str, Any] = {}
 
@@ -289,6 +478,7 @@ def run(args: argparse.Namespace) -> int:
                 args.rate,
                 args.rooms_of,
                 args.encoding,
+                setup,
             )
         )
 
@@ -298,13 +488,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>20}: {value}")
-    ok = (
-        summary["lost_acked_inputs"] == 0
-        and summary["duplicate_inputs"] == 0
-        and summary["rollbacks"] == 0
-    )
-    if not ok:
-        print(
-            "guarantee violated: see lost_acked_inputs/duplicate_inputs/rollbacks", file=sys.stderr
-        )
-    return 0 if ok else 1
+    problems = failures(summary)
+    if problems:
+        print(f"stateroom bots: failed: {', '.join(problems)}", file=sys.stderr)
+        for reason in summary["failures"]:
+            print(f"  {reason}", file=sys.stderr)
+    return 1 if problems else 0

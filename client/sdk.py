@@ -15,6 +15,36 @@ session's token fresh on the open connection.
         async for state in room.states():
             ...
 
+Protocol v2 (the default; ``protocol=1`` for the old one). The client offers
+``stateroom.v2.<encoding>`` then ``stateroom.v1.<encoding>`` and speaks whichever the
+server picks (``RoomClient.version``; an old server picks v1, and the application then
+gets full states as before, with ``private`` None and no events). On v2:
+
+- Views: one ``DeltaDecoder`` for the room's shared stream and one for the player's
+  private stream, new on every connection (the first state after ``welcome`` carries
+  keyframes for both). ``State.state`` is the full public view rebuilt from them,
+  ``State.private`` the player's own view (None when the game has none).
+- Resync: a delta the decoder refuses (``DeltaBaseMismatch``: one was missed, or the
+  stream restarted; or a malformed delta) makes the client send one ``{"t": "sync"}``,
+  count it in ``ClientStats.resyncs`` and drop states until one whose shared payload is
+  a keyframe (``ClientStats.dropped_states``). No keyframe within ``RESYNC_TIMEOUT``
+  (2 s): the client reconnects, and the new connection starts with keyframes. A keyframe
+  it cannot read is a protocol error (close 4000 semantics: final).
+- Events, exactly once: a tick counts as applied only when its state is handed to the
+  application (put in the states queue); the next ``join`` sends that tick as ``since``
+  and the server resends the events of the later ticks with its first state. Events of a
+  state dropped while resyncing are kept and delivered with the next state delivered
+  (but dropped with the connection: the resume's ``since`` brings them again); a
+  state older than one delivered is dropped with its events, which were delivered
+  already (with their own state, or with a later one); when a slow reader lets the
+  queue overflow, the events of the state dropped are carried into the next one.
+- Room options: ``RoomClient(options=...)`` goes in every v2 ``join`` (the server uses
+  it only when that join creates the room); ``RoomClient.options`` is what ``welcome``
+  says the room's options are. A refusal is ``RoomError(4006, ..., "invalid_options")``;
+  options asked of a server that speaks only v1 end the first join with
+  ``RoomError(4004, ..., "unsupported_version")`` instead of creating a room without them.
+- A ``welcome`` whose ``v`` is not the negotiated version is a protocol error.
+
 Errors:
     ClientError
     ├── LoginError        the login service refused (carries its error code)

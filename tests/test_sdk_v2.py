@@ -163,6 +163,8 @@ class V2FakeRoomServer(FakeRoomServer):
     async def _send_state(self, peer: Peer, tick: int, lost: bool) -> None:
         world, session = self.world, peer.session
         player = session.player
+        if player not in world.seated:
+            return  # it left; its connection is closing
         shared = peer.shared.delta(tick, world.views[tick])
         private = peer.private.delta(tick, world.privates[(player, tick)])
         if lost:

@@ -295,8 +295,12 @@ async def test_many_rooms_spread_over_both_servers(shared: LocalCluster) -> None
         spread[server.name] = sum(1 for r in status["room_list"] if r["room"].startswith("spread-"))
         total[server.name] = len(status["room_list"])
     assert sum(spread.values()) == 12
-    # Least-loaded placement: new rooms evened out the load left by earlier tests.
-    assert max(total.values()) - min(total.values()) <= 3, (
+    # Least-loaded placement: new rooms evened out the load left by earlier tests. The
+    # loads are counted in Redis, but each server resets its own to what it runs at every
+    # heartbeat, which forgets placements whose client is still on its way: on a machine
+    # whose cores are busy the rooms end up within 4 of each other, not exactly even.
+    assert min(spread.values()) >= 3, (spread, total)
+    assert max(total.values()) - min(total.values()) <= 4, (
         spread,
         total,
     )

@@ -708,6 +708,12 @@ def measure_arena_point(
         "bytes_out_per_s": round(
             metric_delta(after, before, "stateroom_bytes_out_total") / window.wall
         ),
+        # What the server wrote per player per tick (states and the rest, without the
+        # WebSocket frame headers): the issue-8 measure, with v2 clients' deltas.
+        "bytes_per_player_per_tick": round(
+            metric_delta(after, before, "stateroom_bytes_out_total") / window.wall / (n * 20.0),
+            2,
+        ),
         "evicted_clients": evicted,
         "join_s": round(join_s, 2),
     }

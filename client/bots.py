@@ -21,7 +21,8 @@ The policy (``--policy module:callable``) says what a bot sends: it is called as
 ``random.Random``, the latest ``State`` it read (None before the first) and its player
 id, and returns the input's data, or None to send nothing this time. A class is
 instantiated once per bot (a policy with memory); a function is shared. The default,
-``client.bots:ArenaPolicy``, is the arena's: a heading that changes one time in ten.
+``client.bots:ArenaPolicy``, is the arena's: a heading that changes one time in ten;
+``client.bots:DuelPolicy`` plays the sample card game (``--game duel``).
 
 The run fails (exit status 1) when any bot could not log in, join or play (its session
 ended with an error, it never received a state, or none of its inputs was acked), or
@@ -67,6 +68,24 @@ class ArenaPolicy:
         if rng.random() < 0.1:
             self.heading = (rng.uniform(-1, 1), rng.uniform(-1, 1))
         return {"dx": round(self.heading[0], 3), "dy": round(self.heading[1], 3)}
+
+
+class DuelPolicy:
+    """The sample card game's bot (``--game duel --policy client.bots:DuelPolicy
+    --event-seq n``): once a round, play a random card of its hand (its private view)."""
+
+    def __init__(self) -> None:
+        self.played_round: Any = None
+
+    def __call__(self, rng: random.Random, state: State | None, me: str) -> Any:
+        if state is None or not isinstance(state.private, dict):
+            return None
+        hand = state.private.get("hand") or []
+        this_round = state.state.get("round") if isinstance(state.state, dict) else None
+        if not hand or state.private.get("played") is not None or this_round == self.played_round:
+            return None
+        self.played_round = this_round
+        return {"play": rng.choice(hand)}
 
 
 def load_policy(spec: str) -> Callable[[], Policy]:

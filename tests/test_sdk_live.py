@@ -151,6 +151,20 @@ async def test_bots_play_the_card_game_by_policy_and_see_no_event_twice(
     assert summary["duplicate_events"] == 0 and summary["resyncs"] == 0
 
 
+async def test_bots_play_duel_with_its_policy(live: LocalCluster) -> None:
+    setup = BotOptions(
+        policy=load_policy("client.bots:DuelPolicy"),
+        game="duel",
+        options={"hand": 3, "target": 2},
+        event_seq="n",
+    )
+    summary = await run_bots(live.info, "duel-bots", 3, 3.0, rate=20, setup=setup)
+    assert failures(summary) == [], summary
+    # Rounds are played (every player once per round: played, round, dealt events).
+    assert summary["inputs_acked"] >= 3 * 5 and summary["events_received"] > 30
+    assert summary["duplicate_events"] == 0 and summary["errors"] == {}, summary
+
+
 async def test_events_exactly_once_and_hands_intact_across_a_kill_of_the_owner(
     live: LocalCluster,
 ) -> None:

@@ -186,7 +186,9 @@ class RoomError(ClientError):
 
     ``code`` is the close code, ``reason`` its text, ``error_code`` the ``code`` of the
     last ``error`` message the server sent before closing (e.g. ``room_quota``,
-    ``session_revoked``), or None.
+    ``session_revoked``, ``invalid_options`` with 4006), or None. The SDK raises one
+    itself in two cases: 4000 for a server that breaks the protocol, and 4004
+    ``unsupported_version`` for room options asked of a server that speaks only v1.
     """
 
     def __init__(self, code: int, reason: str, error_code: str | None = None) -> None:

@@ -788,6 +788,12 @@ def loadgen_main(argv: list[str]) -> int:
     sdk.AuthClient.guest = guest_with_retry  # type: ignore[method-assign]
     summary: dict[str, Any] = {}
 
+    # The reference scenario's clients speak protocol 1 (full states: what earlier figures
+    # were measured with, and light to decode); STATEROOM_BENCH_PROTOCOL=2 measures v2
+    # (deltas), whose Python decoding costs the load generator ~0.2 ms per state at N=200.
+    protocol = int(os.environ.get("STATEROOM_BENCH_PROTOCOL", "1"))
+    from client.bots import BotOptions
+
     async def main() -> None:
         summary.update(
             await run_bots(
@@ -796,6 +802,7 @@ def loadgen_main(argv: list[str]) -> int:
                 args.count,
                 args.seconds,
                 rooms_of=args.rooms_of,
+                setup=BotOptions(protocol=protocol),
             )
         )
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 V2 = [Subprotocol("stateroom.v2.msgpack")]
 ROOM = "duel-kill"
+OPTIONS = {"hand": 4, "target": 9}
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Player:
     views: list[Any] = field(default_factory=list)
     last_shared: Any = None
     connections: int = 0
+    welcomed_options: list[dict[str, Any]] = field(default_factory=list)
     stop: bool = False
 
     async def play(self) -> None:
@@ -60,7 +62,14 @@ class Player:
     async def _session(self, url: str, rng: random.Random) -> None:
         ws = await open_ws(url, self.token, subprotocols=V2)
         try:
-            join = {"t": "join", "v": 2, "room": ROOM, "game": "duel", "since": self.since}
+            join = {
+                "t": "join",
+                "v": 2,
+                "room": ROOM,
+                "game": "duel",
+                "since": self.since,
+                "options": OPTIONS,
+            }
             await ws.send(msgpack.packb(join))
             shared, private = DeltaDecoder(), DeltaDecoder()
             while not self.stop:
@@ -73,6 +82,7 @@ class Player:
                 if kind == "welcome":
                     self.player_id = message["player_id"]
                     self.connections += 1
+                    self.welcomed_options.append(message["options"])
                     # Inputs after the ack were lost with the old owner: this client plays
                     # again from its view, numbering from the ack (protocol.md §5).
                     self.seq = message["ack"]
@@ -128,6 +138,8 @@ async def test_a_duel_survives_a_kill_without_leaking_or_repeating(
             await redis.aclose()
     ids = {p.player_id for p in players}
     for p in players:
+        # The creator's options, validated by the game, kept by the new owner.
+        assert p.welcomed_options == [OPTIONS] * len(p.welcomed_options)
         assert p.connections >= 2, "every player moved to the new owner"
         to_me = [e for e in p.events if e["kind"] == "dealt"]
         public = [e for e in p.events if e["kind"] != "dealt"]

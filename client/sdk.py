@@ -293,14 +293,141 @@ class RefreshingToken:
                     await self._refresh()
 
 
+@dataclass(frozen=True)
+class RoomListing:
+    """One public room of ``GET /v1/rooms`` (``AuthClient.list_rooms``)."""
+
+    room: str
+    game: str
+    players: int
+    max_players: int
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    joinable: bool = True
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RoomListing:
+        return cls(
+            room=str(body["room"]),
+            game=str(body["game"]),
+            players=int(body["players"]),
+            max_players=int(body["max_players"]),
+            options=dict(body.get("options") or {}),
+            metadata=dict(body.get("metadata") or {}),
+            joinable=bool(body.get("joinable", True)),
+        )
+
+
+@dataclass(frozen=True)
+class QuickJoinResult:
+    """The answer of ``POST /v1/rooms/quick-join`` (``AuthClient.quick_join``).
+
+    Join ``room`` with ``RoomClient(..., game=result.game, options=result.options)``
+    before ``reserved_until`` (unix seconds): whichever player's join creates a new room
+    creates it with these options. ``ws_url`` is the owner's URL when the room runs
+    (``running``); any room server redirects to the owner anyway.
+    """
+
+    room: str
+    game: str
+    created: bool
+    running: bool
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    players: int = 0
+    max_players: int = 0
+    reserved_until: float = 0.0
+    ws_url: str | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> QuickJoinResult:
+        return cls(
+            room=str(body["room"]),
+            game=str(body["game"]),
+            created=bool(body["created"]),
+            running=bool(body["running"]),
+            options=dict(body.get("options") or {}),
+            players=int(body.get("players", 0)),
+            max_players=int(body.get("max_players", 0)),
+            reserved_until=float(body.get("reserved_until", 0.0)),
+            ws_url=body.get("ws_url"),
+        )
+
+
+@dataclass(frozen=True)
+class PrivateRoom:
+    """A private room: what ``POST /v1/rooms/private`` answers (``create_private``:
+    ``expires_in`` set, the room not running yet) or ``GET /v1/rooms/private/{code}``
+    (``private_room``: ``players``, ``metadata``, ``joinable``, ``running``, ``ws_url``).
+
+    Join ``room`` with ``options`` (the creator's join creates it, private)."""
+
+    code: str
+    room: str
+    game: str
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    max_players: int = 0
+    players: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    joinable: bool = True
+    running: bool = False
+    ws_url: str | None = None
+    expires_in: float | None = None  # s the code waits for the room to be created
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PrivateRoom:
+        expires_in = body.get("expires_in")
+        return cls(
+            code=str(body["code"]),
+            room=str(body["room"]),
+            game=str(body["game"]),
+            options=dict(body.get("options") or {}),
+            max_players=int(body.get("max_players", 0)),
+            players=int(body.get("players", 0)),
+            metadata=dict(body.get("metadata") or {}),
+            joinable=bool(body.get("joinable", True)),
+            running=bool(body.get("running", False)),
+            ws_url=body.get("ws_url"),
+            expires_in=None if expires_in is None else float(expires_in),
+        )
+
+
+#: What the rooms calls take as the player's access token: a ``Tokens`` pair, the access
+#: token itself, or a token source such as ``AuthClient.token_source(tokens)`` (asked
+#: for a fresh token on every call).
+AccessToken = Tokens | TokenSource
+
+
+def _query_value(value: Any) -> str:
+    """An option filter as ``GET /v1/rooms`` compares it (``true``, ``4``, ``ffa``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    raise TypeError(
+        f"an option filter is a string, an integer or a boolean, not {type(value).__name__}"
+    )
+
+
 class AuthClient:
-    """The login service's HTTP API."""
+    """The login service's HTTP API: logins, and finding a room (listing, quick-join,
+    private rooms by code; see docs/api.md "Rooms and matchmaking").
+
+    The rooms calls need the player's access token (``AccessToken``) and raise
+    ``LoginError`` with the service's error code: ``unknown_game`` (404, no room server
+    runs the game), ``unknown_code`` (404), ``invalid_options`` (422, ill-typed, unknown
+    or reserved options or filters), ``validation_failed`` (422), ``rate_limited``
+    (429), ``unauthorized``/``token_expired``/``session_revoked``... (401).
+    """
 
     def __init__(self, base_url: str, timeout: float = 10.0) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
 
     async def _post(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         response = await self._http.post(path, json=body if body is not None else {})
+        return self._answer(response)
+
+    @staticmethod
+    def _answer(response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -345,6 +472,86 @@ class AuthClient:
     def token_source(self, tokens: Tokens, margin: float | None = None) -> RefreshingToken:
         """A ``RoomClient`` token source that refreshes ``tokens`` through this client."""
         return RefreshingToken(self, tokens, margin)
+
+    # -- rooms and matchmaking (docs/api.md) ---------------------------------------------
+
+    @staticmethod
+    async def _bearer(token: AccessToken) -> dict[str, str]:
+        if isinstance(token, Tokens):
+            value = token.access_token
+        elif isinstance(token, str):
+            value = token
+        else:
+            value = await token()
+        value = value.strip()
+        # No token, no header: the service answers 401 unauthorized, with its hint.
+        return {"Authorization": f"Bearer {value}"} if value else {}
+
+    async def _rooms_call(
+        self,
+        method: str,
+        path: str,
+        token: AccessToken,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        response = await self._http.request(
+            method,
+            path,
+            headers=await self._bearer(token),
+            params=tuple(params or ()),
+            json=body,
+        )
+        return self._answer(response)
+
+    async def list_rooms(
+        self, token: AccessToken, game: str, /, *, limit: int | None = None, **option_filters: Any
+    ) -> list[RoomListing]:
+        """The public rooms of ``game`` (``GET /v1/rooms``): joinable ones with a free seat
+        first, busiest first. ``option_filters`` keep the rooms whose options have these
+        values (``mode="ffa"``, ``hand=3``, ``ranked=True``; an option name that is not a
+        Python identifier goes in as ``**{"map.size": 2}``); ``limit`` 1-100 (default 50).
+        """
+        params = [("game", game)]
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        params += [(key, _query_value(value)) for key, value in option_filters.items()]
+        body = await self._rooms_call("GET", "/v1/rooms", token, params=params)
+        return [RoomListing.from_json(room) for room in body.get("rooms", [])]
+
+    async def quick_join(
+        self, token: AccessToken, game: str, options: Mapping[str, Any] | None = None
+    ) -> QuickJoinResult:
+        """A seat (reserved for 10 s) in the least-full joinable public room of ``game``
+        whose options include ``options``, or a new room's name with those options
+        (``POST /v1/rooms/quick-join``)."""
+        body: dict[str, Any] = {"game": game}
+        if options is not None:
+            body["options"] = dict(options)
+        answer = await self._rooms_call("POST", "/v1/rooms/quick-join", token, body=body)
+        return QuickJoinResult.from_json(answer)
+
+    async def create_private(
+        self, token: AccessToken, game: str, options: Mapping[str, Any] | None = None
+    ) -> PrivateRoom:
+        """Name a private room of ``game`` and get its join code (``POST
+        /v1/rooms/private``); join ``room`` with ``options`` to create it, and give
+        friends the ``code``."""
+        body: dict[str, Any] = {"game": game}
+        if options is not None:
+            body["options"] = dict(options)
+        answer = await self._rooms_call("POST", "/v1/rooms/private", token, body=body)
+        return PrivateRoom.from_json(answer)
+
+    async def private_room(self, token: AccessToken, code: str) -> PrivateRoom:
+        """The private room a join code names (``GET /v1/rooms/private/{code}``, any
+        case); ``LoginError`` 404 ``unknown_code`` when there is none."""
+        quoted = urllib.parse.quote(code.strip(), safe="")
+        if not quoted:
+            raise LoginError(404, "unknown_code", "a join code is 6 letters and digits")
+        answer = await self._rooms_call("GET", f"/v1/rooms/private/{quoted}", token)
+        return PrivateRoom.from_json(answer)
 
     async def aclose(self) -> None:
         await self._http.aclose()

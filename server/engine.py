@@ -54,6 +54,7 @@ class Seat:
     accepted: int = 0  # last accepted (queued or applied) sequence
     pending: int = 0  # inputs queued for the next tick
     leaving: bool = False
+    joined_tick: int = 0  # the tick that applied its join (its first events belong to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,8 @@ class RoomEngine:
                     seat.pending = max(0, seat.pending - 1)
                     inputs.append((player_id, event[3]))
             elif kind == "j":
-                self.seats.setdefault(player_id, Seat(player_id, event[2]))
+                seat = self.seats.setdefault(player_id, Seat(player_id, event[2]))
+                seat.joined_tick = tick
                 self.game.join(player_id, event[2])
             elif kind == "l":
                 if self.seats.pop(player_id, None) is not None:
@@ -194,7 +196,7 @@ class RoomEngine:
             # A seat whose join is still queued is not in the game yet: leave it out,
             # or a restored room would hold a seat the game never heard of.
             "seats": [
-                [s.player_id, s.name, s.ack]
+                [s.player_id, s.name, s.ack, s.joined_tick]
                 for s in self.seats.values()
                 if s.player_id not in joining
             ],
@@ -209,5 +211,8 @@ class RoomEngine:
         engine = cls(game_class.restore(snapshot["game"]), tick=int(snapshot["tick"]), **options)
         for entry in snapshot["seats"]:
             player_id, name, ack = entry[0], entry[1], int(entry[2])
-            engine.seats[player_id] = Seat(player_id, name, ack=ack, accepted=ack)
+            joined = int(entry[3]) if len(entry) > 3 else 0  # older snapshots: unknown
+            engine.seats[player_id] = Seat(
+                player_id, name, ack=ack, accepted=ack, joined_tick=joined
+            )
         return engine

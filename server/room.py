@@ -369,9 +369,13 @@ class Room:
                 stream = session.private_stream = DeltaEncoder(stream=self.lease.epoch)
             payload = stream.delta(outcome.tick, self.engine.view(player_id))
             private = stream.current_keyframe() if keyframe else payload
-        if keyframe and session.resumed and 0 < session.since < outcome.tick - 1:
-            # A resume: the events of the ticks it has not seen, then this tick's.
-            events = self.event_log.for_player(player_id, session.since, outcome.tick)
+        # A resume: the events of the ticks it has not seen (since its join, when it saw
+        # none: a client that dropped before its first state sends since=0), then this
+        # tick's. A fresh seat starts with its join tick, which is this one.
+        seat = self.engine.seats.get(player_id)
+        after = max(session.since, seat.joined_tick - 1 if seat is not None else 0)
+        if keyframe and session.resumed and after < outcome.tick - 1:
+            events = self.event_log.for_player(player_id, after, outcome.tick)
         else:
             events = [e.data for e in outcome.emitted if e.for_player(player_id)]
         session.needs_keyframe = False

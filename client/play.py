@@ -7,10 +7,17 @@ your score, the scoreboard, the tick, the input latency, the server and epoch
 serving the room, the connection state and the reconnect count; after a
 failover the footer says where the room went.
 
-Layout and texts are computed by the pure :mod:`client.arena_view`; this
-module owns the terminal, the keyboard and the event loop. The keyboard is
-never read blockingly: curses runs in ``nodelay`` mode and is polled when
-stdin becomes readable (``loop.add_reader``) and at each frame.
+Any other game (``--game duel``, or ``--view text``) gets the game-agnostic text
+view (:mod:`client.text_view`): the public state, the player's private part and the
+last events, as text, and an input line read as JSON (Duel also takes a bare card
+number). ``--options '{"hand": 3}'`` are the room options, used when this join
+creates the room.
+
+Layout and texts are computed by the pure :mod:`client.arena_view` and
+:mod:`client.text_view`; this module owns the terminal, the keyboard and the
+event loop. The keyboard is never read blockingly: curses runs in ``nodelay``
+mode and is polled when stdin becomes readable (``loop.add_reader``) and at
+each frame.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -52,11 +60,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="msgpack",
         help="wire encoding (default msgpack)",
     )
+    parser.add_argument(
+        "--game",
+        default=None,
+        help="the room's game (default: the server's, arena); used when the join creates it",
+    )
+    parser.add_argument(
+        "--options",
+        default=None,
+        help="room options as a JSON object, e.g. '{\"hand\": 3}' (when the join creates it)",
+    )
+    parser.add_argument(
+        "--view",
+        choices=["auto", "arena", "text"],
+        default="auto",
+        help="arena: the arena's map; text: any game as text; auto (default): by --game",
+    )
+
+
+def room_options(raw: str | None) -> dict[str, Any] | None:
+    """``--options`` as a dict (ValueError with what is wrong)."""
+    if raw is None:
+        return None
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--options must be a JSON object, such as '{\"hand\": 3}'")
+    return options
+
+
+def view_of(args: argparse.Namespace) -> str:
+    """``arena`` or ``text``: what this game is drawn with."""
+    view: str = getattr(args, "view", "auto")
+    if view != "auto":
+        return view
+    game = getattr(args, "game", None)
+    return "arena" if game in (None, "arena") else "text"
 
 
 def run(args: argparse.Namespace) -> int:
     from infra.cluster_file import load_cluster
 
+    try:
+        args.room_options = room_options(getattr(args, "options", None))
+    except ValueError as exc:
+        print(f"stateroom play: {exc}", file=sys.stderr)
+        return 2
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return _fail("stateroom play needs an interactive terminal (stdin and stdout a tty)")
     try:
@@ -105,7 +156,14 @@ async def _play(args: argparse.Namespace, auth_url: str, ws_urls: list[str]) -> 
                 " is the cluster running? (stateroom up)"
             )
         keeper = TokenKeeper(auth, tokens)
-        client = RoomClient(ws_urls, args.room, keeper, encoding=args.encoding)
+        client = RoomClient(
+            ws_urls,
+            args.room,
+            keeper,
+            encoding=args.encoding,
+            game=getattr(args, "game", None),
+            options=getattr(args, "room_options", None),
+        )
         try:
             await client.connect(timeout=10.0)
         except ClientError as exc:
@@ -172,9 +230,11 @@ async def _ui(client: RoomClient, args: argparse.Namespace) -> tuple[int, str]:
         curses.cbreak()
         stdscr.keypad(True)
         stdscr.nodelay(True)
+        text = view_of(args) == "text"
         with contextlib.suppress(curses.error):
-            curses.curs_set(0)
-        result = await _Game(client, args, stdscr, _styles()).run()
+            curses.curs_set(1 if text else 0)
+        screen = _TextGame if text else _Game
+        result = await screen(client, args, stdscr, _styles()).run()
     finally:
         with contextlib.suppress(curses.error):
             stdscr.keypad(False)
@@ -422,7 +482,12 @@ class _Game:
         _paint(self.stdscr, render(state, status, rows, cols), self.styles)
 
 
-def _paint(stdscr: curses.window, segments: list[Segment], styles: dict[Style, int]) -> None:
+def _paint(
+    stdscr: curses.window,
+    segments: list[Segment],
+    styles: dict[Style, int],
+    cursor: tuple[int, int] | None = None,
+) -> None:
     import curses
 
     stdscr.erase()
@@ -431,5 +496,181 @@ def _paint(stdscr: curses.window, segments: list[Segment], styles: dict[Style, i
             stdscr.addstr(seg.row, seg.col, seg.text, styles.get(seg.style, 0))
         except curses.error:
             pass  # the bottom-right cell, or a size change under our feet
+    if cursor is not None:
+        with contextlib.suppress(curses.error):
+            stdscr.move(*cursor)
     stdscr.noutrefresh()
     curses.doupdate()
+
+
+# -- any game, as text -------------------------------------------------------------------
+
+# What the text screen's key reader yields besides typed characters (which are 1 long).
+_TEXT_KEYS = {
+    "\n": "ENTER",
+    "\r": "ENTER",
+    "KEY_ENTER": "ENTER",
+    "\x7f": "BACKSPACE",
+    "\b": "BACKSPACE",
+    "KEY_BACKSPACE": "BACKSPACE",
+    "KEY_DC": "BACKSPACE",
+    "\x1b": "ESC",
+    "\x15": "CLEAR",  # Ctrl-U
+    "\x04": "EOF",  # Ctrl-D
+    "\x03": "QUIT",  # Ctrl-C, should it arrive as a key
+    "KEY_UP": "UP",
+    "KEY_DOWN": "DOWN",
+}
+
+
+class _TextGame(_Game):
+    """Any game as text (``client.text_view``): every state's events are logged, the
+    latest state and private part drawn, and typed lines sent as inputs."""
+
+    def __init__(
+        self,
+        client: RoomClient,
+        args: argparse.Namespace,
+        stdscr: curses.window,
+        styles: dict[Style, int],
+    ) -> None:
+        from client.text_view import EventLog, LineEditor
+
+        super().__init__(client, args, stdscr, styles)
+        self.game: str = getattr(args, "game", None) or "arena"
+        self.events = EventLog()
+        self.editor = LineEditor()
+        self.message = ""
+        self.message_bad = False
+        self.sent_seq = 0
+        self.errors_seen: dict[str, int] = {}
+
+    async def _consume(self) -> None:
+        from client.sdk import ClientError
+
+        try:
+            async for state in self.client.states():
+                self.latest = state
+                if state.events:
+                    self.events.add(state.tick, state.events)
+        except ClientError as exc:
+            self.error = str(exc)
+            self.quit.set()
+
+    def _read_keys(self) -> list[str]:
+        import curses
+
+        keys: list[str] = []
+        for _ in range(256):  # bounded: a paste cannot starve the frame loop
+            try:
+                key = self.stdscr.get_wch()
+            except curses.error:
+                break  # no input (nodelay)
+            if isinstance(key, int):
+                if key == curses.KEY_RESIZE:
+                    self.resized = True
+                    continue
+                try:
+                    name = curses.keyname(key).decode("ascii", "replace")
+                except ValueError:
+                    continue
+                if name in _TEXT_KEYS:
+                    keys.append(_TEXT_KEYS[name])
+                continue
+            if key in _TEXT_KEYS:
+                keys.append(_TEXT_KEYS[key])
+            elif key.isprintable():
+                keys.append(key)
+        return keys
+
+    def _handle_keys(self, keys: list[str]) -> None:
+        editor = self.editor
+        for key in keys:
+            if len(key) == 1:
+                editor.insert(key)
+            elif key == "ENTER":
+                self._submit(editor.submit())
+            elif key == "BACKSPACE":
+                editor.backspace()
+            elif key == "CLEAR":
+                editor.clear()
+            elif key == "UP":
+                editor.up()
+            elif key == "DOWN":
+                editor.down()
+            elif key in ("ESC", "EOF") and editor.text:
+                editor.clear()
+            elif key in ("ESC", "EOF", "QUIT"):
+                self.quit.set()
+            if self.quit.is_set():
+                return
+
+    def _submit(self, line: str) -> None:
+        from client.sdk import ClientError
+        from client.text_view import InputError, compact, is_quit, parse_input
+
+        if not line:
+            return
+        if is_quit(line):
+            self.quit.set()
+            return
+        try:
+            value = parse_input(line, self.game)
+            seq = self.client.send_input(value)
+        except InputError as exc:
+            self.message, self.message_bad = str(exc), True
+            return
+        except (ClientError, TypeError, ValueError) as exc:
+            self.message, self.message_bad = f"not sent: {exc}", True
+            return
+        self.sent_seq = seq
+        self.message, self.message_bad = f"sent #{seq} {compact(value)}", False
+
+    def _footer(self, notice: str) -> tuple[str, bool]:
+        """The footer's text and whether it is bad news: the failover notice, a refusal
+        by the server, or what became of the last line typed."""
+        errors = self.client.stats.errors
+        for code, count in errors.items():
+            if count > self.errors_seen.get(code, 0):
+                self.message, self.message_bad = f"the server refused: {code}", True
+        self.errors_seen = dict(errors)
+        if notice:
+            return notice, False
+        message = self.message
+        if self.sent_seq and not self.message_bad and message.startswith("sent #"):
+            acked = self.client.stats.max_ack >= self.sent_seq
+            message += "  (acked)" if acked else "  (waiting for the ack)"
+        return message, self.message_bad
+
+    def _draw(self) -> None:
+        import curses
+
+        from client.arena_view import Style
+        from client.text_view import render
+
+        status = self._status()
+        if self.resized:
+            self.resized = False
+            with contextlib.suppress(curses.error, AttributeError):
+                curses.update_lines_cols()
+        rows, cols = self.stdscr.getmaxyx()
+        message, bad = self._footer(status.notice)
+        latest = self.latest
+        tick = latest.tick if latest else -1
+        key = (status, rows, cols, tick, self.events.total, self.editor.text, message, bad)
+        if key == self.drawn:
+            return
+        self.drawn = key
+        frame = render(
+            latest.state if latest else None,
+            latest.private if latest else None,
+            self.events,
+            status,
+            self.game,
+            self.editor.text,
+            rows,
+            cols,
+            message=message,
+            message_style=Style.BAD if bad else Style.NOTICE,
+        )
+        _paint(self.stdscr, frame.segments, self.styles, frame.cursor)

@@ -9,6 +9,7 @@ restarted by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,14 @@ class LocalCluster:
                 for s in self.servers.values()
             ),
         )
+
+    def write_cluster_file(self, path: Path) -> Path:
+        """A cluster.json for the command-line tools, as ``stateroom up`` writes it."""
+        info = self.info
+        servers = [{"id": s.id, "ws_url": s.ws_url, "pid": s.pid} for s in info.servers]
+        body = {"redis_url": info.redis_url, "auth_url": info.auth_url, "servers": servers}
+        path.write_text(json.dumps(body))
+        return path
 
     def add_server(
         self, name: str, extra: tuple[str, ...] = (), redis_url: str | None = None

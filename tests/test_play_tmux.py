@@ -7,7 +7,6 @@ Every wait polls the screen with a deadline instead of sleeping a fixed time.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -105,17 +104,7 @@ def field(screen: str, name: str) -> str:
 def test_two_players_move_and_survive_a_failover(
     cluster: LocalCluster, tmux: Tmux, tmp_path: Path
 ) -> None:
-    info = cluster.info
-    cluster_file = tmp_path / "cluster.json"
-    cluster_file.write_text(
-        json.dumps(
-            {
-                "redis_url": info.redis_url,
-                "auth_url": info.auth_url,
-                "servers": [{"id": s.id, "ws_url": s.ws_url, "pid": s.pid} for s in info.servers],
-            }
-        )
-    )
+    cluster_file = cluster.write_cluster_file(tmp_path / "cluster.json")
     for name in ("alice", "bob"):
         exit_file = tmp_path / f"{name}.exit"
         command = (

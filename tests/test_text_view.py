@@ -5,7 +5,6 @@ tmux terminals against a real cluster."""
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -310,17 +309,7 @@ def test_two_players_play_a_round_of_duel_in_the_text_view(
     tmux: Tmux,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    info = cluster.info
-    cluster_file = tmp_path / "cluster.json"
-    cluster_file.write_text(
-        json.dumps(
-            {
-                "redis_url": info.redis_url,
-                "auth_url": info.auth_url,
-                "servers": [{"id": s.id, "ws_url": s.ws_url, "pid": s.pid} for s in info.servers],
-            }
-        )
-    )
+    cluster_file = cluster.write_cluster_file(tmp_path / "cluster.json")
     for name in ("alice", "bob"):
         exit_file = tmp_path / f"{name}.exit"
         command = (

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 #: ``policy(rng, state, me) -> input data or None`` (see the module docstring).
 Policy = Callable[[random.Random, "State | None", str], Any]
 DEFAULT_POLICY = "client.bots:ArenaPolicy"
+# The policy a built-in game's bots use when --policy is not given.
+GAME_POLICIES = {"arena": DEFAULT_POLICY, "duel": "client.bots:DuelPolicy"}
 
 
 class ArenaPolicy:
@@ -143,9 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--policy",
-        default=DEFAULT_POLICY,
-        help="module:callable(rng, state, me) -> input data or None"
-        f" (a class: one instance per bot; default {DEFAULT_POLICY})",
+        default=None,
+        help="module:callable(rng, state, me) -> input data or None (a class: one instance"
+        f" per bot; default: the built-in game's own, else {DEFAULT_POLICY})",
     )
     parser.add_argument("--game", default=None, help="game of a room the bots create")
     parser.add_argument(
@@ -468,7 +470,7 @@ def setup_from_args(args: argparse.Namespace) -> BotOptions:
         if not isinstance(options, dict):
             raise ValueError("--options must be a JSON object")
     return BotOptions(
-        policy=load_policy(args.policy),
+        policy=load_policy(args.policy or GAME_POLICIES.get(args.game or "", DEFAULT_POLICY)),
         game=args.game,
         protocol=args.protocol,
         options=options,

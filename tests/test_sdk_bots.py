@@ -298,3 +298,17 @@ def test_flags_become_bot_options() -> None:
     args.options = "[1]"
     with pytest.raises(ValueError, match="JSON object"):
         bots.setup_from_args(args)
+
+
+def test_a_built_in_games_bots_use_its_policy_unless_told_otherwise() -> None:
+    import argparse
+
+    from client.bots import ArenaPolicy, DuelPolicy, add_arguments, setup_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--cluster", "c.json", "--room", "r"]
+    assert setup_from_args(parser.parse_args(base)).policy is ArenaPolicy
+    assert setup_from_args(parser.parse_args([*base, "--game", "duel"])).policy is DuelPolicy
+    told = parser.parse_args([*base, "--game", "duel", "--policy", "client.bots:ArenaPolicy"])
+    assert setup_from_args(told).policy is ArenaPolicy

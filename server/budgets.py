@@ -79,8 +79,9 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)
 
 
-class _Bucket:
-    """A token bucket with ``rate`` per second and room for ``burst``."""
+class TokenBucket:
+    """A token bucket: ``rate`` per second, room for ``burst``; ``take`` is False (and
+    takes nothing) when there are not enough tokens."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -91,8 +92,9 @@ class _Bucket:
         self.stamp = now
 
     def take(self, amount: float, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        # A clock read before the last one (callers read it once per frame) adds nothing.
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
         if self.tokens >= amount:
             self.tokens -= amount
             return True
@@ -112,7 +114,7 @@ class PlayerBudget:
 
     def __init__(self, limits: PlayerLimits) -> None:
         self.limits = limits
-        self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
+        self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
         self._users: dict[str, int] = {}
 
     def attach(self, player_id: str) -> None:
@@ -122,8 +124,8 @@ class PlayerBudget:
             now = time.monotonic()
             limits = self.limits
             self._buckets[player_id] = (
-                _Bucket(limits.messages_per_s, limits.message_burst, now),
-                _Bucket(limits.bytes_per_s, limits.byte_burst, now),
+                TokenBucket(limits.messages_per_s, limits.message_burst, now),
+                TokenBucket(limits.bytes_per_s, limits.byte_burst, now),
             )
 
     def detach(self, player_id: str) -> None:

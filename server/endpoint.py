@@ -157,7 +157,7 @@ class Endpoint:
                 self._leave_room(session, room)
         finally:
             server.connections.closed(session.address, pending)
-            session.close(1000, "connection ended")  # stops its expiry timer if still open
+            session.ended()
             await session.wait_closed()
 
     def _leave_room(self, session: Session, room: Room) -> None:
@@ -358,9 +358,10 @@ class Endpoint:
         traffic = server.metrics.traffic
         traffic.messages_in += 1
         traffic.bytes_in += len(frame)
-        if not session.admit():
+        now = time.monotonic()
+        if not session.admit(now):
             return
-        if not server.player_budget.admit(session.player_id, len(frame), time.monotonic()):
+        if not server.player_budget.admit(session.player_id, len(frame), now):
             session.refuse_rate("input dropped: over this player's message or byte budget")
             return
         try:

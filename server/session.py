@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+from server.budgets import TokenBucket
 from server.fastpath import write_data_frame
 from server.protocol import CloseCode, Codec, ErrorCode, close_reason, error_message
 from server.protocol.delta import DeltaEncoder
@@ -41,26 +42,6 @@ _TRANSITIONS = {
 }
 
 
-class TokenBucket:
-    """Messages per second with a burst allowance; ``take`` is False when empty."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Session:
     """A player's connection; the room holds it while JOINED."""
 
@@ -77,7 +58,7 @@ class Session:
         self.codec = codec
         self.metrics = metrics
         self.outbox_bytes = outbox_bytes
-        self.bucket = TokenBucket(input_rate, input_burst)
+        self.bucket = TokenBucket(input_rate, input_burst, time.monotonic())
         self.state = SessionState.AUTHENTICATING
         self.player_id = ""
         self.name = ""
@@ -163,6 +144,12 @@ class Session:
         delay = max(0.0, deadline - time.time())
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
 
+    def ended(self) -> None:
+        """The connection is over: drop the expiry timer (the handler's return closes it)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
     def _expired(self) -> None:
         self._expiry = None
         if self.state is SessionState.CLOSING:
@@ -180,10 +167,9 @@ class Session:
             self._last_rate_error = now
             self.send_error(ErrorCode.RATE_LIMITED, message)
 
-    def admit(self) -> bool:
+    def admit(self, now: float) -> bool:
         """Rate limit: False drops the message; a sustained flood closes the connection."""
-        now = time.monotonic()
-        if self.bucket.take(now):
+        if self.bucket.take(1, now):
             return True
         if now - self._window_start > 1.0:
             self._window_start = now
@@ -202,9 +188,7 @@ class Session:
             return
         self.state = SessionState.CLOSING
         self.close_code = int(code)
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self.ended()
         log.info(
             "close player=%s room=%s code=%d reason=%s",
             self.player_id or "-",

@@ -47,12 +47,14 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
+# Re-exported: the key layout moved to infra/ so read-only tools can share it.
+from infra.room_keys import LIVENESS_PREFIX as LIVENESS_PREFIX
+from infra.room_keys import LOAD_KEY as LOAD_KEY
+from infra.room_keys import ROOMS_KEY as ROOMS_KEY
+from infra.room_keys import SERVERS_KEY as SERVERS_KEY
+from infra.room_keys import liveness_name as liveness_name
+from infra.room_keys import room_keys as room_keys
 from server.errors import OwnershipLost
-
-SERVERS_KEY = "sr:servers"
-ROOMS_KEY = "sr:rooms"
-LOAD_KEY = "sr:load"
-LIVENESS_PREFIX = "sr:"
 
 _PLACE = """
 local placed = redis.call('GET', KEYS[2])
@@ -123,19 +125,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 """
-
-
-def room_keys(room: str) -> dict[str, str]:
-    base = f"sr:{{{room}}}"
-    return {
-        "lease": f"{base}:lease",
-        "epoch": f"{base}:epoch",
-        "meta": f"{base}:meta",
-        "journal": f"{base}:journal",
-        "ckpt": f"{base}:ckpt",
-        "ckpt_prev": f"{base}:ckpt:prev",
-        "events": f"{base}:events",
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +499,3 @@ class RoomStore:
             for c in clients
             if c.get("name", "").startswith(LIVENESS_PREFIX)
         }
-
-
-def liveness_name(server_id: str) -> str:
-    return f"{LIVENESS_PREFIX}{server_id}"

@@ -55,9 +55,12 @@ lock:
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# The terminal-client tests drive `stateroom play` in tmux. Install it when missing and we
-# can (root with apt-get, as on CI); otherwise those tests skip and say why.
+# The terminal-client tests drive `stateroom play` in tmux; the browser tests drive Debian's
+# chromium (never a browser download). Install what is missing when we can (root with
+# apt-get, as on CI); otherwise those tests skip and say how to install it.
+SYSTEM_DEPS := tmux chromium
 system-deps:
-	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null) \
-	  || echo "tmux not installed: the tmux tests will skip"; }
+	@missing=""; for cmd in $(SYSTEM_DEPS); do command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "not installed:$$missing (as root: apt-get install -y$$missing): the tests that need them will skip"; }

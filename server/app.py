@@ -464,10 +464,9 @@ async def serve_forever(settings: ServerSettings) -> None:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("STATEROOM_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from infra.logs import configure_logging as configure
+
+    configure("server")  # STATEROOM_LOG_FORMAT / STATEROOM_LOG_LEVEL (infra.logs)
 
 
 def run(args: argparse.Namespace) -> int:

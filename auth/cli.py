@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -22,10 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from auth.errors import ConfigError
     from auth.settings import from_sources
     from infra.errors import RedisUrlError
+    from infra.logs import configure_logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # One formatter for our lines and uvicorn's (its log_config is the same dictConfig).
+    log_config = configure_logging("auth")
     try:
         settings = from_sources(args)
         app = create_app(settings)
@@ -40,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         loop=loop,
         http="h11" if importlib.util.find_spec("httptools") is None else "httptools",
         access_log=settings.access_log,
-        log_level="info",
+        log_config=log_config,
+        log_level=str(log_config["root"]["level"]).lower(),  # STATEROOM_LOG_LEVEL
         server_header=False,
         lifespan="on",
         # X-Forwarded-For is read by the app itself, from trusted_proxies only

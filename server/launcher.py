@@ -312,7 +312,10 @@ class Cluster:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from infra.logs import configure_logging
+
+    # The children inherit STATEROOM_LOG_FORMAT/LEVEL: one setting covers the cluster.
+    configure_logging("up")
     cluster = Cluster(args)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

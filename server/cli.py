@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -43,6 +44,17 @@ def version() -> str:
         return "unknown"
 
 
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    """The global ``--log-format``, accepted before or after the sub-command."""
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,  # absent unless given: the environment decides
+        help="log lines as text (default) or one JSON object per line; sets "
+        "STATEROOM_LOG_FORMAT, which the processes `stateroom up` starts inherit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stateroom",
@@ -51,17 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"stateroom {version()}", help="print the version"
     )
+    add_log_format(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)
+        add_log_format(sub)  # also after the sub-command
         module = importlib.import_module(module_name)
         module.add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from infra.logs import FORMAT_ENV, LogConfigError, check_environment
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "log_format", None):
+        os.environ[FORMAT_ENV] = args.log_format  # children (stateroom up's) inherit it
+    try:
+        check_environment()
+    except LogConfigError as exc:
+        parser.error(str(exc))
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

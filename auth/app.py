@@ -39,12 +39,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth.accounts import AccountStore
 from auth.capacity import MemoryGuard
 from auth.clientaddr import Network, address_bucket, client_address, is_loopback, parse_networks
+from auth.cors import Cors, parse_origins
 from auth.errors import (
     ApiError,
     BadRequest,
@@ -323,8 +324,14 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
             if owned:
                 await svc.aclose()
 
-    from auth.rooms import room_routes  # imports this module: import it once it is loaded
+    # These import this module: import them once it is loaded.
+    from auth.dashboard import dashboard_routes
+    from auth.rooms import room_routes
+    from auth.web import Pages
 
+    pages = (
+        Pages(svc).routes(endpoint, dashboard=settings.dashboard != "off") if settings.web else []
+    )
     routes = [
         Route("/v1/guest", endpoint("/v1/guest", guest), methods=["POST"]),
         Route("/v1/accounts", endpoint("/v1/accounts", create_account), methods=["POST"]),
@@ -336,6 +343,8 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
         Route("/healthz", endpoint("/healthz", healthz, limited=False)),
         Route("/metrics", endpoint("/metrics", metrics, limited=False)),
         Route("/openapi.json", endpoint("/openapi.json", openapi, limited=False)),
+        *dashboard_routes(endpoint, svc),  # /dashboard/api/… (auth.dashboard)
+        *pages,  # /, /dashboard, /web, /sdk, /vendor (auth.web)
     ]
     app = Starlette(
         routes=routes,
@@ -343,6 +352,14 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
         lifespan=lifespan,
     )
     app.state.services = svc
+
+    def route_of(scope: Scope) -> tuple[str, frozenset[str]] | None:
+        for route in routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                return route.path, frozenset(route.methods or ())
+        return None
+
+    app.add_middleware(Cors, origins=parse_origins(settings.cors_origins), route_of=route_of)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     app.add_middleware(PlainStartupFailure, services=svc)
     return app
@@ -564,7 +581,7 @@ async def healthz(request: Request, svc: Services) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def check_admin(request: Request, svc: Services) -> None:
+def check_admin(request: Request, svc: Services, what: str = "/metrics") -> None:
     """``admin_token`` set: a matching bearer token; unset: loopback clients only."""
     expected = svc.settings.admin_token
     if expected:
@@ -579,7 +596,7 @@ def check_admin(request: Request, svc: Services) -> None:
         return
     if not is_loopback(svc.client_of(request)):
         raise Forbidden(
-            "/metrics answers loopback clients only; set STATEROOM_ADMIN_TOKEN to scrape "
+            f"{what} answers loopback clients only; set STATEROOM_ADMIN_TOKEN to reach "
             "it from elsewhere with Authorization: Bearer <token>"
         )
 

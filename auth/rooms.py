@@ -24,6 +24,9 @@ on top of the per-address rate limit every ``/v1`` route has:
   minute: with 30-bit codes, guessing one is hopeless at that rate.
 
 Bad input changes nothing: everything is validated before the first write.
+
+``GET /v1/servers`` (same token) lists the live room servers' WebSocket URLs, so a
+browser client that was given only the login service's URL can find a server.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from auth.app import JSONResponse, Services, read_json
 from auth.errors import ApiError, RateLimited, Unauthorized, Unavailable, ValidationFailed
 from auth.metrics import Metrics
 from auth.verify import InvalidToken, TokenVerifier, VerifiedToken
-from infra import directory
+from infra import cluster_view, directory
 from infra.directory import Entry, GameInfo, InvalidOptions, OptionValue
 from infra.revocation import revoked
 
@@ -131,6 +134,7 @@ class RoomsApi:
                 endpoint("/v1/rooms/private/{code}", self.private_room),
                 methods=["GET"],
             ),
+            Route("/v1/servers", endpoint("/v1/servers", self.list_servers), methods=["GET"]),
         ]
 
     # ------------------------------------------------------------ checks
@@ -364,6 +368,12 @@ class RoomsApi:
                 "ws_url": await self.ws_url(entry),
             }
         )
+
+    async def list_servers(self, request: Request, svc: Services) -> Response:
+        """The live room servers, for a client that joins a room by name (any server
+        accepts any room and redirects to its owner)."""
+        await self.player(request)
+        return JSONResponse({"servers": await cluster_view.live_servers(svc.redis)})
 
 
 def room_routes(endpoint: Endpoint, svc: Services) -> list[Route]:

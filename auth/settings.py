@@ -5,7 +5,8 @@ Every field has a flag (``--access-ttl``) and an environment variable
 the default. ``--redis`` also reads ``STATEROOM_REDIS_URL``.
 
 Secrets have no flag (a flag shows in ``ps`` and in process listings): ``admin_token``
-is read from ``STATEROOM_ADMIN_TOKEN`` only, and is left out of the settings' repr.
+is read from ``STATEROOM_ADMIN_TOKEN`` only and ``launcher_token`` from
+``STATEROOM_LAUNCHER_TOKEN`` only, and both are left out of the settings' repr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from auth.errors import ConfigError
 
@@ -54,6 +56,15 @@ class AuthSettings:
     memory_watermark: float = 0.8
     memory_check_interval: float = 2.0  # seconds
     admin_token: str = field(default="", repr=False)  # /metrics bearer token; env only
+    # Browser pages of other origins that may call /v1/* and the JWKS (auth.cors):
+    # comma-separated exact origins, or "*" alone; empty: no CORS headers at all.
+    cors_origins: str = ""
+    web: bool = True  # serve the arena, the dashboard page and the JS SDK (auth.web)
+    dashboard: str = "admin"  # off | admin (admin credential, as /metrics) | open
+    # The control endpoint of `stateroom up` that kills a room's owner for the dashboard;
+    # empty: the dashboard cannot kill (auth.dashboard).
+    launcher_control: str = ""
+    launcher_token: str = field(default="", repr=False)  # its bearer token; env only
 
     def __post_init__(self) -> None:
         positive = (
@@ -86,16 +97,41 @@ class AuthSettings:
                 f"memory_check_interval must be >= 0 ({env('memory_check_interval')})"
             )
         from auth.clientaddr import parse_networks
+        from auth.cors import parse_origins
 
         parse_networks(self.trusted_proxies)  # raises ConfigError naming the bad entry
+        parse_origins(self.cors_origins)  # raises ConfigError naming the bad origin
+        if self.dashboard not in DASHBOARD_MODES:
+            raise ConfigError(
+                f"dashboard must be one of {', '.join(DASHBOARD_MODES)}, not "
+                f"{self.dashboard!r} (--dashboard / {env('dashboard')})"
+            )
+        if self.launcher_control:
+            url = urlsplit(self.launcher_control)
+            if url.scheme not in ("http", "https") or not url.hostname or url.query:
+                raise ConfigError(
+                    "launcher_control must be an http(s)://host:port URL "
+                    f"(--launcher-control / {env('launcher_control')})"
+                )
+            if not self.launcher_token:
+                raise ConfigError(
+                    "launcher_control needs the launcher's token in STATEROOM_LAUNCHER_TOKEN"
+                )
+
+
+DASHBOARD_MODES = ("off", "admin", "open")
 
 
 def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-_ENV_NAMES = {"redis_url": "STATEROOM_REDIS_URL", "admin_token": "STATEROOM_ADMIN_TOKEN"}
-ENV_ONLY = frozenset({"admin_token"})  # secrets: never on a command line
+_ENV_NAMES = {
+    "redis_url": "STATEROOM_REDIS_URL",
+    "admin_token": "STATEROOM_ADMIN_TOKEN",
+    "launcher_token": "STATEROOM_LAUNCHER_TOKEN",
+}
+ENV_ONLY = frozenset({"admin_token", "launcher_token"})  # secrets: never on a command line
 
 
 def env(name: str) -> str:

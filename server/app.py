@@ -48,9 +48,24 @@ from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore, liveness_name
+from server.takeover import TakeoverTimeline
 from server.watcher import FailoverWatcher
 
 log = logging.getLogger("stateroom.server")
+
+# Rooms listed in the registry's room_stats (the busiest first): the entry is rewritten
+# every heartbeat and read by every peer's watcher, so it stays ~20 KB at 1000 rooms.
+ROOM_STATS_CAP = 200
+
+
+def capped_room_stats(
+    stats: dict[str, dict[str, Any]], cap: int = ROOM_STATS_CAP
+) -> dict[str, dict[str, Any]]:
+    """The ``cap`` rooms with the most players (then by name) of ``stats``."""
+    if len(stats) <= cap:
+        return stats
+    ranked = sorted(stats.items(), key=lambda item: (-int(item[1]["players"]), item[0]))
+    return dict(ranked[:cap])
 
 
 class RoomServer:
@@ -224,6 +239,7 @@ class RoomServer:
             "rooms": len(self.rooms),
             "players": sum(len(r.sessions) for r in self.rooms.values()),
             "room_players": {name: len(r.sessions) for name, r in self.rooms.items()},
+            "room_stats": capped_room_stats({name: r.stats() for name, r in self.rooms.items()}),
             "games": games_info(self.games),
         }
 
@@ -238,6 +254,8 @@ class RoomServer:
             self.redis_up_since = time.monotonic() - float(uptime)
             register = True
         if register:
+            for room in self.rooms.values():
+                room.sample_stats()
             await self.store.register_server(self.server_id, self.info())
             await self.store.report_load(self.server_id, len(self.rooms) + len(self.claiming))
         self.redis_ok = True
@@ -297,12 +315,14 @@ class RoomServer:
         creator: str = "",
         options: dict[str, Any] | None = None,
         join_code: str = "",
+        detected_ms: int = 0,
     ) -> Room | None:
         """Claim a room and rebuild it from Redis; None if someone else holds it.
 
         ``for_client=False`` (the watcher): only an existing room is taken over, and one
         that has no seats left is deleted instead of run (an empty room from before a
-        restart is not resurrected)."""
+        restart is not resurrected). ``detected_ms``: Redis's clock when the caller
+        decided to take the room (the takeover record's ``detected_ms``)."""
         pending = self.claiming.get(name)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -313,7 +333,7 @@ class RoomServer:
         self.claiming[name] = future
         try:
             room = await self._claim_and_restore(
-                name, game, replacing, for_client, creator, options, join_code
+                name, game, replacing, for_client, creator, options, join_code, detected_ms
             )
             future.set_result(room)
             return room
@@ -333,6 +353,7 @@ class RoomServer:
         creator: str,
         options: dict[str, Any] | None,
         join_code: str,
+        detected_ms: int,
     ) -> Room | None:
         started = time.perf_counter()
         claim = await self.store.claim(
@@ -345,6 +366,7 @@ class RoomServer:
             creator=creator,
             options=options,
             join_code=join_code,
+            detected_ms=detected_ms,
         )
         if not claim.won:
             return None
@@ -398,6 +420,10 @@ class RoomServer:
         room.creator = claim.creator
         room.join_code = meta.get("code", "")
         room.event_log.load(recent_events)
+        if claim.takeover:
+            seated = [pid for pid, seat in engine.seats.items() if not seat.leaving]
+            room.timeline = TakeoverTimeline(self.store, claim.lease, seated)
+            room.timeline.restored()
         self.rooms[name] = room
         self.metrics.rooms.set(len(self.rooms))
         room.start()

@@ -100,7 +100,8 @@ class Placement:
         if room is not None and room.state is RoomState.RUNNING:
             return room
         for _attempt in range(3):
-            lease, ttl_ms = await server.store.owner_and_ttl(name)
+            # now_ms: Redis's clock of this read, when a takeover decided on it was detected.
+            lease, ttl_ms, now_ms = await server.store.owner_and_ttl(name)
             if lease is not None and lease.server_id != server.server_id:
                 if await server.is_live(lease.server_id):
                     if 0 <= ttl_ms < server.settings.lease_ms // 2:
@@ -117,7 +118,7 @@ class Placement:
                 if not server.settled():
                     return Unavailable("this server just reconnected to Redis")
                 log.info("room=%s owner %s is gone: claiming for a client", name, lease.server_id)
-                taken = await server.take_room(name, game, lease)
+                taken = await server.take_room(name, game, lease, detected_ms=now_ms)
             else:
                 if lease is None and not await server.store.meta(name):
                     placed = placed_hint and await server.store.placed_on(name) == server.server_id
@@ -127,7 +128,7 @@ class Placement:
                             return Redirect(target[1] + "?placed=1", target[0])
                     taken = await self._create_room(name, game, player_id, address, options)
                 else:
-                    taken = await server.take_room(name, game, lease)
+                    taken = await server.take_room(name, game, lease, detected_ms=now_ms)
             if taken is not None:
                 return taken
         return Unavailable("room ownership is changing")

@@ -45,6 +45,7 @@ from server.protocol.delta import DeltaEncoder
 from server.session import Session, SessionState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore
+from server.takeover import TakeoverTimeline
 
 log = logging.getLogger("stateroom.room")
 
@@ -111,6 +112,18 @@ class Room:
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        # A room taken over from a previous owner stamps its takeover record (set by the
+        # server that rebuilt it); None for a room created here.
+        self.timeline: TakeoverTimeline | None = None
+        # Counters for the registry's room_stats, sampled at each heartbeat (no per-tick
+        # allocation): ticks timed, their seconds, accepted inputs, last checkpoint size.
+        self.ticks_timed = 0
+        self.tick_seconds_total = 0.0
+        self.inputs_total = 0
+        self.state_bytes = 0
+        self._sample = (0, 0.0, 0, time.monotonic())
+        self.tick_ms = 0.0
+        self.inputs_per_s = 0.0
         now = time.monotonic()
         # After a takeover nobody is connected yet: every seat starts its grace period.
         for player_id in engine.seats:
@@ -176,6 +189,8 @@ class Room:
         )
         session.needs_keyframe = True  # v2: the first state carries keyframes
         session.resumed = resumed  # v2: only a resumed seat gets the events it missed
+        if self.timeline is not None:
+            self.timeline.player_back(player_id)
         log.info(
             "join room=%s player=%s resumed=%s ack=%d", self.name, player_id, resumed, seat.ack
         )
@@ -202,7 +217,9 @@ class Room:
             session.send_error(ErrorCode.ILLEGAL_INPUT, str(exc), message.seq)
             return
         self.metrics.traffic.count_input(verdict.value)
-        if verdict is Verdict.OUT_OF_ORDER:
+        if verdict is Verdict.ACCEPTED:
+            self.inputs_total += 1
+        elif verdict is Verdict.OUT_OF_ORDER:
             seat = self.engine.seats[session.player_id]
             session.report_gap(message.seq, seat.accepted + 1)
         elif verdict is Verdict.QUEUE_FULL:
@@ -237,7 +254,10 @@ class Room:
                     break
                 started = time.perf_counter()
                 await self._tick()
-                self.metrics.tick_seconds.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.metrics.tick_seconds.observe(elapsed)
+                self.ticks_timed += 1
+                self.tick_seconds_total += elapsed
         except OwnershipLost as exc:
             self.fence(str(exc))
         except asyncio.CancelledError:
@@ -263,6 +283,8 @@ class Room:
         if not self.played:
             self.played = any(event[0] == "i" for event in outcome.events)
         self.event_log.record(outcome.tick, outcome.emitted)
+        if self.timeline is not None:
+            self.timeline.first_tick(outcome.tick)  # durable now, published next
         self._publish(outcome)
         self._maybe_checkpoint()
         if self._is_abandoned():
@@ -425,6 +447,7 @@ class Room:
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
         data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        self.state_bytes = len(data)
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_task = asyncio.get_running_loop().create_task(
             self._write_checkpoint(self.engine.tick, data)
@@ -450,6 +473,7 @@ class Room:
             with contextlib.suppress(Exception):
                 await self._checkpoint_task
         data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        self.state_bytes = len(data)
         await self._write_checkpoint(self.engine.tick, data)
 
     # -- endings ------------------------------------------------------------------------
@@ -520,6 +544,29 @@ class Room:
         if self.state is not RoomState.CLOSED:
             self.state = RoomState.CLOSED
         self.on_closed(self)
+
+    def sample_stats(self) -> None:
+        """Turn the counters since the last sample into the rates of ``stats`` (called
+        once per heartbeat: mean tick time and inputs per second over that window)."""
+        ticks, seconds, inputs, at = self._sample
+        now = time.monotonic()
+        if self.ticks_timed > ticks:
+            self.tick_ms = (self.tick_seconds_total - seconds) * 1000 / (self.ticks_timed - ticks)
+        window = now - at
+        if window > 0:
+            self.inputs_per_s = (self.inputs_total - inputs) / window
+        self._sample = (self.ticks_timed, self.tick_seconds_total, self.inputs_total, now)
+
+    def stats(self) -> dict[str, Any]:
+        """This room in the registry's ``room_stats`` (rates as of the last sample;
+        ``state_bytes``: the last checkpoint's packed size, 0 before the first)."""
+        return {
+            "tick": self.engine.tick,
+            "players": len(self.sessions),
+            "tick_ms": round(self.tick_ms, 3),
+            "state_bytes": self.state_bytes,
+            "inputs_per_s": round(self.inputs_per_s, 1),
+        }
 
     def status(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,15 @@ Cluster slot and its scripts run atomically:
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
     sr:{R}:events    stream, one entry per tick that emitted game events, ID "TICK-EPOCH",
                      field v = [[data, recipients|nil], ...]; the last grace period's ticks
+    sr:{R}:takeover  hash, the last takeover's timeline (TTL 1 h), written by the new
+                     owner: epoch, server, old_server, old_epoch, detected_ms, claimed_ms
+                     (in the claim script), restored_ms, players_expected,
+                     expected_players, first_tick_ms, first_tick, player:ID (stamps)
+    sr:{R}:killed    hash, the last kill by kill-room (TTL 1 h): killed_ms, pid, server,
+                     epoch
+
+Times in the takeover and kill records are Redis ``TIME`` in ms since the Unix epoch:
+one clock for every server and tool, so the durations between them are real.
 
 Global, advisory keys (not needed for correctness):
 
@@ -70,21 +79,52 @@ redis.call('SET', KEYS[2], best, 'PX', ARGV[1])
 return best
 """
 
-_CLAIM = """
+# Redis TIME as milliseconds since the Unix epoch, a string (one clock for every server).
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+"""
+
+_CLAIM = (
+    """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[4] then return {0, cur, ''} end
-if ARGV[8] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then return {0, '', ''} end
+local existed = redis.call('HEXISTS', KEYS[3], 'game') == 1
+if ARGV[8] == '1' and not existed then return {0, '', ''} end
+local old_epoch = redis.call('GET', KEYS[2]) or ''
+local old_server = ''
+if cur then
+  old_server = string.match(cur, '^[^|]*|(.*)$') or ''
+elseif existed then
+  local prev = redis.call('HMGET', KEYS[3], 'last_owner', 'owner')
+  old_server = prev[1] or prev[2] or ''
+end
 local epoch = redis.call('INCR', KEYS[2])
 local lease = epoch .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], lease, 'PX', ARGV[3])
-if redis.call('HEXISTS', KEYS[3], 'game') == 0 then
+if not existed then
   redis.call('HSET', KEYS[3], 'game', ARGV[5], 'seed', ARGV[6], 'created', ARGV[7],
              'creator', ARGV[9], 'options', ARGV[10], 'code', ARGV[11])
 end
-redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'url', ARGV[2], 'epoch', epoch)
+redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'last_owner', ARGV[1], 'url', ARGV[2],
+           'epoch', epoch)
 local meta = redis.call('HMGET', KEYS[3], 'game', 'creator')
-return {1, lease, meta[1], meta[2] or ''}
+local takeover = 0
+if existed then
 """
+    + _NOW_MS
+    + """
+  local detected = ARGV[12]
+  if detected == '' then detected = now end
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'epoch', epoch, 'server', ARGV[1], 'old_server', old_server,
+             'old_epoch', old_epoch, 'detected_ms', detected, 'claimed_ms', now)
+  redis.call('PEXPIRE', KEYS[4], ARGV[13])
+  takeover = 1
+end
+return {1, lease, meta[1], meta[2] or '', takeover}
+"""
+)
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
@@ -122,9 +162,41 @@ return 1
 
 _DELETE_ROOM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', unpack(KEYS))
 return 1
 """
+
+# A later stamp of the takeover record (restored, first tick, a player back): written
+# only while the record is still this epoch's, so an old owner never overwrites a newer
+# takeover. ARGV: epoch, then name/value pairs; an empty value means "now".
+_STAMP_TAKEOVER = (
+    """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return '' end
+"""
+    + _NOW_MS
+    + """
+for i = 2, #ARGV, 2 do
+  local value = ARGV[i + 1]
+  if value == '' then value = now end
+  redis.call('HSET', KEYS[1], ARGV[i], value)
+end
+return now
+"""
+)
+
+# The kill record, written by `kill-room` (or the launcher) right before the SIGKILL.
+_RECORD_KILL = (
+    _NOW_MS
+    + """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'killed_ms', now, 'pid', ARGV[1], 'server', ARGV[2], 'epoch', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return now
+"""
+)
+
+# How long the takeover and kill records of a room are kept.
+RECORD_TTL_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +225,7 @@ class Claim:
     lease: Lease
     game: str
     creator: str = ""  # the player whose join created the room (quota owner)
+    takeover: bool = False  # an existing room claimed anew: its takeover record was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +244,12 @@ class JournalEntry:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _time_ms(reply: Any) -> int:
+    """redis-py's ``TIME`` reply, (seconds, microseconds), in ms since the Unix epoch."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _parse_entry_id(entry_id: Any) -> tuple[int, int]:
@@ -262,6 +341,8 @@ class RoomStore:
         self._checkpoint = redis.register_script(_CHECKPOINT)
         self._release = redis.register_script(_RELEASE)
         self._delete = redis.register_script(_DELETE_ROOM)
+        self._stamp = redis.register_script(_STAMP_TAKEOVER)
+        self._record_kill = redis.register_script(_RECORD_KILL)
 
     # -- ownership ------------------------------------------------------------
 
@@ -269,15 +350,29 @@ class RoomStore:
         value = await self.redis.get(room_keys(room)["lease"])
         return Lease.parse(room, _s(value)) if value else None
 
-    async def owner_and_ttl(self, room: str) -> tuple[Lease | None, int]:
-        """The lease and its remaining milliseconds (-2: no lease). A ticking owner renews
+    async def owner_and_ttl(self, room: str) -> tuple[Lease | None, int, int]:
+        """The lease, its remaining milliseconds (-2: no lease) and Redis's clock (ms, what a
+        takeover decided on this read records as ``detected_ms``). A ticking owner renews
         its lease every tick, so a lease well below ``lease_ms`` means a stalled owner."""
         key = room_keys(room)["lease"]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.pttl(key)
-            value, ttl = await pipe.execute()
-        return (Lease.parse(room, _s(value)) if value else None), int(ttl)
+            pipe.time()
+            value, ttl, now = await pipe.execute()
+        return (Lease.parse(room, _s(value)) if value else None), int(ttl), _time_ms(now)
+
+    async def leases_and_time(self, rooms: list[str]) -> tuple[list[Lease | None], int]:
+        """The leases of ``rooms`` (None: no owner) and Redis's clock (ms), in one trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([room_keys(room)["lease"] for room in rooms])
+            pipe.time()
+            values, now = await pipe.execute()
+        leases = [
+            Lease.parse(room, _s(value)) if value else None
+            for room, value in zip(rooms, values, strict=True)
+        ]
+        return leases, _time_ms(now)
 
     async def claim(
         self,
@@ -291,16 +386,21 @@ class RoomStore:
         creator: str = "",
         options: dict[str, Any] | None = None,
         join_code: str = "",
+        detected_ms: int = 0,
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
         ``must_exist``: only an existing room (a takeover, not a creation). The watcher
         claims with it, so a room that closed and deleted its keys while still listed in
         ``sr:rooms`` is never brought back to life by a peer.
+
+        Claiming an existing room anew is a takeover: the script replaces the room's
+        takeover record (``detected_ms``: Redis's clock when this server decided to take
+        the room; 0 means at the claim).
         """
         keys = room_keys(room)
         won, value, stored_game, *rest = await self._claim(
-            keys=[keys["lease"], keys["epoch"], keys["meta"]],
+            keys=[keys["lease"], keys["epoch"], keys["meta"], keys["takeover"]],
             args=[
                 server_id,
                 ws_url,
@@ -313,6 +413,8 @@ class RoomStore:
                 creator,
                 json.dumps(options or {}, sort_keys=True),
                 join_code,
+                str(detected_ms) if detected_ms > 0 else "",
+                RECORD_TTL_MS,
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
@@ -325,7 +427,9 @@ class RoomStore:
                 room,
                 json.dumps({"owner": server_id, "epoch": lease.epoch, "game": _s(stored_game)}),
             )
-        return Claim(bool(won), lease, _s(stored_game), _s(rest[0]) if rest else "")
+        creator = _s(rest[0]) if rest else ""
+        takeover = len(rest) > 1 and int(rest[1]) == 1
+        return Claim(bool(won), lease, _s(stored_game), creator, takeover)
 
     async def renew(self, lease: Lease) -> None:
         with _fenced(lease):
@@ -348,12 +452,43 @@ class RoomStore:
                 keys["ckpt"],
                 keys["ckpt_prev"],
                 keys["events"],
+                keys["takeover"],
+                keys["killed"],
             ],
             args=[lease.token],
         )
         if deleted:
             await self.redis.hdel(ROOMS_KEY, lease.room)
         return bool(deleted)
+
+    # -- takeover and kill records ------------------------------------------------
+
+    async def stamp_takeover(self, lease: Lease, stamps: dict[str, str]) -> int:
+        """Add ``stamps`` to the room's takeover record if it is still ``lease``'s (an
+        empty value: Redis's clock now, in ms). Returns that clock, or 0 when the record
+        belongs to another epoch (nothing written)."""
+        args: list[Any] = [lease.epoch]
+        for name, value in stamps.items():
+            args += [name, value]
+        now = await self._stamp(keys=[room_keys(lease.room)["takeover"]], args=args)
+        return int(_s(now)) if _s(now) else 0
+
+    async def takeover_record(self, room: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(room_keys(room)["takeover"])
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def record_kill(self, lease: Lease, pid: int) -> int:
+        """Write the room's kill record (Redis's clock, the pid, the owner and its epoch)
+        just before its owner is killed; returns ``killed_ms``."""
+        now = await self._record_kill(
+            keys=[room_keys(lease.room)["killed"]],
+            args=[pid, lease.server_id, lease.epoch, RECORD_TTL_MS],
+        )
+        return int(_s(now))
+
+    async def kill_record(self, room: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(room_keys(room)["killed"])
+        return {_s(k): _s(v) for k, v in raw.items()}
 
     async def options(self, room: str) -> dict[str, Any]:
         """The room's validated options, as stored when it was created."""

@@ -60,16 +60,14 @@ class FailoverWatcher:
         await self._forget_dead_servers(servers, live)
         index = await server.store.rooms_index()
         names = [name for name in index if name not in server.rooms and name not in server.claiming]
-        leases = (
-            await server.redis.mget([f"sr:{{{name}}}:lease" for name in names]) if names else []
-        )
+        # Redis's clock of this read: when a claim decided on it was detected.
+        leases, now_ms = await server.store.leases_and_time(names) if names else ([], 0)
         missing_now: set[str] = set()
-        for name, value in zip(names, leases, strict=True):
-            if value is None:
+        for name, lease in zip(names, leases, strict=True):
+            if lease is None:
                 # Released by a draining owner, or expired (frozen/partitioned owner).
-                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None)
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None, now_ms)
                 continue
-            lease = Lease.parse(name, value.decode() if isinstance(value, bytes) else value)
             if lease.server_id == server.server_id or lease.server_id in live:
                 continue
             missing_now.add(lease.server_id)
@@ -80,7 +78,7 @@ class FailoverWatcher:
                     name,
                     lease.server_id,
                 )
-                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease)
+                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease, now_ms)
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
 
     async def _forget_dead_servers(
@@ -95,13 +93,15 @@ class FailoverWatcher:
                 log.info("server %s is gone: removed from the registry", server_id)
         self._gone_polls = {sid: n for sid, n in self._gone_polls.items() if sid in gone and n < 3}
 
-    def _spawn_claim(self, name: str, game: str, replacing: Lease | None) -> None:
+    def _spawn_claim(self, name: str, game: str, replacing: Lease | None, detected_ms: int) -> None:
         if time.monotonic() < self._broken_until.get(name, 0.0):
             return  # could not be rebuilt a moment ago: don't retry every poll
 
         async def claim() -> None:
             try:
-                await self.server.take_room(name, game, replacing, for_client=False)
+                await self.server.take_room(
+                    name, game, replacing, for_client=False, detected_ms=detected_ms
+                )
             except (*REDIS_DOWN, RedisError, OwnershipLost):
                 pass
             except Exception:  # logged by RoomServer._claim_and_restore; retried later

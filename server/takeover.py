@@ -1,0 +1,76 @@
+"""The takeover record's later stamps: what a room's new owner adds after its claim.
+
+The claim script writes ``sr:{R}:takeover`` (epoch, server, old_server, old_epoch,
+detected_ms, claimed_ms). The new owner then stamps, each once and in this order
+of events: ``restored_ms`` with ``players_expected`` and ``expected_players`` (the
+state was rebuilt), ``first_tick_ms`` and ``first_tick`` (the first tick journaled,
+hence published, under the new epoch), and ``player:ID`` when a restored seat's
+player is back. Each stamp is one small fenced script off the tick's path (a
+background write, never awaited by the tick), and the writes of one room go one
+after the other, so their Redis times keep the order of the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+
+from redis.exceptions import RedisError
+
+from server.redis_errors import REDIS_DOWN
+from server.store import Lease, RoomStore
+
+log = logging.getLogger("stateroom.room")
+
+
+class TakeoverTimeline:
+    """Stamps one takeover's record for the room that owns it (one per takeover)."""
+
+    def __init__(self, store: RoomStore, lease: Lease, expected: Iterable[str]) -> None:
+        self.store = store
+        self.lease = lease
+        self.expected = sorted(expected)
+        self._awaiting = set(self.expected)
+        self._first_tick_done = False
+        self._pending: list[dict[str, str]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def restored(self) -> None:
+        self._write(
+            {
+                "restored_ms": "",
+                "players_expected": str(len(self.expected)),
+                "expected_players": json.dumps(self.expected),
+            }
+        )
+
+    def first_tick(self, tick: int) -> None:
+        if self._first_tick_done:
+            return
+        self._first_tick_done = True
+        self._write({"first_tick_ms": "", "first_tick": str(tick)})
+
+    def player_back(self, player_id: str) -> None:
+        """A restored seat's player has a session on the new owner (first time only)."""
+        if player_id in self._awaiting:
+            self._awaiting.discard(player_id)
+            self._write({f"player:{player_id}": ""})
+
+    @property
+    def done(self) -> bool:
+        return self._first_tick_done and not self._awaiting
+
+    def _write(self, stamps: dict[str, str]) -> None:
+        self._pending.append(stamps)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            stamps = self._pending.pop(0)
+            try:
+                await self.store.stamp_takeover(self.lease, stamps)
+            except (*REDIS_DOWN, RedisError) as exc:  # a record, not the room: drop it
+                log.debug("room=%s takeover stamp %s lost: %s", self.lease.room, stamps, exc)

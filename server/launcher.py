@@ -20,6 +20,10 @@ Secrets:
   ``stateroom status`` and ``stateroom kill-room`` read the cluster through
   Redis. So it is written 0600, and DIR, DIR/logs and DIR/redis are 0700; the
   logs are 0600 and the login service's key file DIR/auth-key.pem is 0600.
+- The control endpoint (``server.control``: the dashboard's "kill owner") listens
+  on 127.0.0.1 only, behind a random secret that only the login service gets, in
+  its environment (``STATEROOM_LAUNCHER_TOKEN``); it kills only ``up``'s own
+  room-server children.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from types import FrameType
 from infra.cluster_file import write_cluster
 from infra.embedded_redis import EmbeddedRedis, die_with_parent, private_dir, terminate
 from infra.redis_url import redact
+from server.control import ControlEndpoint
 
 log = logging.getLogger("stateroom.up")
 
@@ -135,11 +140,31 @@ class Cluster:
         self.redis_url = args.redis or ""
         self.auth: Child | None = None
         self.servers: list[Child] = []
+        self.control: ControlEndpoint | None = None
         self.stopping = False
 
     @property
     def auth_url(self) -> str:
         return f"http://{self.host}:{self.base}"
+
+    def own_server_pids(self) -> set[int]:
+        """Pids of the room servers this launcher runs now: the only ones it may kill."""
+        return {c.proc.pid for c in self.servers if c.proc is not None and c.alive}
+
+    def auth_env(self) -> dict[str, str]:
+        """What the login service learns about this dev cluster, in its environment: the
+        control endpoint and its secret, the open dashboard, our own pages' origins."""
+        assert self.control is not None
+        port = self.base
+        origins = dict.fromkeys(
+            [self.auth_url, f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+        )
+        return {
+            "STATEROOM_AUTH_LAUNCHER_CONTROL": self.control.url,
+            "STATEROOM_LAUNCHER_TOKEN": self.control.token,
+            "STATEROOM_AUTH_DASHBOARD": "open",
+            "STATEROOM_AUTH_CORS_ORIGINS": ",".join(origins),
+        }
 
     def admin_port(self, index: int) -> int:
         """Room server ``index``'s admin listener (/status, /metrics): BASE+100+index."""
@@ -193,6 +218,8 @@ class Cluster:
             log.info("redis   %s (external)", redact(self.redis_url))
         # The only way the children learn the Redis URL (and its password).
         secret_env = {"STATEROOM_REDIS_URL": self.redis_url}
+        self.control = ControlEndpoint(lambda: self.redis_url, self.own_server_pids).start()
+        log.info("control %s (kill-room for the dashboard; bearer secret)", self.control.url)
         key = self.data / "auth-key.pem"
         ensure_key_file(key)
         if key.stat().st_mode & 0o077:
@@ -211,7 +238,7 @@ class Cluster:
             ],
             f"{self.auth_url}/healthz",
             logs / "auth.log",
-            env=secret_env,
+            env={**secret_env, **self.auth_env()},
         )
         self.auth.start()
         for index in range(1, self.count + 1):
@@ -306,6 +333,8 @@ class Cluster:
             child.stop()
         if self.auth:
             self.auth.stop()
+        if self.control:
+            self.control.stop()
         if self.redis:
             self.redis.stop()
         log.info("stopped")
@@ -328,11 +357,14 @@ def run(args: argparse.Namespace) -> int:
         cluster_file = cluster.data / "cluster.json"
         print(
             f"\nStateroom is up. Cluster file: {cluster_file}\n"
+            f"  play in a browser:  {cluster.auth_url}/\n"
+            f"  dashboard:          {cluster.auth_url}/dashboard\n"
             f"  guest login:  curl -s -X POST {cluster.auth_url}/v1/guest\n"
             f"  play:         .venv/bin/stateroom play --cluster {cluster_file} --room lobby\n"
             f"  bots:         .venv/bin/stateroom bots --cluster {cluster_file} --room lobby"
             " --count 50 --seconds 10\n"
-            f"  kill a room:  .venv/bin/stateroom kill-room lobby --cluster {cluster_file}\n"
+            f"  kill a room:  .venv/bin/stateroom kill-room lobby --cluster {cluster_file}"
+            " (or the dashboard's kill owner button)\n"
             f"  status:       .venv/bin/stateroom status --cluster {cluster_file}\n"
             "Ctrl-C stops everything.\n",
             flush=True,

@@ -1,12 +1,17 @@
 """Prometheus metrics of one app instance, in its own registry.
 
 A registry per app (not the global one) so several apps in one test process do
-not collide, and ``/metrics`` shows only the login service's series.
+not collide, and ``/metrics`` shows only the login service's series, plus the
+process metrics every Stateroom service has (``infra.process_metrics``: CPU, RSS,
+fds, GC, event-loop lag). The lag probe starts with the first scrape: ``render`` runs
+on the service's event loop, which nothing of this module sees before.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from infra.process_metrics import LOOP_LAG, register_process_metrics
 
 
 class Metrics:
@@ -52,5 +57,8 @@ class Metrics:
             registry=self.registry,
         )
 
+        register_process_metrics(self.registry)
+
     def render(self) -> bytes:
+        LOOP_LAG.ensure_started()  # no-op once probing, or off the loop
         return generate_latest(self.registry)

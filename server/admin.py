@@ -17,6 +17,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from infra.process_metrics import LOOP_LAG
+
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers = Headers(
@@ -45,6 +47,7 @@ class AdminEndpoint:
         self.server: Server | None = None
 
     async def start(self, host: str, port: int) -> Server:
+        LOOP_LAG.start()  # the event-loop lag of /metrics (infra.process_metrics)
         self.server = await serve(
             self._refuse_websocket,
             host,

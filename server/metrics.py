@@ -1,15 +1,29 @@
-"""Prometheus metrics of one room server (served on GET /metrics)."""
+"""Prometheus metrics of one room server (served on GET /metrics of the admin listener).
+
+Besides its own figures, a room server exports two cluster-wide ones it reads anyway:
+rooms with no live owner (counted at each failover-watcher pass) and Redis's memory
+(``INFO memory``, at most every ``REDIS_MEMORY_EVERY_S``). Every server reports them;
+dashboards and alerts take the ``max`` over servers. Process metrics (CPU, RSS, fds, GC,
+event-loop lag) come from ``infra.process_metrics``.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+from redis.exceptions import ResponseError
+
+from infra.process_metrics import register_process_metrics
+from infra.redis_health import memory_usage
 
 TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 WRITE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0)
+REDIS_MEMORY_EVERY_S = 5.0  # INFO memory at most this often (the watcher polls every 50 ms)
 
 
 class ServerMetrics:
@@ -73,6 +87,41 @@ class ServerMetrics:
         self.redirects = Counter(
             "stateroom_redirects_total", "Joins redirected to the owner", registry=r
         )
+        self.rooms_unowned = Gauge(
+            "stateroom_rooms_unowned",
+            "Rooms in the directory with no live owner at this server's last watcher pass"
+            " (cluster-wide: take the max over servers)",
+            registry=r,
+        )
+        self.redis_used_memory = Gauge(
+            "stateroom_redis_used_memory_bytes",
+            "Redis used_memory (INFO memory), read every 5 s (cluster-wide)",
+            registry=r,
+        )
+        self.redis_maxmemory = Gauge(
+            "stateroom_redis_maxmemory_bytes",
+            "Redis maxmemory (INFO memory; 0: no limit), read every 5 s (cluster-wide)",
+            registry=r,
+        )
+        self._redis_memory_at = float("-inf")
+        register_process_metrics(r)
+
+    async def sample_redis_memory(self, redis: aioredis.Redis) -> None:
+        """Read Redis's memory when the last read is older than REDIS_MEMORY_EVERY_S.
+        A refused INFO (an ACL without it) leaves the gauges unset; connection errors
+        are raised (the caller handles an unreachable Redis)."""
+        now = time.monotonic()
+        if now - self._redis_memory_at < REDIS_MEMORY_EVERY_S:
+            return
+        self._redis_memory_at = now
+        try:
+            usage = await memory_usage(redis)
+        except ResponseError:
+            return
+        if usage.used_memory is not None:
+            self.redis_used_memory.set(usage.used_memory)
+        if usage.maxmemory is not None:
+            self.redis_maxmemory.set(usage.maxmemory)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

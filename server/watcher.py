@@ -63,13 +63,16 @@ class FailoverWatcher:
         # Redis's clock of this read: when a claim decided on it was detected.
         leases, now_ms = await server.store.leases_and_time(names) if names else ([], 0)
         missing_now: set[str] = set()
+        unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned
         for name, lease in zip(names, leases, strict=True):
             if lease is None:
+                unowned += 1
                 # Released by a draining owner, or expired (frozen/partitioned owner).
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None, now_ms)
                 continue
             if lease.server_id == server.server_id or lease.server_id in live:
                 continue
+            unowned += 1
             missing_now.add(lease.server_id)
             # Absent from two polls in a row: its process is gone.
             if self._missing.get(lease.server_id, 0) >= 1:
@@ -80,6 +83,8 @@ class FailoverWatcher:
                 )
                 self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease, now_ms)
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
+        server.metrics.rooms_unowned.set(unowned)
+        await server.metrics.sample_redis_memory(server.redis)  # every 5 s at most
 
     async def _forget_dead_servers(
         self, registered: dict[str, dict[str, Any]], live: set[str]

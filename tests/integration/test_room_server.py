@@ -19,6 +19,7 @@ import msgpack
 import orjson
 import pytest
 import pytest_asyncio
+import redis.asyncio as redis_async
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -28,6 +29,7 @@ from auth.keys import Keyring
 from auth.tokens import TokenIssuer
 from client.bots import run_bots
 from client.sdk import AuthClient, RoomClient
+from server.app import ROOM_STATS_CAP, capped_room_stats
 from server.protocol import CloseCode
 from tests.cluster import LocalCluster, cluster_for, start_cluster
 from tests.support import Processes
@@ -304,6 +306,67 @@ async def test_many_rooms_spread_over_both_servers(shared: LocalCluster) -> None
         spread,
         total,
     )
+
+
+# -- per-room stats in the registry ---------------------------------------------------------
+
+
+async def test_room_stats_in_the_registry_entry(shared: LocalCluster) -> None:
+    """The owner's sr:servers entry carries the room's tick, players, mean tick time,
+    state size (the last checkpoint) and inputs per second, sampled at each heartbeat."""
+    auth = AuthClient(shared.auth_url)
+    token = (await auth.guest("stats")).access_token
+    await auth.aclose()
+    rdb = redis_async.Redis.from_url(shared.redis_url, socket_timeout=2)
+    stats: dict[str, Any] = {}
+    try:
+        async with RoomClient(shared.info.ws_urls, "stats-room", token) as client:
+
+            async def sampled() -> bool:
+                nonlocal stats
+                client.send_input({"dx": 1, "dy": 0})
+                entries = await rdb.hgetall("sr:servers")
+                for raw in entries.values():
+                    entry = orjson.loads(raw)
+                    if "stats-room" in entry.get("room_stats", {}):
+                        stats = entry["room_stats"]["stats-room"]
+                        return bool(stats["inputs_per_s"] > 0 and stats["state_bytes"] > 0)
+                return False
+
+            async with asyncio.timeout(15):
+                while not await sampled():
+                    await asyncio.sleep(0.05)
+            tick = client.stats.last_tick
+    finally:
+        await rdb.aclose()
+    assert set(stats) == {"tick", "players", "tick_ms", "state_bytes", "inputs_per_s"}
+    assert stats["players"] == 1
+    assert 0 < stats["tick"] <= tick + 20  # sampled a heartbeat (0.25 s) ago at most
+    assert 0 < stats["tick_ms"] < 50  # the tick's own time, well under its 50 ms period
+    assert 0 < stats["inputs_per_s"] <= 40  # this client sends one per 50 ms at most
+    assert 100 < stats["state_bytes"] < 10_000  # one arena player, packed
+
+
+def test_room_stats_stay_small_with_1000_rooms() -> None:
+    """Every peer's watcher reads the whole registry each poll: at 1000 rooms the entry
+    lists the ROOM_STATS_CAP busiest rooms only, about 20 KB."""
+    stats = {
+        f"room-{i:04d}": {
+            "tick": 1_000_000 + i,
+            "players": i % 17,
+            "tick_ms": 0.123,
+            "state_bytes": 12_345,
+            "inputs_per_s": 321.5,
+        }
+        for i in range(1000)
+    }
+    capped = capped_room_stats(stats)
+    assert len(capped) == ROOM_STATS_CAP
+    dropped = [s["players"] for name, s in stats.items() if name not in capped]
+    assert min(s["players"] for s in capped.values()) >= max(dropped)  # the busiest are kept
+    assert len(orjson.dumps(capped)) < 25_000
+    small = dict(list(stats.items())[:10])
+    assert capped_room_stats(small) == small
 
 
 # -- sessions -----------------------------------------------------------------------------------

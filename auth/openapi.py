@@ -115,6 +115,8 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **_rooms_paths(),
+            **_dashboard_paths(),
+            **_pages_paths(),
             "/.well-known/jwks.json": {
                 "get": {
                     "summary": "Public signing keys (every current key, newest first)",
@@ -169,7 +171,10 @@ def openapi_document() -> dict[str, Any]:
                 "adminToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "the admin token (STATEROOM_ADMIN_TOKEN); /metrics only",
+                    "description": (
+                        "the admin token (STATEROOM_ADMIN_TOKEN): /metrics, and the dashboard "
+                        "API unless the dashboard is open"
+                    ),
                 },
             },
             "schemas": {
@@ -242,6 +247,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 **_rooms_schemas(),
+                **_dashboard_schemas(),
                 "JWKS": {
                     "type": "object",
                     "required": ["keys"],
@@ -309,6 +315,19 @@ def _room_operation(
 
 def _rooms_paths() -> dict[str, Any]:
     return {
+        "/v1/servers": {
+            "get": {
+                "summary": "The live room servers (any of them accepts any room, and "
+                "redirects to its owner)",
+                "security": [{"accessToken": []}],
+                "responses": {
+                    "200": _json(_ref("ServerList"), "the live servers, by id"),
+                    "401": _TOKEN_401,
+                    "429": _json(_ref("Error"), "rate_limited: the address budget"),
+                    "503": _json(_ref("Error"), "unavailable: Redis down"),
+                },
+            }
+        },
         "/v1/rooms": {
             "get": _room_operation(
                 "Public rooms of a game (joinable ones with a free seat first, busiest first)",
@@ -478,6 +497,255 @@ def _rooms_schemas() -> dict[str, Any]:
                 **room_fields,
                 "running": {"type": "boolean"},
                 "ws_url": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- dashboard (auth.dashboard)
+
+_ADMIN_401 = _json(_ref("Error"), "unauthorized: the admin token is missing or wrong")
+_DASHBOARD_403 = _json(
+    _ref("Error"),
+    "forbidden: no admin token is set and the client is not on loopback; "
+    "dashboard_host_refused: an open dashboard asked under a DNS name (use localhost or "
+    "an IP address)",
+)
+_ROOM_PARAMETER = {
+    "name": "room",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+}
+_DASHBOARD_DESCRIPTION = (
+    "Setting dashboard: off (no such route), admin (the admin credential, as /metrics), "
+    "open (the dev cluster of stateroom up: no credential; Host must be localhost or an "
+    "IP address). No CORS headers."
+)
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    security: list[dict[str, list[str]]] = [{"adminToken": []}, {}]
+    return {
+        "/dashboard/api/cluster": {
+            "get": {
+                "summary": "Servers and rooms of the cluster, as Redis has them",
+                "description": _DASHBOARD_DESCRIPTION,
+                "security": security,
+                "responses": {
+                    "200": _json(_ref("ClusterView"), "the cluster"),
+                    "401": _ADMIN_401,
+                    "403": _DASHBOARD_403,
+                    "503": _json(_ref("Error"), "unavailable: Redis down"),
+                },
+            }
+        },
+        "/dashboard/api/rooms/{room}": {
+            "get": {
+                "summary": "One room in detail, with its last kill, takeover and timeline",
+                "description": _DASHBOARD_DESCRIPTION,
+                "security": security,
+                "parameters": [_ROOM_PARAMETER],
+                "responses": {
+                    "200": _json(_ref("RoomDetail"), "the room"),
+                    "401": _ADMIN_401,
+                    "403": _DASHBOARD_403,
+                    "404": _json(_ref("Error"), "unknown_room: Redis knows nothing of it"),
+                    "422": _json(_ref("Error"), "invalid_room: not a room name"),
+                    "503": _json(_ref("Error"), "unavailable: Redis down"),
+                },
+            }
+        },
+        "/dashboard/api/rooms/{room}/kill": {
+            "post": {
+                "summary": "SIGKILL the room's owner through the launcher of stateroom up",
+                "description": (
+                    "Forwarded to the launcher's control endpoint (setting "
+                    "launcher_control); answers right after the SIGKILL, the recovery is "
+                    "then read from GET /dashboard/api/rooms/{room}. A browser must post "
+                    "from the dashboard's own origin. " + _DASHBOARD_DESCRIPTION
+                ),
+                "security": security,
+                "parameters": [_ROOM_PARAMETER],
+                "responses": {
+                    "200": _json(_ref("KillResult"), "killed"),
+                    "401": _ADMIN_401,
+                    "403": _json(
+                        _ref("Error"),
+                        "kill_unavailable: no launcher (only the dev cluster of stateroom "
+                        "up can kill owners); cross_origin: a browser page of another "
+                        "origin; forbidden, dashboard_host_refused: as the other routes",
+                    ),
+                    "404": _json(_ref("Error"), "no_owner: nobody runs the room right now"),
+                    "409": _json(
+                        _ref("Error"),
+                        "foreign_process: the owner is not a process of this launcher",
+                    ),
+                    "422": _json(_ref("Error"), "invalid_room: not a room name"),
+                    "502": _json(
+                        _ref("Error"),
+                        "launcher_unreachable, launcher_refused (token mismatch), "
+                        "launcher_error: the launcher did not answer usefully",
+                    ),
+                    "503": _json(_ref("Error"), "redis_unavailable (the launcher's Redis)"),
+                },
+            }
+        },
+    }
+
+
+def _page(summary: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "description": (
+            "Setting web (on by default). Cache-Control: no-cache with an ETag "
+            "(If-None-Match -> 304), X-Content-Type-Options: nosniff; pages carry a strict "
+            "Content-Security-Policy."
+        ),
+        "responses": {
+            "200": {"description": "the file", "content": {"*/*": {}}},
+            "304": {"description": "not modified (If-None-Match)"},
+            "404": _json(_ref("Error"), "not_found: no such file (or outside its folder)"),
+        },
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    return {"get": operation}
+
+
+def _pages_paths() -> dict[str, Any]:
+    path = [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/": _page("The browser arena (client/web/index.html)"),
+        "/dashboard": _page("The live dashboard page (setting dashboard not off)"),
+        "/web/{path}": _page("Files of the pages (client/web)", path),
+        "/sdk/{path}": _page("The JavaScript SDK's modules (client/js/src)", path),
+        "/vendor/{path}": _page("The SDK's vendored packages (client/js/vendor)", path),
+    }
+
+
+def _dashboard_schemas() -> dict[str, Any]:
+    nullable_int = {"type": ["integer", "null"]}
+    nullable_number = {"type": ["number", "null"]}
+    step = {
+        "type": "object",
+        "required": ["step", "at_ms", "since_kill_ms"],
+        "properties": {
+            "step": {"enum": ["kill", "claim", "first_tick", "player_back"]},
+            "at_ms": {"type": "integer", "description": "ms since the Unix epoch, Redis TIME"},
+            "since_kill_ms": {
+                **nullable_int,
+                "description": "null unless the kill and the takeover are of one owner",
+            },
+            "server": {"type": "string"},
+            "epoch": nullable_int,
+            "tick": nullable_int,
+            "player": {"type": "string"},
+        },
+    }
+    room = {
+        "room": {"type": "string"},
+        "game": {"type": ["string", "null"]},
+        "owner": {"type": ["string", "null"]},
+        "owner_live": {"type": "boolean"},
+        "epoch": nullable_int,
+        "tick": {"type": "integer", "description": "last journaled tick"},
+        "players": nullable_int,
+        "checkpoint_tick": nullable_int,
+        "checkpoint_age_s": nullable_number,
+        "tick_ms": {**nullable_number, "description": "mean tick time, if the owner publishes it"},
+        "state_bytes": nullable_int,
+        "inputs_per_s": nullable_number,
+        "kill": {"type": ["object", "null"], "description": "killed_ms, pid, server, epoch"},
+        "takeover": {
+            "type": ["object", "null"],
+            "description": (
+                "epoch, server, old_server, old_epoch, detected_ms, claimed_ms, restored_ms, "
+                "first_tick_ms, first_tick, players_expected, players_back {player: ms}"
+            ),
+        },
+        "timeline": {"type": "array", "items": _ref("TimelineStep")},
+        "recovery": {
+            "type": "object",
+            "properties": {
+                "of_kill": {"type": "boolean"},
+                "complete": {"type": "boolean"},
+                "players_expected": nullable_int,
+                "players_back": {"type": "integer"},
+                "unavailable_ms": {**nullable_int, "description": "kill -> first tick"},
+            },
+        },
+    }
+    return {
+        "ServerList": {
+            "type": "object",
+            "required": ["servers"],
+            "properties": {
+                "servers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "ws_url"],
+                        "properties": {"id": {"type": "string"}, "ws_url": {"type": "string"}},
+                    },
+                }
+            },
+        },
+        "TimelineStep": step,
+        "ClusterRoom": {"type": "object", "required": list(room), "properties": room},
+        "ClusterView": {
+            "type": "object",
+            "required": ["now_ms", "servers", "rooms", "rooms_total", "kill_available", "mode"],
+            "properties": {
+                "now_ms": {"type": "integer", "description": "Redis TIME"},
+                "servers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "ws_url": {"type": ["string", "null"]},
+                            "admin_url": {"type": ["string", "null"]},
+                            "pid": nullable_int,
+                            "live": {"type": "boolean"},
+                            "rooms": {"type": "integer"},
+                            "players": {"type": "integer"},
+                            "load": {
+                                **nullable_int,
+                                "description": "rooms + placements in flight",
+                            },
+                            "heartbeat_age_s": nullable_number,
+                        },
+                    },
+                },
+                "rooms": {"type": "array", "items": _ref("ClusterRoom")},
+                "rooms_total": {"type": "integer", "description": "rooms shown: at most 500"},
+                "kill_available": {"type": "boolean"},
+                "mode": {"enum": ["admin", "open"]},
+            },
+        },
+        "RoomDetail": {
+            "type": "object",
+            "properties": {
+                **room,
+                "now_ms": {"type": "integer"},
+                "owner_ws_url": {"type": ["string", "null"]},
+                "lease_ttl_ms": nullable_int,
+                "options": {"type": ["object", "null"]},
+                "created": nullable_int,
+                "journal_length": {"type": "integer"},
+                "kill_available": {"type": "boolean"},
+            },
+        },
+        "KillResult": {
+            "type": "object",
+            "required": ["room", "killed_pid", "old_server", "old_epoch", "killed_ms"],
+            "properties": {
+                "room": {"type": "string"},
+                "killed_pid": {"type": "integer"},
+                "old_server": {"type": "string"},
+                "old_epoch": {"type": "integer"},
+                "killed_ms": {"type": "integer", "description": "Redis TIME, ms"},
             },
         },
     }

@@ -252,13 +252,16 @@ class Child:
     cpus: set[int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    #: The source tree it runs from (``python -m`` puts it first on sys.path): another
+    #: checkout (a ``git worktree``) runs that checkout's code with the same venv.
+    root: Path = REPO
 
     def start(self) -> None:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", *self.args],
-                cwd=REPO,
+                cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -307,6 +310,8 @@ class Stack:
     redis_cpus: set[int] | None = None
     auth_cpus: set[int] | None = None
     supervise: bool = False
+    #: Source tree of the room servers (see ``Child.root``); auth and Valkey run from ours.
+    server_root: Path = REPO
     tmp: str | None = None
     redis: EmbeddedRedis | None = None
     auth: Child | None = None
@@ -381,6 +386,7 @@ class Stack:
                     f"http://127.0.0.1:{port}/readyz",
                     logs / f"s{index}.log",
                     cpus=self.server_cpus,
+                    root=self.server_root,
                 )
             )
         for child in self.children:

@@ -359,13 +359,14 @@ def run(args: argparse.Namespace) -> int:
             f"\nStateroom is up. Cluster file: {cluster_file}\n"
             f"  play in a browser:  {cluster.auth_url}/\n"
             f"  dashboard:          {cluster.auth_url}/dashboard\n"
-            f"  guest login:  curl -s -X POST {cluster.auth_url}/v1/guest\n"
-            f"  play:         .venv/bin/stateroom play --cluster {cluster_file} --room lobby\n"
-            f"  bots:         .venv/bin/stateroom bots --cluster {cluster_file} --room lobby"
+            f"  guest login:        curl -s -X POST {cluster.auth_url}/v1/guest\n"
+            f"  play:               .venv/bin/stateroom play --cluster {cluster_file}"
+            " --room lobby\n"
+            f"  bots:               .venv/bin/stateroom bots --cluster {cluster_file} --room lobby"
             " --count 50 --seconds 10\n"
-            f"  kill a room:  .venv/bin/stateroom kill-room lobby --cluster {cluster_file}"
+            f"  kill a room:        .venv/bin/stateroom kill-room lobby --cluster {cluster_file}"
             " (or the dashboard's kill owner button)\n"
-            f"  status:       .venv/bin/stateroom status --cluster {cluster_file}\n"
+            f"  status:             .venv/bin/stateroom status --cluster {cluster_file}\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -6,7 +6,7 @@ Cluster slot and its scripts run atomically:
     sr:{R}:lease     "EPOCH|SERVER"  with a TTL      who owns R right now (the fence)
     sr:{R}:epoch     int, INCR on every claim        monotonic ownership counter
     sr:{R}:meta      hash: game, seed, creator, options (JSON), code (private rooms),
-                     owner, url, epoch, created
+                     owner, url, epoch, last_owner (kept when a release clears owner), created
     sr:{R}:journal   stream, one entry per tick, ID "TICK-EPOCH", field e = events
     sr:{R}:ckpt      hash: tick, epoch, at (ms), data (msgpack snapshot); :ckpt:prev the one before
     sr:{R}:events    stream, one entry per tick that emitted game events, ID "TICK-EPOCH",

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+# Where `stateroom up` writes it (its --data default): the tools' default --cluster.
+DEFAULT_CLUSTER_FILE = Path(".stateroom") / "cluster.json"
+
 
 @dataclass(frozen=True)
 class ServerEntry:

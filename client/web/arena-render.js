@@ -77,7 +77,13 @@ export function draw(ctx, world, selfId, { width, height, dpr = 1 }) {
       ctx.arc(px, py, radius + 4, 0, 2 * Math.PI);
       ctx.stroke();
     }
+    // The name above the disc, kept inside the field (a player at the edge stays readable).
+    const label = mine ? `${p.name} (you)` : p.name;
+    const half = ctx.measureText(label).width / 2;
+    const lx = Math.min(Math.max(px, X(0) + half + 2), X(world.w) - half - 2);
+    const above = py - radius - (mine ? 6 : 3);
+    const ly = above - 14 < Y(0) ? py + radius + (mine ? 22 : 18) : above; // no room: below
     ctx.fillStyle = mine ? "#ffffff" : "#c8d0e0";
-    ctx.fillText(mine ? `${p.name} (you)` : p.name, px, py - radius - (mine ? 6 : 3));
+    ctx.fillText(label, lx, ly);
   }
 }

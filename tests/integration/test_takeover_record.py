@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +221,18 @@ async def test_kill_record_and_delete_room(store: RoomStore) -> None:
     assert await store.takeover_record("r") == {} and await store.kill_record("r") == {}
     again = await claim(store, "c")
     assert again.won and not again.takeover and again.lease.epoch > second.lease.epoch
+
+
+def test_kill_room_reads_the_cluster_file_of_stateroom_up_by_default(tmp_path: Path) -> None:
+    """No --cluster: .stateroom/cluster.json of the current folder; missing, a clear error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "kill-room", "lobby"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert ".stateroom/cluster.json not found" in result.stderr, result
+    assert "Traceback" not in result.stderr

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.cluster_file import ClusterInfo, load_cluster
+from infra.cluster_file import DEFAULT_CLUSTER_FILE, ClusterInfo, load_cluster
 
 if TYPE_CHECKING:
     from client.sdk import State
@@ -126,8 +126,17 @@ def event_key(event: Any, seq_field: str) -> Hashable | None:
     return (tuple(sorted(str(k) for k in event if k != seq_field)), number)
 
 
+def missing_cluster(path: Path) -> str:
+    """What to say when the cluster file is not there (``play`` says it too)."""
+    return f"no cluster file at {path}: start one with `stateroom up` or pass --cluster"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", required=True, help="cluster.json written by stateroom up")
+    parser.add_argument(
+        "--cluster",
+        default=str(DEFAULT_CLUSTER_FILE),
+        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER_FILE})",
+    )
     parser.add_argument(
         "--room", required=True, help="room name (with --rooms-of, the name prefix)"
     )
@@ -486,7 +495,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"stateroom bots: {exc}", file=sys.stderr)
         return 2
-    cluster = load_cluster(Path(args.cluster))
+    path = Path(args.cluster)
+    if not path.exists():
+        print(f"stateroom bots: {missing_cluster(path)}", file=sys.stderr)
+        return 1
+    cluster = load_cluster(path)
     summary: dict[str, Any] = {}
 
     async def main() -> None:

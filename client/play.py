@@ -35,7 +35,9 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.bots import missing_cluster
 from client.sdk import RefreshingToken
+from infra.cluster_file import DEFAULT_CLUSTER_FILE
 
 if TYPE_CHECKING:
     import curses
@@ -51,7 +53,11 @@ LEAVE_TIMEOUT = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", required=True, help="cluster.json written by stateroom up")
+    parser.add_argument(
+        "--cluster",
+        default=str(DEFAULT_CLUSTER_FILE),
+        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER_FILE})",
+    )
     parser.add_argument("--room", required=True, help="room name (created on first join)")
     parser.add_argument("--name", default=None, help="display name for the guest login")
     parser.add_argument(
@@ -110,8 +116,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return _fail("stateroom play needs an interactive terminal (stdin and stdout a tty)")
+    path = Path(args.cluster)
+    if not path.exists():
+        return _fail(missing_cluster(path))
     try:
-        cluster = load_cluster(Path(args.cluster))
+        cluster = load_cluster(path)
     except SystemExit as exc:
         return _fail(str(exc.code))
     if not cluster.servers:

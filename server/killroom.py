@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from infra.cluster_file import load_cluster
+from infra.cluster_file import DEFAULT_CLUSTER_FILE, load_cluster
 from infra.errors import InfraError
 from infra.redis_url import connect as connect_redis
 from server.store import RoomStore
 
-DEFAULT_CLUSTER = ".stateroom/cluster.json"
 PLAYERS_WAIT_S = 5.0  # how long the report waits for the restored seats' players
 
 
@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("room", help="room name")
     parser.add_argument(
         "--cluster",
-        default=DEFAULT_CLUSTER,
-        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER})",
+        type=Path,
+        default=DEFAULT_CLUSTER_FILE,
+        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER_FILE})",
     )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for recovery")
     parser.add_argument(
@@ -244,7 +245,14 @@ def _timeline_line(timeline: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cluster = load_cluster(Path(args.cluster))
+    if not args.cluster.exists():
+        print(
+            f"stateroom kill-room: no cluster file at {args.cluster}: start one with "
+            "`stateroom up` or pass --cluster",
+            file=sys.stderr,
+        )
+        return 1
+    cluster = load_cluster(args.cluster)
     try:
         report = asyncio.run(
             kill_room(cluster.redis_url, args.room, args.timeout, args.players_wait)

@@ -273,6 +273,13 @@ async def test_process_request_answers_plain_http(serve: Serve) -> None:
         client.close()
 
 
+async def test_plain_http_not_answered_by_the_hook_gets_426(serve: Serve) -> None:
+    listener = await serve(process_request=None)
+    client = await RawClient.get(listener.port, "/v1/ws")
+    assert client.status == 426
+    client.close()
+
+
 async def test_process_request_sees_headers_and_address(serve: Serve) -> None:
     seen: list[HttpRequest] = []
 

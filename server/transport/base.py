@@ -178,11 +178,15 @@ class Connection(ABC):
         if not self.open:
             return False
         if self.write_buffer_size() > self.outbox_bytes:
-            self.close(self.options.overflow_code, self.options.overflow_reason)
-            if self.on_overflow is not None:
-                self.on_overflow()
+            self._evict()
             return False
         return self._write(payload, text)
+
+    def _evict(self) -> None:
+        """The Overflow.EVICT policy: close with the overflow code, tell the owner."""
+        self.close(self.options.overflow_code, self.options.overflow_reason)
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     @property
     @abstractmethod

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -78,6 +79,14 @@ _PONG = WSMsgType.PONG
 # picows logs every accepted and lost connection at INFO and every client's protocol
 # violation at ERROR: a client would decide how much we log. What matters is logged
 # by this module; picows' own logger only speaks for failures of picows itself.
+def _nothing_buffered() -> int:
+    return 0
+
+
+def _not_connected(msg_type: WSMsgType, payload: bytes) -> None:
+    raise ConnectionClosed("not connected yet")
+
+
 def _code(code: int) -> WSCloseCode:
     """picows takes any int where its stubs say WSCloseCode (its enum is a C enum)."""
     return cast(WSCloseCode, code)
@@ -106,7 +115,10 @@ class PicowsConnection(Connection, WSListener):
         self._max = options.max_message_bytes
         # Delivery: True while open and no fragmented message is being reassembled.
         self._fast = False
-        self._closing = False  # a close frame was sent or received, or the socket is gone
+        # A close frame was sent or received, or the socket is gone (or not there yet).
+        self._closing = True
+        self._buffered: Callable[[], int] = _nothing_buffered
+        self._send: Callable[[WSMsgType, bytes], None] = _not_connected
         self._close_sent = False
         self._gone = False
         self._parts: list[bytes] | None = None
@@ -142,6 +154,19 @@ class PicowsConnection(Connection, WSListener):
         if transport is None:
             return 0
         return int(transport.underlying_transport.get_write_buffer_size())
+
+    def send(self, payload: bytes, text: bool) -> bool:
+        """Connection.send inlined: this runs once per player per tick."""
+        if self._closing:
+            return False
+        if self._buffered() > self.outbox_bytes:
+            self._evict()
+            return False
+        try:
+            self._send(_TEXT if text else _BINARY, payload)
+        except Exception:  # the socket broke under us; on_ws_disconnected cleans up
+            return False
+        return True
 
     def _write(self, payload: bytes, text: bool) -> bool:
         transport = self._transport
@@ -184,7 +209,13 @@ class PicowsConnection(Connection, WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        self._buffered = transport.underlying_transport.get_write_buffer_size
+        self._send = transport.send
+        self._closing = False
         self._fast = True
+        if os.environ.get("NOQUICKACK"):
+            sock = transport.underlying_transport.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
         sndbuf = self.options.socket_sndbuf
         if sndbuf:
             sock = transport.underlying_transport.get_extra_info("socket")
@@ -552,7 +583,9 @@ async def listen(handler: Handler, options: TransportOptions) -> PicowsListener:
         return protocol
 
     loop = asyncio.get_running_loop()
-    if _create_server is not None:
+    import os
+
+    if _create_server is not None and not os.environ.get("NOFASTNET"):
         server = await _create_server(loop, protocol_factory, options.host, options.port)
     else:  # pragma: no cover
         server = await loop.create_server(protocol_factory, options.host, options.port)

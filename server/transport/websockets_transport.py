@@ -118,6 +118,23 @@ class WebsocketsConnection(Connection):
     def write_buffer_size(self) -> int:
         return self._ws.transport.get_write_buffer_size()
 
+    def send(self, payload: bytes, text: bool) -> bool:
+        """Connection.send inlined: this runs once per player per tick."""
+        ws = self._ws
+        if self._closing or ws.protocol.state is not State.OPEN:
+            return False
+        transport = ws.transport
+        if transport.get_write_buffer_size() > self.outbox_bytes:
+            self._evict()
+            return False
+        if ws.protocol.writes:
+            return self._write(payload, text)
+        try:
+            transport.write(frame_header(len(payload), text) + payload)
+        except Exception:  # the connection broke under us; connection_lost cleans up
+            return False
+        return True
+
     def _write(self, payload: bytes, text: bool) -> bool:
         ws = self._ws
         try:

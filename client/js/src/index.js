@@ -14,7 +14,7 @@
  */
 
 export { AuthClient, RefreshingToken } from "./auth.js";
-export { AUTH_ERRORS, CloseCode, ErrorCode, PROTOCOL_V1, PROTOCOL_V2, RETRYABLE_CLOSES, SUBPROTOCOLS } from "./codes.js";
+export { CloseCode, ErrorCode, PROTOCOL_V1, PROTOCOL_V2, RETRYABLE_CLOSES, SUBPROTOCOLS } from "./codes.js";
 export { decodeJson, decodeMsgpack, encodeJson, encodeMsgpack, makeCodec } from "./codec.js";
 export { DeltaDecoder, isKeyframe } from "./delta.js";
 export {

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -213,9 +212,6 @@ class PicowsConnection(Connection, WSListener):
         self._send = transport.send
         self._closing = False
         self._fast = True
-        if os.environ.get("NOQUICKACK"):
-            sock = transport.underlying_transport.get_extra_info("socket")
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
         sndbuf = self.options.socket_sndbuf
         if sndbuf:
             sock = transport.underlying_transport.get_extra_info("socket")
@@ -583,9 +579,7 @@ async def listen(handler: Handler, options: TransportOptions) -> PicowsListener:
         return protocol
 
     loop = asyncio.get_running_loop()
-    import os
-
-    if _create_server is not None and not os.environ.get("NOFASTNET"):
+    if _create_server is not None:
         server = await _create_server(loop, protocol_factory, options.host, options.port)
     else:  # pragma: no cover
         server = await loop.create_server(protocol_factory, options.host, options.port)

@@ -65,7 +65,7 @@ pytestmark = [pytest.mark.slow]
 def require(what: str, how: str) -> None:
     """A missing tool fails the test on CI and skips it elsewhere, saying how to get it."""
     message = f"{what} is missing: {how}"
-    if os.environ.get("CI"):
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
         pytest.fail(f"{message} (required on CI)")
     pytest.skip(message)
 
@@ -264,6 +264,19 @@ def run_node(
         return proc.returncode, stdout, stderr
 
 
+@pytest.mark.timeout(10)
+def test_missing_chromium_fails_on_ci_and_skips_elsewhere_saying_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium.*required on CI"):
+        chromium_path()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install -y chromium"):
+        chromium_path()
+
+
 @pytest.mark.timeout(30)
 def test_arena_page_modules() -> None:
     """The page's pure modules (interpolation, checks, controls) under Node's test runner."""
@@ -332,6 +345,8 @@ def test_two_browsers_play_through_a_kill_from_the_dashboard(up: Up, tmp_path: P
         assert (shown["sent"], shown["acked"]) == (str(stats["sent"]), str(stats["acked"])), shown
         assert shown["latency"].endswith(")") and "ms" in shown["latency"], shown
     assert [page["encoding"] for page in result["players"]] == ["msgpack", "json"]
+    assert result["badRoom"]["error"].startswith("bad room name"), result["badRoom"]
+    assert result["badRoom"]["banner"] == result["badRoom"]["error"], result["badRoom"]
     assert result["padShown"] is True  # the touch screen shows the pad (it played with it)
     # Both players are in the same room, each seeing the other on the same new owner.
     first, second = result["players"]

@@ -18,6 +18,7 @@
 //    gap), and keep playing for a second; then they let go and wait until every input
 //    they sent is acked.
 // 4. The dashboard's timeline for the room appears (`#timeline[data-room][data-complete]`).
+// 5. A page asked for a room name the protocol refuses shows why (and connects nowhere).
 //
 // Prints `screenshot: PATH` lines, then one line `RESULT {json}` with each page's
 // counts (window.stateroom, see client/web/arena.js), the timeline's steps, and the
@@ -161,7 +162,7 @@ try {
   await Promise.all(
     players.map((page) =>
       page.waitForFunction(
-        () => window.stateroom.status === "open" && window.stateroom.stats.states > 0
+        () => window.stateroom?.status === "open" && window.stateroom.stats.states > 0
           && document.querySelectorAll("#scoreboard li").length >= 2,
         null,
         { timeout: Math.min(left(), 15000) },
@@ -177,6 +178,7 @@ try {
 
   const dashboard = await newPage();
   dashboard.on("pageerror", (err) => consoleErrors.push(`dashboard: ${err.message}`));
+  dashboard.on("console", (msg) => msg.type() === "error" && consoleErrors.push(`dashboard: ${msg.text()}`));
   await dashboard.goto(`${config.baseUrl}/dashboard`, { timeout: left() });
   const kill = dashboard.locator(`button[data-kill-room="${config.room}"]`);
   await kill.waitFor({ timeout: Math.min(left(), 15000) });
@@ -231,6 +233,13 @@ try {
   await shot(dashboard, "dashboard-timeline", { fullPage: true });
   const after = await Promise.all(players.map(hookOf));
   const bars = await Promise.all(players.map(bar));
+  // Bad input: a room name the protocol refuses is a clear error on the page, not a hang.
+  const bad = await newPage();
+  bad.on("console", (msg) => msg.type() === "error" && consoleErrors.push(`bad room page: ${msg.text()}`));
+  bad.on("pageerror", (err) => consoleErrors.push(`bad room page: ${err.message}`));
+  await bad.goto(`${config.baseUrl}/?room=${encodeURIComponent("no spaces!")}`, { timeout: left() });
+  await bad.waitForFunction(() => window.stateroom?.status === "closed", null, { timeout: 5000 });
+  const badRoom = { error: (await hookOf(bad)).error, banner: await bad.locator("#banner").textContent() };
   const result = {
     ok: true,
     room: config.room,
@@ -240,6 +249,7 @@ try {
     players: after,
     bars,
     padShown,
+    badRoom,
     timeline: steps,
     screenshots,
     consoleErrors,
@@ -247,7 +257,7 @@ try {
   };
   console.log(`RESULT ${JSON.stringify(result)}`);
 } catch (error) {
-  console.log(`RESULT ${JSON.stringify({ ok: false, error: String(error && error.stack || error), screenshots, consoleErrors })}`);
+  console.log(`RESULT ${JSON.stringify({ ok: false, error: String((error && error.stack) || error), screenshots, consoleErrors })}`);
   for (const [i, page] of browser.contexts().flatMap((c) => c.pages()).entries()) {
     try {
       await shot(page, `failure-page${i + 1}`);

@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 UV_COMPILE := pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--upgrade --custom-compile-command "make lock"
 
-.PHONY: run test lint typecheck unit bench lock clean system-deps
+.PHONY: run test lint typecheck unit bench lock clean system-deps js-deps
 
 $(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) system-deps
+unit: $(STAMP) system-deps js-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -54,6 +54,20 @@ lock:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The JavaScript SDK's npm packages (client/js: @msgpack/msgpack, ws; for the tests
+# typescript and playwright-core), installed exactly from package-lock.json, again only
+# when the lock file (or package.json) is newer than the stamp. Needs node >= 20 and npm;
+# `make run` does not (browsers load the SDK and the vendored msgpack as committed).
+JS_DIR := client/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm (with node >= 20) is required for the JavaScript SDK's tests: install Node.js 20 or later, then run make js-deps" >&2; exit 1; }
+	cd $(JS_DIR) && npm ci --no-audit --no-fund
+	touch $(JS_STAMP)
+
+js-deps: $(JS_STAMP)
 
 # The terminal-client tests drive `stateroom play` in tmux; the browser tests drive Debian's
 # chromium (never a browser download). Install what is missing when we can (root with

@@ -105,6 +105,7 @@ function freshWindow() {
     closes: {},
     seqResets: 0,
     lateSlots: 0,
+    inputsSkipped: 0,
     rollbacks: 0,
   };
 }
@@ -377,7 +378,9 @@ function pump() {
   if (now - nextSlotAt > INPUT_MS) {
     // Far behind (the process was starved): do not burst a backlog at the server's rate
     // limit; count the slots missed and go on from now.
-    win.lateSlots += Math.floor((now - nextSlotAt) / slotMs);
+    const missed = Math.floor((now - nextSlotAt) / slotMs);
+    win.lateSlots += missed;
+    win.inputsSkipped += Math.round((missed * players.filter((p) => p.seated).length) / SLOTS);
     nextSlotAt = now;
   }
   while (nextSlotAt <= now) {
@@ -429,6 +432,9 @@ function report() {
     closes: win.closes,
     seq_resets: win.seqResets,
     late_slots: win.lateSlots,
+    inputs_skipped: win.inputsSkipped,
+    closes_total: total.closes,
+    errors_total: total.errors,
     rollbacks: win.rollbacks,
     lost_acked_inputs: lost,
     duplicate_inputs: dup,

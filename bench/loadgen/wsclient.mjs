@@ -20,10 +20,13 @@ import { fileURLToPath } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
-/** Load an npm package from bench/loadgen (`npm ci` here) or client/js (`make js-deps`). */
+/**
+ * Load an npm package from the node_modules of: $STATEROOM_LOADGEN_MODULES (bench/arena.py
+ * sets it), bench/loadgen (`npm ci` here), or client/js (`make js-deps`).
+ */
 function load(name) {
   const bases = [
-    process.env.STATEROOM_LOADGEN_NODE_MODULES,
+    process.env.STATEROOM_LOADGEN_MODULES,
     HERE,
     join(HERE, "..", "..", "client", "js"),
   ].filter(Boolean);

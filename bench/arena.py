@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import queue
+import shlex
 import shutil
 import signal
 import statistics
@@ -262,6 +263,8 @@ class Options:
     max_loadgen_cpu: float
     max_loop_delay_ms: float
     core_full: float
+    server_args: tuple[str, ...] = ()
+    ref_server_args: tuple[str, ...] = ()
 
 
 def stack_for(tree: Tree, opts: Options) -> Stack:
@@ -269,6 +272,7 @@ def stack_for(tree: Tree, opts: Options) -> Stack:
     args = ["--games", BENCH_GAME]
     if not opts.durable:
         args.append("--no-durable")
+    args += opts.ref_server_args if tree.name == "ref" else opts.server_args
     return Stack(
         servers=1,
         server_args=args,
@@ -287,6 +291,13 @@ def _evicted(after: dict[str, float], before: dict[str, float]) -> dict[str, int
             if delta:
                 out[key.split('reason="', 1)[1].split('"', 1)[0]] = delta
     return out
+
+
+def per_message(cpu_s: float, report: dict[str, Any]) -> float | None:
+    """The load generator's CPU per message it handled (inputs sent + states received): its
+    cost, whatever share of its core other processes left it."""
+    messages = report["inputs_sent"] + report["states_received"]
+    return round(cpu_s / messages * 1e6, 2) if messages else None
 
 
 def saturation(point: dict[str, Any], report: dict[str, Any], opts: Options) -> list[str]:
@@ -446,6 +457,7 @@ def analyse(
         ),
         "loadgen_states_per_s": round(report["states_received"] / report["window_s"], 1),
         "loadgen_bytes_in_per_s": round(report["bytes_received"] / report["window_s"]),
+        "loadgen_cpu_us_per_message": per_message(window.used["loadgen"], report),
         "probe_states": report["probe_states_decoded"],
         "probe_inputs_seen": report["probe_inputs_seen"],
         "latency_ms_raw": report.get("latency_ms"),
@@ -530,11 +542,14 @@ def measure_standin(scenario: str, n: int, opts: Options) -> dict[str, Any]:
         joined = gen.event("joined", timeout=60 + n * 0.05)
         point.update(join_s=joined["join_s"], seated=joined["seated"], failed=joined["failed"])
         time.sleep(opts.warmup)
-        window = CpuWindow({"standin": standin.pid, "loadgen": gen.pid})
+        window = CpuWindow({"standin": standin.pid, "loadgen": gen.pid, "driver": os.getpid()})
+        machine = MachineWindow(window, {0: ["standin"], 1: ["loadgen", "driver"]} if two else {})
         gen.command("window")
+        machine.start()
         window.start()
         time.sleep(opts.seconds)
         window.stop()
+        machine.stop()
         gen.command("report")
         report = gen.event("report", timeout=30)
     except (RuntimeError, TimeoutError, OSError) as exc:
@@ -556,8 +571,11 @@ def measure_standin(scenario: str, n: int, opts: Options) -> dict[str, Any]:
         ),
         "loadgen_states_per_s": round(report["states_received"] / report["window_s"], 1),
         "loadgen_bytes_in_per_s": round(report["bytes_received"] / report["window_s"]),
+        "loadgen_cpu_us_per_message": per_message(window.used["loadgen"], report),
         "latency_ms_raw": report.get("latency_ms"),
         "seated_at_end": report["seated"],
+        "other_processes_cpu_cores": machine.others_cores() if two else None,
+        "busy_cores": machine.busy_cores() if two else None,
     }
     reasons = saturation({**point, **res}, report, opts)
     res["loadgen_saturated"] = bool(reasons)
@@ -803,6 +821,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         max_loadgen_cpu=args.max_loadgen_cpu,
         max_loop_delay_ms=args.max_loop_delay_ms,
         core_full=args.core_full,
+        server_args=tuple(shlex.split(args.server_args)),
+        ref_server_args=tuple(shlex.split(args.ref_server_args or args.server_args)),
     )
     info: dict[str, Any] = {}
     if opts.loadgen == "node" or args.standin:
@@ -855,7 +875,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "protocol": opts.protocol,
         "window_s": opts.seconds,
         "trees": [
-            {"name": t.name, "commit": t.commit, "dirty": t.dirty, "ref": t.ref} for t in trees
+            {
+                "name": t.name,
+                "commit": t.commit,
+                "dirty": t.dirty,
+                "ref": t.ref,
+                "server_args": list(opts.ref_server_args if t.name == "ref" else opts.server_args),
+            }
+            for t in trees
         ],
         "largest_n_rooms_of_4_p99_under_100ms": {
             t.name: largest_served(points, t.name, "rooms_of_4") for t in trees
@@ -929,6 +956,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", metavar="REF", help="also run REF's server, interleaved")
     parser.add_argument("--protocol", type=int, choices=(1, 2), default=1)
     parser.add_argument("--probes", type=int, default=16, help="players that time input->ack")
+    parser.add_argument(
+        "--server-args", default="", help="extra flags of the room server (e.g. a transport)"
+    )
+    parser.add_argument(
+        "--ref-server-args", help="extra flags of REF's room server (default: --server-args)"
+    )
     parser.add_argument("--no-durable", action="store_true", help="room server --no-durable")
     parser.add_argument(
         "--npm",

@@ -372,6 +372,8 @@ export interface RoomClientOptions {
   allowedHosts?: readonly string[];
   /** A WebSocket constructor (default: globalThis.WebSocket, else the `ws` package). */
   WebSocket?: unknown;
+  /** Gets `warn` (refused redirects, an ack that went back) and `info` (resyncs); default console, null: silent. */
+  logger?: { warn?(message: string): void; info?(message: string): void } | null;
   /** How many inputs applied this state shows for this player (default: `state.players[me].inputs` when a number). */
   countApplied?: ((state: State, playerId: string) => number | undefined) | null;
   stallTimeoutMs?: number;
@@ -414,7 +416,19 @@ export declare class RoomClient implements AsyncIterable<State> {
     options?: Omit<RoomClientOptions, "urls" | "room" | "token"> & { urls?: string | readonly string[] },
   ): Promise<RoomClient>;
   readonly room: string;
+  /** The game asked for (options.game), or null. */
+  readonly game: string | null;
+  readonly encoding: Encoding;
   readonly urls: readonly string[];
+  /** The WebSocket URL of the current (or last) connection. */
+  readonly url: string;
+  readonly tickRate: number;
+  /** Unix seconds when the server ends the session unless the token is renewed (the SDK renews it). */
+  readonly tokenExp: number | null;
+  /** The error that ended the session, once closed. */
+  readonly error: StateroomError | null;
+  /** Replaceable: how many inputs a state shows applied for this player (see RoomClientOptions). */
+  countApplied: ((state: State, playerId: string) => number | undefined) | null;
   readonly stats: ClientStats;
   readonly status: RoomStatus;
   readonly connectionState: ConnectionState;

@@ -69,6 +69,9 @@ export async function play(authUrl: string): Promise<number> {
     if (state.ack >= seq) break;
   }
   const rtt: number = await room.ping();
+  const where: string = `${room.url} ${room.encoding} ${room.game ?? ""} ${room.tickRate} ${room.tokenExp ?? 0}`;
+  if (room.error !== null) draw(where.length, 0, 0);
+  room.countApplied = (state: State<Arena>, me: string) => state.state.players[me]?.inputs;
   off();
   await room.leave();
   const quick = await auth.quickJoin(tokens, "arena", { mode: "ffa" });

@@ -455,6 +455,7 @@ export declare class RoomClient implements AsyncIterable<State> {
   /** States in tick order; ends after close(), throws the final error. */
   states(): AsyncIterableIterator<State>;
   [Symbol.asyncIterator](): AsyncIterator<State>;
+  /** The next state to arrive (states delivered before the call are not queued for it). */
   nextState(timeoutMs?: number): Promise<State>;
   /** Give up the seat now (no grace period) and close. */
   leave(): Promise<void>;

@@ -455,10 +455,10 @@ export class RoomClient extends Emitter {
     this.emit("close", error);
   }
 
-  _fail(closeCode, reason, errorCode) {
+  _fail(closeCode, reason, errorCode, cause) {
     const code = errorCode ?? closeCodeName(closeCode);
     const detail = errorCode ? ` (${errorCode})` : "";
-    this._end(new RoomError(code, `room closed the session: ${closeCode} ${reason}${detail}`, { closeCode, reason }));
+    this._end(new RoomError(code, `room closed the session: ${closeCode} ${reason}${detail}`, { closeCode, reason, cause }));
   }
 
   async _token() {
@@ -507,6 +507,7 @@ export class RoomClient extends Emitter {
       this._lastError = null;
       let code;
       let reason;
+      let cause;
       try {
         ({ code, reason } = await this._session(url));
       } catch (error) {
@@ -522,8 +523,9 @@ export class RoomClient extends Emitter {
           return;
         }
         if (error instanceof ProtocolError) {
-          code = CloseCode.PROTOCOL_ERROR;
+          code = CloseCode.PROTOCOL_ERROR; // the server broke the protocol: final, as 4000
           reason = error.message;
+          cause = error;
         } else if (error instanceof TokenUnavailable) {
           code = 1013;
           reason = error.message;
@@ -579,7 +581,7 @@ export class RoomClient extends Emitter {
         continue;
       }
       if (!RETRYABLE_CLOSES.has(code)) {
-        this._fail(code, reason, errorCode);
+        this._fail(code, reason, errorCode, cause);
         return;
       }
       this._setState("reconnecting");

@@ -164,7 +164,7 @@ test("room options asked of a v1-only server end the join with 4004", async (t) 
 test("a welcome of another version is a protocol error", async (t) => {
   const fake = await startFake({ onMessage: (conn, m) => m.t === "join" && conn.send({ ...welcome(conn), v: 1 }) });
   t.after(() => fake.close());
-  await assert.rejects(client(fake).connect(), (e) => e instanceof RoomError && e.closeCode === 4000 && /welcome says protocol 1/.test(e.message));
+  await assert.rejects(client(fake).connect(), (e) => e instanceof RoomError && e.closeCode === 4000 && /welcome says protocol 1/.test(e.message) && e.cause?.code === "invalid_message");
 });
 
 test("v2: a delta that does not apply costs one sync, and no event", async (t) => {

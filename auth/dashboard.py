@@ -36,7 +36,9 @@ from auth.errors import ApiError, Forbidden, ValidationFailed
 from infra import cluster_view
 from infra.directory import ROOM_NAME
 
-MAX_ROOMS = 500  # rooms one poll of /dashboard/api/cluster reads (rooms_total says all)
+# Rooms one poll of /dashboard/api/cluster reads, the first by name (rooms_total says how
+# many there are): about 40 ms of this process and 70 KiB of JSON per poll at 200.
+MAX_ROOMS = 200
 LAUNCHER_TIMEOUT_S = 5.0
 PASSED_THROUGH = frozenset({404, 409, 503})  # launcher errors answered as they are
 
@@ -144,7 +146,7 @@ class Dashboard:
 
     async def cluster(self, request: Request, svc: Services) -> Response:
         self.check(request)
-        view = await cluster_view.collect(svc.redis, max_rooms=MAX_ROOMS)
+        view = await cluster_view.collect(svc.redis, max_rooms=MAX_ROOMS, records=False)
         return JSONResponse({**view, "kill_available": self.kill_available, "mode": self.mode})
 
     async def room(self, request: Request, svc: Services) -> Response:

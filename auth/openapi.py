@@ -668,6 +668,7 @@ def _dashboard_schemas() -> dict[str, Any]:
         "recovery": {
             "type": "object",
             "properties": {
+                "steps": {"type": "integer"},
                 "of_kill": {"type": "boolean"},
                 "complete": {"type": "boolean"},
                 "players_expected": nullable_int,
@@ -692,7 +693,12 @@ def _dashboard_schemas() -> dict[str, Any]:
             },
         },
         "TimelineStep": step,
-        "ClusterRoom": {"type": "object", "required": list(room), "properties": room},
+        "ClusterRoom": {
+            "type": "object",
+            "required": [k for k in room if k not in ("kill", "takeover", "timeline")],
+            "properties": room,
+            "description": "kill, takeover and timeline: in RoomDetail only",
+        },
         "ClusterView": {
             "type": "object",
             "required": ["now_ms", "servers", "rooms", "rooms_total", "kill_available", "mode"],
@@ -719,7 +725,10 @@ def _dashboard_schemas() -> dict[str, Any]:
                     },
                 },
                 "rooms": {"type": "array", "items": _ref("ClusterRoom")},
-                "rooms_total": {"type": "integer", "description": "rooms shown: at most 500"},
+                "rooms_total": {
+                    "type": "integer",
+                    "description": "rooms in the cluster; at most 200 are shown",
+                },
                 "kill_available": {"type": "boolean"},
                 "mode": {"enum": ["admin", "open"]},
             },

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from infra.room_keys import LIVENESS_PREFIX, LOAD_KEY, ROOMS_KEY, SERVERS_KEY, room_keys
 
 PLAYER_FIELD = "player:"
+STEP_ORDER = {"kill": 0, "claim": 1, "first_tick": 2, "player_back": 3}  # ties at one ms
 
 
 def _s(value: Any) -> str:
@@ -179,6 +180,7 @@ class Timeline:
     def summary(self) -> dict[str, Any]:
         first_tick = next((s for s in self.steps if s["step"] == "first_tick"), None)
         return {
+            "steps": len(self.steps),
             "of_kill": self.of_kill,
             "complete": self.complete,
             "players_expected": self.players_expected,
@@ -189,7 +191,7 @@ class Timeline:
 
 
 def timeline(kill: Kill | None, takeover: Takeover | None) -> Timeline:
-    """Steps kill -> claim -> first_tick -> player_back (one per player, by time).
+    """Steps kill -> claim -> first_tick -> player_back (one per player), in time order.
 
     Each step is ``{"step", "at_ms", "since_kill_ms"}`` plus what it is about
     (``server``/``epoch``, ``tick``, ``player``). A kill newer than the takeover (the new
@@ -233,6 +235,8 @@ def timeline(kill: Kill | None, takeover: Takeover | None) -> Timeline:
         steps.append(step("first_tick", takeover.first_tick_ms, tick=takeover.first_tick))
     for player, at_ms in sorted(takeover.players_back.items(), key=lambda kv: (kv[1], kv[0])):
         steps.append(step("player_back", at_ms, player=player))
+    # In time order: a player's session may resume before the room's first tick.
+    steps.sort(key=lambda s: (s["at_ms"], STEP_ORDER[s["step"]]))
     expected = takeover.players_expected
     complete = (
         takeover.claimed_ms is not None
@@ -345,6 +349,7 @@ def _room_row(
     servers: Mapping[str, Mapping[str, Any]],
     live: set[str],
     now_ms: int,
+    records: bool,
 ) -> dict[str, Any]:
     lease_raw, journal, (ckpt_tick, ckpt_at), killed_raw, takeover_raw = replies
     owner: str | None = None
@@ -363,7 +368,7 @@ def _room_row(
     takeover = parse_takeover(takeover_raw or {})
     recovery = timeline(kill, takeover)
     at = _int(ckpt_at)
-    return {
+    row = {
         "room": name,
         "game": entry.get("game"),
         "owner": owner,
@@ -376,11 +381,13 @@ def _room_row(
         "tick_ms": _number(stats.get("tick_ms")),
         "state_bytes": _count(stats.get("state_bytes")),
         "inputs_per_s": _number(stats.get("inputs_per_s")),
-        "kill": kill.to_json() if kill else None,
-        "takeover": takeover.to_json() if takeover else None,
-        "timeline": recovery.steps,
         "recovery": recovery.summary(),
     }
+    if records:
+        row["kill"] = kill.to_json() if kill else None
+        row["takeover"] = takeover.to_json() if takeover else None
+        row["timeline"] = recovery.steps
+    return row
 
 
 async def _rooms(
@@ -389,6 +396,7 @@ async def _rooms(
     servers: Mapping[str, Mapping[str, Any]],
     live: set[str],
     now_ms: int,
+    records: bool = True,
 ) -> list[dict[str, Any]]:
     """One pipeline for every room: lease, newest journal entry, checkpoint, records."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -401,7 +409,7 @@ async def _rooms(
             pipe.hgetall(keys["takeover"])
         replies: list[Any] = await pipe.execute()
     return [
-        _room_row(name, entry, replies[5 * i : 5 * i + 5], servers, live, now_ms)
+        _room_row(name, entry, replies[5 * i : 5 * i + 5], servers, live, now_ms, records)
         for i, (name, entry) in enumerate(names)
     ]
 
@@ -418,11 +426,15 @@ async def _rooms_index(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
     return index
 
 
-async def collect(redis: aioredis.Redis, *, max_rooms: int | None = None) -> dict[str, Any]:
+async def collect(
+    redis: aioredis.Redis, *, max_rooms: int | None = None, records: bool = True
+) -> dict[str, Any]:
     """``{"now_ms", "servers": [...], "rooms": [...], "rooms_total"}``, rooms by name.
 
     ``max_rooms`` bounds the rooms read (the first ones by name), for a view that
-    polls; ``rooms_total`` says how many there are.
+    polls; ``rooms_total`` says how many there are. ``records`` False leaves each room's
+    ``kill``, ``takeover`` and ``timeline`` out (``recovery`` sums them up): a view that
+    polls fetches one room's records when it shows them.
     """
     now_ms = await redis_now_ms(redis)
     servers = await read_servers(redis)
@@ -438,7 +450,7 @@ async def collect(redis: aioredis.Redis, *, max_rooms: int | None = None) -> dic
             _server_row(sid, info, live, loads.get(sid), now_ms)
             for sid, info in sorted(servers.items())
         ],
-        "rooms": await _rooms(redis, shown, servers, live, now_ms),
+        "rooms": await _rooms(redis, shown, servers, live, now_ms, records),
         "rooms_total": len(names),
     }
 

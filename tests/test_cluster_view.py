@@ -73,12 +73,26 @@ def test_timeline_of_a_kill_and_its_takeover() -> None:
     assert line.steps[2]["tick"] == 501
     assert line.of_kill and line.complete
     assert line.summary() == {
+        "steps": 5,
         "of_kill": True,
         "complete": True,
         "players_expected": 2,
         "players_back": 2,
         "unavailable_ms": 260,
     }
+
+
+def test_timeline_steps_are_in_time_order() -> None:
+    # alice's session resumed before the new owner's first tick was journaled
+    early = {**TAKEOVER, b"player:alice": b"1250", b"player:bob": b"1260"}
+    line = timeline(parse_kill(KILL), parse_takeover(early))
+    assert [(s["step"], s["since_kill_ms"]) for s in line.steps] == [
+        ("kill", 0),
+        ("claim", 200),
+        ("player_back", 250),
+        ("first_tick", 260),  # a tie at one ms: the first tick first
+        ("player_back", 260),
+    ]
 
 
 def test_timeline_is_incomplete_until_every_expected_player_is_back() -> None:
@@ -189,7 +203,11 @@ async def test_collect_and_room_detail_read_the_cluster(
         assert (r2["owner"], r2["epoch"], r2["tick"], r2["players"]) == (None, 1, 0, None)
         assert r2["kill"] is None and r2["timeline"] == []
 
-        assert (await cluster_view.collect(redis, max_rooms=1))["rooms"] == [r1]
+        (first,) = (await cluster_view.collect(redis, max_rooms=1))["rooms"]
+        assert {**first, "checkpoint_age_s": 0} == {**r1, "checkpoint_age_s": 0}  # time goes on
+        slim = (await cluster_view.collect(redis, records=False))["rooms"][0]
+        assert "timeline" not in slim and "kill" not in slim and "takeover" not in slim
+        assert slim["recovery"] == r1["recovery"] and slim["recovery"]["steps"] == 5
         assert await cluster_view.live_servers(redis) == [
             {"id": "s1", "ws_url": "ws://127.0.0.1:9001/v1/ws"}
         ]

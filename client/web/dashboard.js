@@ -1,6 +1,7 @@
 // The live dashboard: polls the login service's /dashboard/api/* (auth/dashboard.py) and
 // draws servers, rooms, one room in detail and, after a "kill owner", that room's
-// recovery as the cluster recorded it (kill -> claim -> first tick -> each player back).
+// recovery as the cluster recorded it (kill -> claim -> first tick -> each player back,
+// in time order: a player may be back before the first tick).
 //
 // Every figure comes from the API, which reads Redis (infra/cluster_view.py): the
 // timeline's durations are the records' Redis TIME stamps, never this page's clock.
@@ -142,7 +143,7 @@ function renderServers(servers) {
 
 function recoveryText(room) {
   const r = room.recovery;
-  if (!room.timeline.length) return dash;
+  if (!r.steps) return dash;
   if (r.unavailable_ms !== null && r.unavailable_ms !== undefined) {
     return `${r.unavailable_ms} ms${r.complete ? "" : " …"}`;
   }
@@ -223,7 +224,7 @@ function renderDetail(d) {
     ["epoch", fmt.int(d.epoch)],
     ["tick", fmt.int(d.tick)],
     ["players", fmt.int(d.players)],
-    ["state size", fmt.bytes(d.state_bytes)],
+    ["state size", d.state_bytes === 0 ? "- (no checkpoint of this owner yet)" : fmt.bytes(d.state_bytes)],
     ["inputs per second", fmt.rate(d.inputs_per_s)],
     ["tick time", fmt.ms(d.tick_ms)],
     ["checkpoint", d.checkpoint_tick === null ? dash : `tick ${d.checkpoint_tick}, ${fmt.s(d.checkpoint_age_s)} ago`],

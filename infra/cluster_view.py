@@ -14,8 +14,10 @@ A recovery, as recorded in Redis:
   ``pid``, ``server``, ``epoch`` (the killed owner's);
 - ``sr:{R}:takeover`` (hash, written by the new owner): ``epoch``, ``server``,
   ``old_server``, ``old_epoch``, ``detected_ms``, ``claimed_ms``, ``restored_ms``,
-  ``first_tick_ms``, ``first_tick``, ``players_expected``, and ``player:<id>`` = when
-  that player's session resumed on the new owner.
+  ``first_tick_ms``, ``first_tick``, ``players_expected``, ``player:<id>`` = when
+  that player's session resumed on the new owner, and ``gone:<id>`` = when a restored
+  seat's grace period ran out before its player came back (it no longer holds the
+  recovery open).
 
 ``timeline`` turns the two into steps (kill -> claim -> first tick -> each player back);
 a kill and a takeover belong to the same recovery when ``takeover.old_epoch ==
@@ -34,7 +36,9 @@ import redis.asyncio as aioredis
 from infra.room_keys import LIVENESS_PREFIX, LOAD_KEY, ROOMS_KEY, SERVERS_KEY, room_keys
 
 PLAYER_FIELD = "player:"
-STEP_ORDER = {"kill": 0, "claim": 1, "first_tick": 2, "player_back": 3}  # ties at one ms
+GONE_FIELD = "gone:"  # a restored seat whose grace period ran out before its player came back
+# Order of steps that tie at one ms.
+STEP_ORDER = {"kill": 0, "claim": 1, "first_tick": 2, "player_back": 3, "player_gone": 4}
 
 
 def _s(value: Any) -> str:
@@ -107,6 +111,7 @@ class Takeover:
     first_tick: int | None = None
     players_expected: int | None = None
     players_back: dict[str, int] = field(default_factory=dict)
+    players_gone: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +126,7 @@ class Takeover:
             "first_tick": self.first_tick,
             "players_expected": self.players_expected,
             "players_back": dict(sorted(self.players_back.items(), key=lambda kv: kv[1])),
+            "players_gone": dict(sorted(self.players_gone.items(), key=lambda kv: kv[1])),
         }
 
 
@@ -145,11 +151,13 @@ def parse_takeover(raw: Mapping[Any, Any]) -> Takeover | None:
     if epoch is None:
         return None
     back: dict[str, int] = {}
+    gone: dict[str, int] = {}
     for key, value in record.items():
-        if key.startswith(PLAYER_FIELD) and len(key) > len(PLAYER_FIELD):
-            at = _int(value)
-            if at is not None:
-                back[key[len(PLAYER_FIELD) :]] = at
+        for prefix, into in ((PLAYER_FIELD, back), (GONE_FIELD, gone)):
+            if key.startswith(prefix) and len(key) > len(prefix):
+                at = _int(value)
+                if at is not None:
+                    into[key[len(prefix) :]] = at
     return Takeover(
         epoch=epoch,
         server=record.get("server", ""),
@@ -162,6 +170,7 @@ def parse_takeover(raw: Mapping[Any, Any]) -> Takeover | None:
         first_tick=_int(record.get("first_tick")),
         players_expected=_int(record.get("players_expected")),
         players_back=back,
+        players_gone=gone,
     )
 
 
@@ -235,13 +244,15 @@ def timeline(kill: Kill | None, takeover: Takeover | None) -> Timeline:
         steps.append(step("first_tick", takeover.first_tick_ms, tick=takeover.first_tick))
     for player, at_ms in sorted(takeover.players_back.items(), key=lambda kv: (kv[1], kv[0])):
         steps.append(step("player_back", at_ms, player=player))
+    for player, at_ms in sorted(takeover.players_gone.items(), key=lambda kv: (kv[1], kv[0])):
+        steps.append(step("player_gone", at_ms, player=player))
     # In time order: a player's session may resume before the room's first tick.
     steps.sort(key=lambda s: (s["at_ms"], STEP_ORDER[s["step"]]))
     expected = takeover.players_expected
     complete = (
         takeover.claimed_ms is not None
         and takeover.first_tick_ms is not None
-        and len(takeover.players_back) >= (expected or 0)
+        and len(takeover.players_back) + len(takeover.players_gone) >= (expected or 0)
     )
     return Timeline(
         steps,

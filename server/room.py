@@ -424,6 +424,8 @@ class Room:
                 if player_id not in self.sessions:
                     log.info("room=%s player=%s grace period over: leaving", self.name, player_id)
                     self.engine.offer_leave(player_id)
+                    if self.timeline is not None:
+                        self.timeline.player_gone(player_id)
 
     def _is_abandoned(self) -> bool:
         """Empty (no seat, no connection) for ``empty_room_s``; at once for a room in which

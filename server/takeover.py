@@ -4,10 +4,11 @@ The claim script writes ``sr:{R}:takeover`` (epoch, server, old_server, old_epoc
 detected_ms, claimed_ms). The new owner then stamps, each once and in this order
 of events: ``restored_ms`` with ``players_expected`` and ``expected_players`` (the
 state was rebuilt), ``first_tick_ms`` and ``first_tick`` (the first tick journaled,
-hence published, under the new epoch), and ``player:ID`` when a restored seat's
-player is back. Each stamp is one small fenced script off the tick's path (a
-background write, never awaited by the tick), and the writes of one room go one
-after the other, so their Redis times keep the order of the events.
+hence published, under the new epoch), ``player:ID`` when a restored seat's
+player is back, or ``gone:ID`` when its grace period ran out first. Each stamp is
+one small fenced script off the tick's path (a background write, never awaited by
+the tick), and the writes of one room go one after the other, so their Redis times
+keep the order of the events.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class TakeoverTimeline:
         if player_id in self._awaiting:
             self._awaiting.discard(player_id)
             self._write({f"player:{player_id}": ""})
+
+    def player_gone(self, player_id: str) -> None:
+        """A restored seat's grace period ran out before its player came back: the
+        recovery no longer waits for that player (``gone:ID``)."""
+        if player_id in self._awaiting:
+            self._awaiting.discard(player_id)
+            self._write({f"gone:{player_id}": ""})
 
     @property
     def done(self) -> bool:

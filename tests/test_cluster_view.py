@@ -108,6 +108,20 @@ def test_timeline_is_incomplete_until_every_expected_player_is_back() -> None:
     assert timeline(parse_kill(KILL), parse_takeover(nobody)).complete
 
 
+def test_a_player_whose_grace_ran_out_no_longer_holds_the_timeline_open() -> None:
+    # bob's page was closed before the kill: his seat waited out its grace period
+    gone = {k: v for k, v in TAKEOVER.items() if k != b"player:bob"}
+    assert not timeline(parse_kill(KILL), parse_takeover(gone)).complete
+    gone[b"gone:bob"] = b"1500"
+    line = timeline(parse_kill(KILL), parse_takeover(gone))
+    assert line.complete and line.players_back == 1
+    assert [(s["step"], s.get("player"), s["since_kill_ms"]) for s in line.steps[-2:]] == [
+        ("player_back", "alice", 350),
+        ("player_gone", "bob", 500),
+    ]
+    assert parse_takeover(gone).to_json()["players_gone"] == {"bob": 1500}  # type: ignore[union-attr]
+
+
 def test_a_fresh_kill_hides_the_previous_recovery() -> None:
     # The owner of epoch 4 was just killed; the takeover on record is the previous one.
     kill = Kill(killed_ms=5000, pid=1, server="s2", epoch=4)

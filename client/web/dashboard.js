@@ -242,6 +242,7 @@ const STEP_LABELS = {
   claim: (s) => `claim by ${s.server} (epoch ${s.epoch})`,
   first_tick: (s) => `first tick${s.tick !== null && s.tick !== undefined ? ` ${s.tick}` : ""} of the new owner`,
   player_back: (s) => `player ${s.player} back`,
+  player_gone: (s) => `player ${s.player} gone (grace period over)`,
 };
 
 function renderTimeline(d) {

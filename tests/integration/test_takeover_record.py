@@ -26,6 +26,7 @@ from client.sdk import AuthClient, RoomClient
 from infra.room_keys import room_keys
 from server.killroom import kill_room
 from server.store import RECORD_TTL_MS, Lease, RoomStore
+from server.takeover import TakeoverTimeline
 from tests.cluster import LocalCluster
 from tests.integration.faults import wait_for
 
@@ -203,6 +204,31 @@ async def test_a_stamp_of_an_old_epoch_is_refused(store: RoomStore) -> None:
     await claim(store, "d", third.lease)
     record = await store.takeover_record("r")
     assert record["server"] == "d" and "restored_ms" not in record
+
+
+async def test_a_seat_whose_grace_ran_out_is_stamped_gone(store: RoomStore) -> None:
+    """A restored seat whose player never comes back (its page was closed before the
+    kill) is stamped ``gone:ID`` when its grace period ends, so the recovery it was
+    holding open is over; a player already back, or a second stamp, writes nothing more."""
+    first = await claim(store, "a")
+    second = await claim(store, "b", first.lease)
+    line = TakeoverTimeline(store, second.lease, ["ann", "bob"])
+    line.restored()
+    line.first_tick(7)
+    line.player_back("ann")
+    assert not line.done
+    line.player_gone("bob")
+    line.player_gone("ann")  # back already: not gone
+    line.player_gone("bob")  # once
+    assert line.done
+
+    async def stamped() -> bool:
+        return "gone:bob" in await store.takeover_record("r")
+
+    await wait_for(stamped, 5, "the gone stamp")
+    record = await store.takeover_record("r")
+    assert "player:ann" in record and "gone:ann" not in record and "player:bob" not in record
+    assert int(record["gone:bob"]) >= int(record["player:ann"])
 
 
 async def test_kill_record_and_delete_room(store: RoomStore) -> None:

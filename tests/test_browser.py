@@ -310,7 +310,11 @@ def test_two_browsers_play_through_a_kill_from_the_dashboard(up: Up, tmp_path: P
     result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert result_lines, f"no result (exit {code})\nstdout:\n{out}\nstderr:\n{err}"
     result: dict[str, Any] = json.loads(result_lines[-1][len("RESULT ") :])
-    assert result["ok"], f"{result.get('error')}\nstderr:\n{err}\nup:\n{up.output.read_text()}"
+    assert result["ok"], (
+        f"{result.get('error')}\nconsole errors: {result.get('consoleErrors')}\n"
+        f"pages: {json.dumps(result.get('pages'), indent=1)}\nstderr:\n{err}\n"
+        f"up:\n{up.output.read_text()}"
+    )
     assert code == 0, err
     for index, page in enumerate(result["players"], 1):
         stats = page["stats"]

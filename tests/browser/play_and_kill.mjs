@@ -257,14 +257,18 @@ try {
   };
   console.log(`RESULT ${JSON.stringify(result)}`);
 } catch (error) {
-  console.log(`RESULT ${JSON.stringify({ ok: false, error: String((error && error.stack) || error), screenshots, consoleErrors })}`);
+  // What each page was doing: its URL and its window.stateroom (null: its script never ran).
+  const pages = [];
   for (const [i, page] of browser.contexts().flatMap((c) => c.pages()).entries()) {
     try {
       await shot(page, `failure-page${i + 1}`);
-    } catch {
-      // the page may be gone; the error above is what matters
+      pages.push({ url: page.url(), hook: await page.evaluate(() => window.stateroom ?? null) });
+    } catch (e) {
+      pages.push({ url: page.url(), hook: `unreadable: ${e}` });
     }
   }
+  const failure = { ok: false, error: String((error && error.stack) || error), consoleErrors, pages, screenshots };
+  console.log(`RESULT ${JSON.stringify(failure)}`);
   process.exitCode = 1;
 } finally {
   await browser.close();

@@ -119,7 +119,16 @@ function onState(state) {
   s.maxTick = guarantees.maxTick;
   s.states = guarantees.states;
   s.tickWentBack = guarantees.tickWentBack || timeline.wentBack;
+  readClient(); // here too, not only in the drawing loop: a hidden page draws nothing
   timeline.push(state.tick, world, now);
+}
+
+/** The SDK's own view of the session: its counters, reconnects and latency. */
+function readClient() {
+  if (!room) return;
+  hook.latency = room.latency;
+  hook.sdk = room.stats;
+  hook.stats.reconnects = room.stats.reconnects;
 }
 
 function sendHeading() {
@@ -135,11 +144,7 @@ function updateHud(now) {
   if (now - hudAt < HUD_EVERY_MS) return;
   hudAt = now;
   const s = hook.stats;
-  if (room) {
-    hook.latency = room.latency;
-    hook.sdk = room.stats;
-    s.reconnects = room.stats.reconnects;
-  }
+  readClient();
   $("server").textContent = hook.server || "-";
   $("epoch").textContent = String(hook.epoch);
   $("tick").textContent = String(s.maxTick);

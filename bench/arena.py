@@ -333,6 +333,7 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
     }
     stack = stack_for(tree, opts)
     gen: LoadGen | None = None
+    stage = "starting Valkey, auth and the room server"
     try:
         stack.start()
         server = stack.children[0]
@@ -341,6 +342,7 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
         idle.start()
         time.sleep(opts.idle)
         idle.stop()
+        stage = "reading the server's /metrics"
         base = scrape(metrics_url)
         cluster = json.loads(stack.cluster_file.read_text())
         argv = [
@@ -355,6 +357,7 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
         gen = LoadGen(
             opts.loadgen, argv, {1} if two else None, stack.dir / "logs" / f"loadgen-{n}.log"
         )
+        stage = "logging in and seating the players"
         joined = gen.event("joined", timeout=60 + n * 0.05)
         point.update(
             join_s=joined["join_s"],
@@ -384,6 +387,7 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
         machine = MachineWindow(
             window, {0: ["server", "redis"], 1: ["loadgen", "auth", "driver"]} if two else {}
         )
+        stage = "the measured window"
         before = scrape(metrics_url)
         gen.command("window")
         machine.start()
@@ -396,7 +400,7 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
         point["rss_mb"] = proc_rss_mb(server.pid)
         report = gen.event("report", timeout=30)
     except (RuntimeError, TimeoutError, OSError) as exc:
-        point["error"] = str(exc)
+        point["error"] = f"{stage}: {exc}"
         return point
     finally:
         if gen is not None:

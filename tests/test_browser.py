@@ -349,6 +349,11 @@ def test_two_browsers_play_through_a_kill_from_the_dashboard(up: Up, tmp_path: P
         assert (shown["sent"], shown["acked"]) == (str(stats["sent"]), str(stats["acked"])), shown
         assert shown["latency"].endswith(")") and "ms" in shown["latency"], shown
     assert [page["encoding"] for page in result["players"]] == ["msgpack", "json"]
+    # Drawn between ticks: the render tick trails the newest state, mostly by a fraction.
+    rendering = result["rendering"]
+    assert all(0 <= newest - drawn <= 5 for drawn, newest in rendering), rendering
+    assert sum(drawn != int(drawn) for drawn, _ in rendering) >= len(rendering) // 2, rendering
+    assert rendering[-1][0] > rendering[0][0], rendering
     assert result["badRoom"]["error"].startswith("bad room name"), result["badRoom"]
     assert result["badRoom"]["banner"] == result["badRoom"]["error"], result["badRoom"]
     assert result["padShown"] is True  # the touch screen shows the pad (it played with it)

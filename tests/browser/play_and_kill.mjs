@@ -173,7 +173,13 @@ try {
   const before = await Promise.all(players.map(hookOf));
   const padShown = await players[1].locator("#pad").isVisible();
   const releases = [play(keys(players[0])), play(touch(players[1]))];
-  await sleep(1500);
+  // Interpolation at work: the tick drawn is a fraction behind the newest state held.
+  const rendering = [];
+  for (let i = 0; i < 20; i += 1) {
+    await sleep(37);
+    rendering.push(await players[0].evaluate(() => [window.stateroom.renderTick, window.stateroom.stats.maxTick]));
+  }
+  await sleep(700);
   const playing = await Promise.all(players.map(hookOf));
 
   const dashboard = await newPage();
@@ -246,6 +252,7 @@ try {
     caughtReconnecting: caught,
     before: before.map((h) => h.stats),
     playing: playing.map((h) => h.stats),
+    rendering,
     players: after,
     bars,
     padShown,

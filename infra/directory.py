@@ -115,6 +115,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from infra.errors import InfraError
+from infra.redis_scripts import ScriptCall, run_pipelined
+from infra.redis_url import is_cluster
 
 __all__ = [
     "CODE_ALPHABET",
@@ -727,12 +729,14 @@ async def publish_many(
         return []
     prepared = [(entry, *_check_entry(entry)) for entry in entries]
     scripts = _scripts_of(redis)
-    async with redis.pipeline(transaction=False) as pipe:
-        for entry, stored, canon in prepared:
-            flags = _flags(joinable=entry.joinable, private=entry.private, pending=False)
-            await scripts.publish(
-                keys=game_keys(entry.game),
-                args=[
+    calls: list[ScriptCall] = []
+    for entry, stored, canon in prepared:
+        flags = _flags(joinable=entry.joinable, private=entry.private, pending=False)
+        calls.append(
+            (
+                scripts.publish,
+                game_keys(entry.game),
+                [
                     entry.room,
                     stored,
                     entry.players,
@@ -744,15 +748,21 @@ async def publish_many(
                     KEY_TTL_MS,
                     *entry.seated,
                 ],
-                client=pipe,
             )
-            if entry.private and entry.join_code:
-                await scripts.code(
-                    keys=[code_key(entry.join_code)],
-                    args=[_code_value(entry.game, entry.room), ttl_ms, "set"],
-                    client=pipe,
+        )
+        if entry.private and entry.join_code:
+            calls.append(
+                (
+                    scripts.code,
+                    [code_key(entry.join_code)],
+                    [_code_value(entry.game, entry.room), ttl_ms, "set"],
                 )
-        results = await pipe.execute()
+            )
+    # One round trip (one per node on a Redis Cluster); the first error is raised.
+    results = await run_pipelined(redis, calls)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
     out: list[bool] = []
     index = 0
     for entry, _, _ in prepared:
@@ -784,14 +794,21 @@ async def lookup(redis: aioredis.Redis, game: str, room: str) -> Entry | None:
     creates a room, to learn whether the name was handed out for a private room (then
     create it private, with the entry's options and join code) or by a quick-join."""
     entries, seats, _, exp, *_, rcount, _ = game_keys(game)
+    clustered = is_cluster(redis)  # a cluster pipeline refuses TIME (a keyless command)
+    now_ms = await _now_ms(redis) if clustered else 0.0
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        if not clustered:
+            pipe.time()
         pipe.hget(entries, room)
         pipe.hget(seats, room)
         pipe.zscore(exp, room)
         pipe.hget(rcount, room)
-        (seconds, micros), raw, seat, expires, reserved = await pipe.execute()
-    return _entry_from(raw, seat, expires, reserved, now_ms=seconds * 1000 + micros // 1000)
+        replies = await pipe.execute()
+    if not clustered:
+        seconds, micros = replies.pop(0)
+        now_ms = seconds * 1000 + micros // 1000
+    raw, seat, expires, reserved = replies
+    return _entry_from(raw, seat, expires, reserved, now_ms=now_ms)
 
 
 def _matches(entry: Entry, wanted: Mapping[str, str]) -> bool:

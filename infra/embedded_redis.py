@@ -168,8 +168,11 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         password: str | None = None,
         maxmemory: str = "1gb",
+        extra_config: tuple[str, ...] = (),
     ) -> None:
         self.maxmemory = maxmemory
+        # More valkey.conf lines (a Redis Cluster node's, see infra.embedded_cluster).
+        self.extra_config = extra_config
         self.data_dir = private_dir(Path(data_dir))
         self.host = host
         self.port = port or 0
@@ -217,6 +220,7 @@ class EmbeddedRedis:
         ]
         if self.password:
             lines.append(f"requirepass {config_string(self.password)}")
+        lines.extend(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:
@@ -227,24 +231,43 @@ class EmbeddedRedis:
         """Start the server and return once it answers PING."""
         if self.process and self.process.poll() is None:
             return self
-        private_dir(self.data_dir)
-        write_private(self.config_file, self._config())
         chosen = self.port
         for _attempt in range(5):
             self.port = chosen or free_port(self.host)
-            self.process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
+            self.spawn()
             if self._wait_ready(timeout):
                 return self
             self.stop()
             if chosen:
                 break
-        raise EmbeddedRedisError(
+        raise self._not_ready()
+
+    def spawn(self) -> None:
+        """Start the process on ``port`` without waiting for it (``wait_started`` does):
+        several servers then load at the same time. Call it from the main thread: the
+        child's PDEATHSIG fires when the *thread* that started it ends."""
+        if self.process and self.process.poll() is None:
+            return
+        if not self.port:
+            self.port = free_port(self.host)
+        private_dir(self.data_dir)
+        write_private(self.config_file, self._config())
+        self.process = subprocess.Popen(
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        """Return once a spawned server answers PING; stop it and raise if it does not."""
+        if not self._wait_ready(timeout):
+            self.stop()
+            raise self._not_ready()
+
+    def _not_ready(self) -> EmbeddedRedisError:
+        return EmbeddedRedisError(
             f"valkey-server did not answer on {self.host}:{self.port}; "
             f"see {self.data_dir / 'valkey.log'}"
         )

@@ -19,6 +19,10 @@ Redis then refuses writes with an error each service handles (see docs/operation
 ``CONFIG GET`` is often disabled or renamed on managed Redis (or denied by ACL); then
 ``INFO memory``, which every provider serves, gives the same three numbers. Connection
 errors are not handled here: a caller decides what an unreachable Redis means for it.
+
+On a Redis Cluster each primary has its own memory and policy: every primary is checked
+(a message names the node), and ``memory_usage`` reports the fullest primary, the one
+that refuses writes first.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
+
+from infra.redis_url import is_cluster
 
 SIZING_DOC = 'docs/operations.md ("Sizing Redis")'
 EVICTING_PREFIXES = ("allkeys-", "volatile-")
@@ -88,14 +95,27 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def memory_usage(redis: aioredis.Redis) -> MemoryUsage:
-    """``INFO memory`` in one round trip (works where CONFIG is disabled)."""
-    info: dict[str, Any] = await redis.info("memory")
+def _usage(info: dict[str, Any]) -> MemoryUsage:
     return MemoryUsage(
         used_memory=_int(info.get("used_memory")),
         maxmemory=_int(info.get("maxmemory")),
         policy=_text(info.get("maxmemory_policy")),
     )
+
+
+def _primaries(redis: aioredis.Redis) -> list[ClusterNode]:
+    cluster: RedisCluster = redis  # type: ignore[assignment]
+    return sorted(cluster.get_primaries(), key=lambda node: node.name)
+
+
+async def memory_usage(redis: aioredis.Redis) -> MemoryUsage:
+    """``INFO memory`` in one round trip (works where CONFIG is disabled); on a cluster
+    the fullest primary's (by used / maxmemory, or used bytes without limits)."""
+    if not is_cluster(redis):
+        return _usage(await redis.info("memory"))
+    await redis.initialize()
+    usages = [_usage(await redis.info("memory", target_nodes=node)) for node in _primaries(redis)]
+    return max(usages, key=lambda u: (u.fraction or 0.0, u.used_memory or 0))
 
 
 def _mib(n: int) -> str:
@@ -106,12 +126,32 @@ async def check_redis_memory(redis: aioredis.Redis) -> MemoryCheck:
     """Read ``maxmemory`` and ``maxmemory-policy`` and judge them (see the module doc).
 
     Raises only what the client raises for an unreachable Redis (ConnectionError,
-    TimeoutError); a refused or unknown CONFIG command falls back to INFO.
+    TimeoutError); a refused or unknown CONFIG command falls back to INFO. On a cluster,
+    every primary is judged: the first fatal verdict wins, warnings name their node.
     """
-    usage = await memory_usage(redis)
+    if not is_cluster(redis):
+        return await _check_node(redis, None)
+    await redis.initialize()
+    checks = [await _check_node(redis, node) for node in _primaries(redis)]
+    fatal = next((c for c in checks if c.fatal), None)
+    chosen = fatal or checks[0]
+    return MemoryCheck(
+        maxmemory=chosen.maxmemory,
+        policy=chosen.policy,
+        used_memory=chosen.used_memory,
+        source=chosen.source,
+        fatal=chosen.fatal,
+        warnings=[w for c in checks for w in c.warnings],
+    )
+
+
+async def _check_node(redis: aioredis.Redis, node: ClusterNode | None) -> MemoryCheck:
+    """The verdict for one server (``node`` None) or one primary of a cluster."""
+    target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+    usage = _usage(await redis.info("memory", **target))
     maxmemory, policy, source = usage.maxmemory, usage.policy, "info"
     try:
-        config: dict[Any, Any] = dict(await redis.config_get("maxmemory*"))
+        config: dict[Any, Any] = dict(await redis.config_get("maxmemory*", **target))
     except ResponseError:  # unknown/renamed command, or NOPERM under an ACL
         config = {}
     if "maxmemory" in config or "maxmemory-policy" in config:
@@ -152,6 +192,10 @@ async def check_redis_memory(redis: aioredis.Redis) -> MemoryCheck:
             f"Redis is nearly full: {_mib(usage.used_memory)} used of {_mib(maxmemory)} "
             f"(maxmemory); writes fail once it is full; see {SIZING_DOC}"
         )
+    if node is not None:
+        where = f"cluster node {node.name}: "
+        fatal = where + fatal if fatal else None
+        warnings = [where + w for w in warnings]
     return MemoryCheck(
         maxmemory=maxmemory,
         policy=policy,

@@ -1,4 +1,4 @@
-"""One way to reach Redis from a URL, for every component: plain, TLS, or through Sentinel.
+"""One way to reach Redis from a URL, for every component: plain, TLS, Sentinel or Cluster.
 
     redis://[:password@]host:port/db            one server (or a managed endpoint)
     rediss://…                                  the same over TLS
@@ -6,9 +6,23 @@
                                                 the current primary of ``service``,
                                                 found through Sentinel and followed
                                                 across failovers
+    redis+cluster://[[user]:password@]h1:p1[,h2:p2…][/][?option=value&…]
+                                                a Redis Cluster (or Valkey cluster): the
+                                                seed nodes (any reachable one is enough;
+                                                the client learns the rest and follows
+                                                slot moves and failovers); options:
+                                                ``ssl=true``, ``ssl_ca_certs=PATH``,
+                                                ``ssl_cert_reqs=required|optional|none``
 
 The password in a Sentinel URL is the data nodes' password; the sentinels
-themselves are assumed open on the internal network.
+themselves are assumed open on the internal network. A cluster has no databases:
+there is no ``/db`` (a path other than ``/`` is refused).
+
+``connect`` returns ``redis.asyncio.Redis`` for the first three forms and
+``redis.asyncio.cluster.RedisCluster`` for the last; the two share the command
+methods every component uses, and ``is_cluster`` tells them apart where a command works
+differently on a cluster (``CLIENT LIST`` is per node, multi-key commands must stay in
+one slot).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -27,6 +42,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from infra.errors import RedisUrlError
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_OPTIONS = ("ssl", "ssl_ca_certs", "ssl_cert_reqs")
+_CERT_REQS = ("required", "optional", "none")
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,126 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
+@dataclass(frozen=True)
+class ClusterTarget:
+    seeds: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def connection_options(self) -> dict[str, Any]:
+        """The URL's options as RedisCluster keyword arguments."""
+        out: dict[str, Any] = {}
+        for name, value in self.options:
+            out[name] = value == "true" if name == "ssl" else value
+        return out
+
+
+def _split_hosts(
+    netloc: str, url: str, shape: str
+) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``[user:password@]h1:p1,h2:p2`` as ([(host, port)…], username, password)."""
+    username = password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        user, colon, secret = credentials.partition(":")
+        if colon:
+            username, password = unquote(user) or None, unquote(secret) or None
+        else:
+            password = unquote(user) or None  # "secret@host": a password alone
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RedisUrlError(f"bad address {item!r} in {redact(url)!r}; expected {shape}")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts, username, password
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """Parse ``redis+cluster://…``; raise RedisUrlError with the expected shape."""
+    shape = f"{CLUSTER_SCHEME}://[:password@]host:port[,host:port…][/?option=value…]"
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME:
+        raise RedisUrlError(f"not a {CLUSTER_SCHEME}:// URL: {redact(url)!r}")
+    if not parts.netloc:
+        raise RedisUrlError(f"{redact(url)!r} names no seed node; expected {shape}")
+    seeds, username, password = _split_hosts(parts.netloc, url, shape)
+    if parts.path not in ("", "/"):
+        raise RedisUrlError(
+            f"{redact(url)!r}: a Redis Cluster has no databases, so the URL takes no path "
+            f"(got {parts.path!r}); expected {shape}"
+        )
+    options = []
+    for pair in filter(None, parts.query.split("&")):
+        name, eq, value = pair.partition("=")
+        value = unquote(value)
+        if name not in CLUSTER_OPTIONS or not eq:
+            raise RedisUrlError(
+                f"unknown option {name!r} in {redact(url)!r}; a {CLUSTER_SCHEME}:// URL takes "
+                + ", ".join(f"{o}=…" for o in CLUSTER_OPTIONS)
+            )
+        if name == "ssl" and value not in ("true", "false"):
+            raise RedisUrlError(f"ssl={value!r} in {redact(url)!r}: use ssl=true or ssl=false")
+        if name == "ssl_cert_reqs" and value not in _CERT_REQS:
+            raise RedisUrlError(
+                f"ssl_cert_reqs={value!r} in {redact(url)!r}: use one of {', '.join(_CERT_REQS)}"
+            )
+        options.append((name, value))
+    return ClusterTarget(tuple(seeds), username, password, tuple(options))
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (from ``connect``) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME + "://")
+
+
+# RedisCluster takes these connection options; the plain pool options it has no use for
+# (a cluster has one pool per node, sized by max_connections) are dropped.
+_CLUSTER_KWARGS = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "max_connections",
+        "health_check_interval",
+        "client_name",
+        "decode_responses",
+        "retry",
+        "retry_on_error",
+    }
+)
+
+
+def connect_cluster(url: str, retries: int = 0, **options: Any) -> RedisCluster:
+    """A RedisCluster for a ``redis+cluster://`` URL (see ``connect``)."""
+    target = parse_cluster_url(url)
+    unknown = set(options) - _CLUSTER_KWARGS - {"single_connection_client"}
+    if unknown:
+        raise RedisUrlError(f"option(s) {sorted(unknown)} are not supported on a Redis Cluster")
+    options.pop("single_connection_client", None)  # per node anyway; see infra.liveness
+    options.pop("retry_on_error", None)  # RedisCluster retries connection errors itself
+    # A MOVED (a slot served elsewhere after a failover) is always followed. A command
+    # that met a connection error or a timeout marks the slot map for a refresh, and is
+    # retried ``retries`` times, as in the other forms (0: the caller's next command goes
+    # to the refreshed map; only callers whose commands are safe to run twice retry).
+    retry = options.pop("retry", None) or Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.seeds],
+        username=target.username,
+        password=target.password,
+        retry=retry,
+        # Serve the slots that have a primary while another shard fails over.
+        require_full_coverage=False,
+        **target.connection_options(),
+        **options,
+    )
+
+
 def connect(
     url: str,
     *,
@@ -84,6 +222,9 @@ def connect(
     are safe to run twice (a timeout may hide a command that did run). An explicit
     ``retry=`` option wins. The default (0) keeps redis-py's pool behaviour: no retry.
     """
+    if is_cluster_url(url):
+        # A cluster's per-node pools make callers wait for a connection anyway.
+        return connect_cluster(url, retries, **options)  # type: ignore[return-value]
     if retries > 0 and "retry" not in options:
         options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
         options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
@@ -114,10 +255,14 @@ def validate(url: str) -> None:
     if url.startswith(SENTINEL_SCHEME + "://"):
         parse_sentinel_url(url)
         return
+    if is_cluster_url(url):
+        parse_cluster_url(url)
+        return
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise RedisUrlError(
-            f"bad Redis URL {redact(url)!r}: use redis://, rediss://, unix:// or {SENTINEL_SCHEME}://"
+            f"bad Redis URL {redact(url)!r}: use redis://, rediss://, unix://, "
+            f"{SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}://"
         )
 
 

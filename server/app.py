@@ -26,6 +26,7 @@ from websockets.asyncio.server import Server, serve
 from auth.verify import TokenVerifier
 from infra.errors import RedisUrlError
 from infra.eventloop import run_loop
+from infra.liveness import LivenessLink
 from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
 from infra.redis_url import redact
@@ -47,7 +48,7 @@ from server.quotas import QuotaLimits, Quotas
 from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.settings import ServerSettings
-from server.store import Lease, RoomStore, liveness_name
+from server.store import Lease, RoomStore
 from server.takeover import TakeoverTimeline
 from server.watcher import FailoverWatcher
 
@@ -86,12 +87,9 @@ class RoomServer:
             max_connections=256,
             health_check_interval=0,
         )
-        self.liveness = connect_redis(
-            settings.redis_url,
-            single_connection_client=True,
-            client_name=liveness_name(self.server_id),
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+        # One named connection (on a cluster: to the primary of this server's own slot).
+        self.liveness = LivenessLink(
+            settings.redis_url, self.server_id, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         self.store = RoomStore(self.redis, lease_ms=settings.lease_ms)
         self.quotas = Quotas(
@@ -236,6 +234,7 @@ class RoomServer:
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
             "liveness_id": self.liveness_id,
+            "liveness_node": self.liveness.node,  # the cluster node it is on ("" if one Redis)
             "rooms": len(self.rooms),
             "players": sum(len(r.sessions) for r in self.rooms.values()),
             "room_players": {name: len(r.sessions) for name, r in self.rooms.items()},

@@ -23,10 +23,15 @@ one clock for every server and tool, so the durations between them are real.
 
 Global, advisory keys (not needed for correctness):
 
-    sr:servers       hash SERVER -> JSON {ws_url, pid, rooms, players, ...}
-    sr:rooms         hash ROOM -> JSON {owner, epoch, game}
+    sr:servers       hash SERVER -> JSON {ws_url, pid, rooms, players, room_stats, ...}
+                     the full registry entries (what the tools show)
+    sr:live          hash SERVER -> JSON {ws_url, rooms, liveness_id, liveness_node, ...}
+                     the compact part every server polls (``servers()``)
+    sr:rooms         hash ROOM -> JSON {owner, epoch, game} (infra/rooms_index.py; on a
+                     Redis Cluster split into 16 buckets sr:rooms:{rooms:NN})
     sr:load          zset SERVER -> rooms (+ placements not yet claimed)
-    sr:placed:R      SERVER chosen for a new room R, for a few seconds
+    {sr:load}:placed:R  SERVER chosen for a new room R, for a few seconds (in the slot
+                     of sr:load, so the placement script touches one slot)
 
 Fencing: every write of a room is a Lua script that first checks that the
 lease still holds this owner's ``EPOCH|SERVER``; a stale owner gets
@@ -37,7 +42,12 @@ Liveness: each server keeps one connection named ``sr:SERVER``. When a
 process dies, the kernel closes that socket and Redis drops the client at
 once, so peers see a killed owner in one poll of ``CLIENT LIST`` instead of
 waiting out the lease. A frozen or cut-off owner keeps its socket (or
-Redis cannot tell), so peers wait for its lease to expire.
+Redis cannot tell), so peers wait for its lease to expire. On a Redis Cluster
+``CLIENT LIST`` is per node: see infra/liveness.py.
+
+Redis Cluster: every script touches keys of one slot (tests/test_script_slots.py lists
+them all), and the multi-key reads (``MGET`` of leases, ``TIME`` next to them) are split
+by slot where a cluster needs it.
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 # Re-exported: the key layout moved to infra/ so read-only tools can share it.
+from infra import rooms_index
+from infra.liveness import LivenessCheck
+from infra.redis_scripts import run_pipelined
+from infra.redis_url import is_cluster
+from infra.room_keys import LIVE_KEY as LIVE_KEY
 from infra.room_keys import LIVENESS_PREFIX as LIVENESS_PREFIX
 from infra.room_keys import LOAD_KEY as LOAD_KEY
 from infra.room_keys import ROOMS_KEY as ROOMS_KEY
@@ -64,6 +79,18 @@ from infra.room_keys import SERVERS_KEY as SERVERS_KEY
 from infra.room_keys import liveness_name as liveness_name
 from infra.room_keys import room_keys as room_keys
 from server.errors import OwnershipLost
+
+# How often ``servers()`` re-reads the full registry entries (several KB each); the
+# compact liveness records are read on every call.
+REGISTRY_EVERY_S = 1.0
+# The fields of a registry entry every server polls (the compact record, sr:live).
+LIVE_FIELDS = ("ws_url", "rooms", "players", "liveness_id", "liveness_node", "name", "pid")
+
+
+def placed_key(room: str) -> str:
+    """Where placement keeps the server chosen for new room ``room``: in sr:load's slot."""
+    return f"{{{LOAD_KEY}}}:placed:{room}"
+
 
 _PLACE = """
 local placed = redis.call('GET', KEYS[2])
@@ -77,6 +104,13 @@ if best == nil or best_load >= tonumber(ARGV[2]) then return '' end
 redis.call('ZINCRBY', KEYS[1], 1, best)
 redis.call('SET', KEYS[2], best, 'PX', ARGV[1])
 return best
+"""
+
+# The lease, its remaining ms and the clock of the room's node, in one read of one slot
+# (a cluster refuses TIME in a pipeline; and this is the clock the claim script uses).
+_LEASE_AND_TIME = """
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1]), t[1], t[2]}
 """
 
 # Redis TIME as milliseconds since the Unix epoch, a string (one clock for every server).
@@ -303,12 +337,10 @@ class ScriptBatcher:
                 script, keys, args, future = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
-                # async with: a pipeline left unclosed after a Redis outage is logged by
-                # redis-py ("Unclosed Pipeline client") and keeps its connection.
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for script, keys, args, _ in batch:
-                        await script(keys=keys, args=args, client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
+                # One round trip (per node on a cluster); each call keeps its own error.
+                results = await run_pipelined(
+                    self.redis, [(script, keys, args) for script, keys, args, _ in batch]
+                )
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -333,7 +365,12 @@ class RoomStore:
     def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
+        self.clustered = is_cluster(redis)
+        self.liveness = LivenessCheck()
+        self._registry: dict[str, dict[str, Any]] = {}
+        self._registry_at = -REGISTRY_EVERY_S
         self._batcher = ScriptBatcher(redis)
+        self._lease_and_time = redis.register_script(_LEASE_AND_TIME)
         self._place = redis.register_script(_PLACE)
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
@@ -354,20 +391,27 @@ class RoomStore:
         """The lease, its remaining milliseconds (-2: no lease) and Redis's clock (ms, what a
         takeover decided on this read records as ``detected_ms``). A ticking owner renews
         its lease every tick, so a lease well below ``lease_ms`` means a stalled owner."""
-        key = room_keys(room)["lease"]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.pttl(key)
-            pipe.time()
-            value, ttl, now = await pipe.execute()
-        return (Lease.parse(room, _s(value)) if value else None), int(ttl), _time_ms(now)
+        value, ttl, seconds, micros = await self._lease_and_time(
+            keys=[room_keys(room)["lease"]], args=[]
+        )
+        lease = Lease.parse(room, _s(value)) if _s(value) else None
+        return lease, int(ttl), _time_ms((seconds, micros))
 
     async def leases_and_time(self, rooms: list[str]) -> tuple[list[Lease | None], int]:
-        """The leases of ``rooms`` (None: no owner) and Redis's clock (ms), in one trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([room_keys(room)["lease"] for room in rooms])
-            pipe.time()
-            values, now = await pipe.execute()
+        """The leases of ``rooms`` (None: no owner) and Redis's clock (ms), in one trip
+        (on a cluster: one per node, and the clock of one node)."""
+        keys = [room_keys(room)["lease"] for room in rooms]
+        if self.clustered:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                values = await pipe.execute()
+            now = await self.redis.time()
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.mget(keys)
+                pipe.time()
+                values, now = await pipe.execute()
         leases = [
             Lease.parse(room, _s(value)) if value else None
             for room, value in zip(rooms, values, strict=True)
@@ -418,15 +462,11 @@ class RoomStore:
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
-            await self.redis.hdel(ROOMS_KEY, room)
+            await rooms_index.forget(self.redis, room)
             return Claim(False, Lease(room, 0, ""), "")
         lease = Lease.parse(room, _s(value))
         if won:
-            await self.redis.hset(
-                ROOMS_KEY,
-                room,
-                json.dumps({"owner": server_id, "epoch": lease.epoch, "game": _s(stored_game)}),
-            )
+            await rooms_index.record(self.redis, room, server_id, lease.epoch, _s(stored_game))
         creator = _s(rest[0]) if rest else ""
         takeover = len(rest) > 1 and int(rest[1]) == 1
         return Claim(bool(won), lease, _s(stored_game), creator, takeover)
@@ -458,7 +498,7 @@ class RoomStore:
             args=[lease.token],
         )
         if deleted:
-            await self.redis.hdel(ROOMS_KEY, lease.room)
+            await rooms_index.forget(self.redis, lease.room)
         return bool(deleted)
 
     # -- takeover and kill records ------------------------------------------------
@@ -583,11 +623,20 @@ class RoomStore:
     # -- servers --------------------------------------------------------------
 
     async def register_server(self, server_id: str, info: dict[str, Any]) -> None:
-        await self.redis.hset(SERVERS_KEY, server_id, json.dumps(info))
+        """Write the server's full entry and its compact liveness record."""
+        compact = {k: info[k] for k in LIVE_FIELDS if k in info}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(SERVERS_KEY, server_id, json.dumps(info))
+            pipe.hset(LIVE_KEY, server_id, json.dumps(compact))
+            await pipe.execute()
 
     async def unregister_server(self, server_id: str) -> None:
-        await self.redis.hdel(SERVERS_KEY, server_id)
-        await self.redis.zrem(LOAD_KEY, server_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(SERVERS_KEY, server_id)
+            pipe.hdel(LIVE_KEY, server_id)
+            pipe.zrem(LOAD_KEY, server_id)
+            await pipe.execute()
+        self._registry.pop(server_id, None)
 
     async def report_load(self, server_id: str, rooms: int) -> None:
         """Reset this server's load to what it really runs (placements became claims)."""
@@ -595,7 +644,7 @@ class RoomStore:
 
     async def placed_on(self, room: str) -> str | None:
         """The server placement chose for new room ``room`` in the last few seconds."""
-        value = await self.redis.get(f"sr:placed:{room}")
+        value = await self.redis.get(placed_key(room))
         return _s(value) if value else None
 
     async def place(
@@ -605,32 +654,48 @@ class RoomStore:
         placements see each other's choices, and every join of the room gets the same one.
         "" when every candidate already runs ``max_rooms``."""
         chosen = await self._place(
-            keys=[LOAD_KEY, f"sr:placed:{room}"], args=[hold_ms, max_rooms, *candidates]
+            keys=[LOAD_KEY, placed_key(room)], args=[hold_ms, max_rooms, *candidates]
         )
         return _s(chosen)
 
     async def servers(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(SERVERS_KEY)
-        return {_s(k): json.loads(v) for k, v in raw.items()}
+        """The registry, as every server polls it: the compact records (``sr:live``), read
+        on every call, over the full entries (``sr:servers``, with room stats: several KB
+        each), re-read at most every ``REGISTRY_EVERY_S``. A server with only a full entry
+        (one from before the compact records) is listed too."""
+        now = time.monotonic()
+        full = now - self._registry_at >= REGISTRY_EVERY_S
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(LIVE_KEY)
+            if full:
+                pipe.hgetall(SERVERS_KEY)
+            replies = await pipe.execute()
+        if full:
+            self._registry = _json_hash(replies[1])
+            self._registry_at = now
+        merged = {sid: dict(info) for sid, info in self._registry.items()}
+        for sid, compact in _json_hash(replies[0]).items():
+            merged[sid] = {**merged.get(sid, {}), **compact}
+        return merged
 
     async def rooms_index(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(ROOMS_KEY)
-        return {_s(k): json.loads(v) for k, v in raw.items()}
+        return await rooms_index.read(self.redis)
 
     async def live_server_ids(self, servers: dict[str, dict[str, Any]] | None = None) -> set[str]:
-        """Servers whose liveness connection is open right now.
+        """Servers whose liveness connection is open right now (infra/liveness.py; on a
+        cluster, each server's node is asked, and a server on a node that is failing over
+        counts as live for a while)."""
+        return await self.liveness.live(self.redis, servers)
 
-        With the registry at hand, only the registered liveness connections are listed
-        (``CLIENT LIST ID …``), so the cost does not grow with every other client of Redis.
-        """
-        ids: list[Any] = [
-            str(info["liveness_id"])
-            for info in (servers or {}).values()
-            if isinstance(info.get("liveness_id"), int)
-        ]
-        clients = await (self.redis.client_list(client_id=ids) if ids else self.redis.client_list())
-        return {
-            c["name"][len(LIVENESS_PREFIX) :]
-            for c in clients
-            if c.get("name", "").startswith(LIVENESS_PREFIX)
-        }
+
+def _json_hash(raw: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    """A hash of JSON objects, decoded (a field that is not one is skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(decoded, dict):
+            out[_s(key)] = decoded
+    return out

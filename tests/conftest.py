@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from infra.embedded_cluster import EmbeddedCluster
 from infra.embedded_redis import EmbeddedRedis
 from tests.cluster import LocalCluster, start_cluster
 from tests.support import Processes
@@ -67,3 +68,24 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real Valkey cluster for the session: 3 primaries + 3 replicas on free ports, with
+    a password; tests that kill or fail over a node bring the cluster back to health
+    (``EmbeddedCluster.wait_ok``) before they end."""
+    nodes = EmbeddedCluster(tmp_path_factory.mktemp("valkey-cluster")).start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def cluster_url(valkey_cluster: EmbeddedCluster) -> str:
+    """The session cluster's ``redis+cluster://`` URL (with its password), every primary
+    emptied before the test."""
+    valkey_cluster.wait_ok()
+    valkey_cluster.flush()
+    return valkey_cluster.url

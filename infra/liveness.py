@@ -1,0 +1,264 @@
+"""Which room servers are alive, from their liveness connections — on one Redis or a cluster.
+
+Each room server keeps one connection to Redis named ``sr:SERVER`` (``CLIENT SETNAME``)
+and publishes its client id in the registry (``liveness_id``). When the process dies
+the kernel closes the socket and Redis drops the client at once, so a peer sees a
+killed server in one ``CLIENT LIST ID …`` instead of waiting out its leases.
+
+One Redis (plain or through Sentinel): one ``CLIENT LIST ID …`` answers for everyone.
+
+Redis Cluster: client ids and ``CLIENT LIST`` are per node. So
+
+- a server's liveness connection goes to the primary serving the slot of its own key
+  (``room_keys.server_key``): servers spread over the primaries by the hash of their
+  ids, and the registry records the node (``liveness_node``) with the id;
+- a check asks each node named in the registry, in one round trip per node (the nodes
+  in parallel): ``ROLE`` and ``CLIENT LIST ID …``.
+
+A shard's primary failing over takes its liveness connections with it (killed), or
+leaves them on a node that is now a replica (``CLUSTER FAILOVER``). The link notices
+(the connection fails, or the node answers a command on the server's key with
+``MOVED``) and reconnects to the slot's new primary; the server then re-registers its new
+id at once. Meanwhile a server registered on a node that is unreachable or no longer a
+primary is **unsure**, not dead: it counts as live for ``unsure_s`` (10 s by default).
+A server that really died then is still replaced within its lease time (its leases are
+not renewed, and the watcher claims every expired lease), so a failover never makes the
+servers of a shard look dead, and never delays a takeover past the lease. A server missing
+from a healthy primary is dead at once, as on a single Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+
+from infra.redis_url import connect, connect_cluster, is_cluster, is_cluster_url
+from infra.room_keys import LIVENESS_PREFIX, liveness_name, server_key
+
+UNSURE_S = 10.0  # longest a server on a troubled node counts as live
+
+__all__ = ["UNSURE_S", "LivenessCheck", "LivenessLink", "live_server_ids"]
+
+_NODE_KWARGS = ("username", "password", "socket_timeout", "socket_connect_timeout")
+
+
+def node_client(cluster: RedisCluster, address: str, client_name: str = "") -> aioredis.Redis:
+    """A plain client of one cluster node (``host:port``), with the cluster's credentials,
+    timeouts and TLS settings; with ``client_name``, one named connection."""
+    host, _, port = address.rpartition(":")
+    kwargs = cluster.get_connection_kwargs()
+    options: dict[str, Any] = {k: kwargs[k] for k in _NODE_KWARGS if k in kwargs}
+    options.update({k: v for k, v in kwargs.items() if k.startswith("ssl_")})
+    pool = aioredis.ConnectionPool(
+        connection_class=kwargs.get("connection_class") or aioredis.Connection,
+        host=host.strip("[]"),
+        port=int(port),
+        max_connections=4,
+        client_name=client_name or None,
+        **options,
+    )
+    return aioredis.Redis(connection_pool=pool, single_connection_client=bool(client_name))
+
+
+class LivenessLink:
+    """A server's liveness connection: ``client_id()``, ``info()``, ``aclose()``, and
+    ``node`` (``host:port`` of the cluster node it is on; "" on one Redis)."""
+
+    def __init__(self, url: str, server_id: str, **options: Any) -> None:
+        self.name = liveness_name(server_id)
+        self.key = server_key(server_id)
+        self.node = ""
+        self._options = options
+        self._topology: RedisCluster | None = None
+        self._client: aioredis.Redis | None = None
+        if is_cluster_url(url):
+            self._topology = connect_cluster(url, max_connections=2, **options)
+        else:
+            self._client = connect(
+                url, single_connection_client=True, client_name=self.name, **options
+            )
+
+    async def client_id(self) -> int:
+        """The connection's id (connecting or reconnecting first). On a cluster it also
+        checks that its node still serves the server's key, and moves if not."""
+        if self._topology is None:
+            assert self._client is not None
+            return int(await self._client.client_id())
+        for _attempt in range(3):
+            client = await self._connected()
+            try:
+                await client.exists(self.key)
+                return int(await client.client_id())
+            except ResponseError as exc:
+                moved = str(exc).split()
+                if len(moved) == 3 and moved[0] == "MOVED":  # our node is a replica now
+                    await self._move(moved[2])
+                    continue
+                raise
+            except (RedisError, OSError):
+                await self._move("")  # look the node up again next time
+                raise
+        raise RedisConnectionError(f"liveness: the slot of {self.key} keeps moving")
+
+    async def info(self, section: str) -> dict[str, Any]:
+        """``INFO section`` of the node the connection is on."""
+        client = self._client if self._topology is None else await self._connected()
+        assert client is not None
+        return dict(await client.info(section))
+
+    async def _connected(self) -> aioredis.Redis:
+        if self._client is not None:
+            return self._client
+        assert self._topology is not None
+        address = self.node
+        if not address:
+            await self._topology.initialize()
+            node = self._topology.get_node_from_key(self.key)
+            if node is None:
+                raise RedisConnectionError(f"no cluster node serves {self.key} now")
+            address = node.name
+        self._client = node_client(self._topology, address, client_name=self.name)
+        self.node = address
+        return self._client
+
+    async def _move(self, address: str) -> None:
+        """Drop the connection; the next one goes to ``address`` ("" = look it up)."""
+        client, self._client = self._client, None
+        self.node = address
+        if self._topology is not None and not address:
+            with contextlib.suppress(RedisError, OSError):
+                await self._topology.nodes_manager.initialize()
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.aclose()
+        if self._topology is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._topology.aclose()
+
+
+def _names(clients: Any) -> set[str]:
+    return {
+        c["name"][len(LIVENESS_PREFIX) :]
+        for c in clients
+        if c.get("name", "").startswith(LIVENESS_PREFIX)
+    }
+
+
+def _ids(servers: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    return [
+        str(info["liveness_id"])
+        for info in servers.values()
+        if isinstance(info.get("liveness_id"), int)
+    ]
+
+
+class LivenessCheck:
+    """Who is live, for one process: on a cluster it remembers since when each server
+    has been *unsure* (see the module doc)."""
+
+    def __init__(self, unsure_s: float = UNSURE_S) -> None:
+        self.unsure_s = unsure_s
+        self._unsure_since: dict[str, float] = {}
+        self._nodes: dict[str, aioredis.Redis] = {}
+
+    async def live(
+        self, redis: aioredis.Redis, servers: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> set[str]:
+        """Servers whose liveness connection is open right now (plus, on a cluster, the
+        unsure ones still within ``unsure_s``). With the registry at hand only the
+        registered connections are listed, so the cost does not grow with every other
+        client of Redis."""
+        if not is_cluster(redis):
+            ids = _ids(servers or {})
+            clients = await (redis.client_list(client_id=ids) if ids else redis.client_list())
+            return _names(clients)
+        return await self._live_on_cluster(redis, servers or {})  # type: ignore[arg-type]
+
+    async def _live_on_cluster(
+        self, cluster: RedisCluster, servers: Mapping[str, Mapping[str, Any]]
+    ) -> set[str]:
+        by_node: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for sid, info in servers.items():
+            node = info.get("liveness_node")
+            by_node.setdefault(node if isinstance(node, str) else "", {})[sid] = info
+        answers = await asyncio.gather(
+            *(self._ask(cluster, node, group) for node, group in by_node.items() if node)
+        )
+        live: set[str] = set()
+        troubled: set[str] = set(by_node.get("", {}))  # entries that name no node
+        groups = [group for node, group in by_node.items() if node]
+        for group, answer in zip(groups, answers, strict=True):
+            if answer is None:
+                troubled.update(group)
+            else:
+                live.update(answer & set(group))
+        now = time.monotonic()
+        for sid in servers:
+            if sid in live:
+                self._unsure_since.pop(sid, None)
+            elif sid in troubled:
+                since = self._unsure_since.setdefault(sid, now)
+                if now - since < self.unsure_s:
+                    live.add(sid)
+            else:
+                self._unsure_since.pop(sid, None)
+        for sid in list(self._unsure_since):
+            if sid not in servers:
+                del self._unsure_since[sid]
+        return live
+
+    async def _ask(
+        self, cluster: RedisCluster, node: str, group: Mapping[str, Mapping[str, Any]]
+    ) -> set[str] | None:
+        """The liveness names on ``node`` among ``group``'s ids; None when the node cannot
+        answer for them (unreachable, or not a primary any more)."""
+        client = self._nodes.get(node)
+        if client is None:
+            client = self._nodes[node] = node_client(cluster, node)
+        ids = _ids(group)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("ROLE")
+                if ids:
+                    pipe.client_list(client_id=ids)
+                replies = await pipe.execute()
+        except (RedisError, OSError):
+            self._nodes.pop(node, None)
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+            return None
+        role = replies[0][0] if replies and replies[0] else b""
+        if (role.decode() if isinstance(role, bytes) else str(role)) != "master":
+            return None
+        return _names(replies[1]) if ids else set()
+
+    async def aclose(self) -> None:
+        nodes, self._nodes = self._nodes, {}
+        for client in nodes.values():
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+
+async def live_server_ids(
+    redis: aioredis.Redis, servers: Mapping[str, Mapping[str, Any]] | None = None
+) -> set[str]:
+    """A one-off check (the tools): ``LivenessCheck().live`` with no memory, so an unsure
+    server counts as live."""
+    check = LivenessCheck()
+    try:
+        return await check.live(redis, servers)
+    finally:
+        await check.aclose()

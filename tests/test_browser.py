@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -102,13 +103,19 @@ def _port_free(port: int) -> bool:
 
 
 def free_base(servers: int) -> int:
-    """A BASE with every port `up` takes free: BASE..BASE+servers and BASE+100..BASE+100+servers."""
+    """A BASE with every port `up` takes free: BASE..BASE+servers and BASE+100..BASE+100+servers.
+
+    Chosen below the kernel's ephemeral range: `up` starts Redis and its control endpoint
+    on ports the kernel picks (bind to 0), and the kernel readily hands out a port just
+    released, so a BASE found by binding to 0 was seen taken by Redis a moment later.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base > 65535 - 200:
-            continue
+        base = rng.randrange(10_000, max(10_001, low - 200))
         ports = [*range(base, base + servers + 1), *range(base + 100, base + 101 + servers)]
         if all(_port_free(p) for p in ports):
             return base

@@ -217,7 +217,6 @@ class Host:
     def heal(self) -> None:
         ip("link", "set", self.veth, "up")
 
-    @property
     def is_cut(self) -> bool:
         return "state DOWN" in ip("link", "show", self.veth)
 

@@ -21,7 +21,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
-from websockets.asyncio.server import Server, serve
 
 from auth.verify import TokenVerifier
 from infra.errors import RedisUrlError
@@ -34,22 +33,22 @@ from infra.redis_url import validate as parse_redis_url
 from server import settings as settings_module
 from server.admin import AdminEndpoint
 from server.budgets import ConnectionBudget, ConnectionLimits, PlayerBudget, PlayerLimits
-from server.endpoint import Endpoint, select_subprotocol
+from server.endpoint import MAX_REAUTH_BYTES, Endpoint, select_subprotocol
 from server.engine import RoomEngine
 from server.errors import ConfigError
-from server.fastpath import FastConnection
 from server.game import Game
 from server.games import available_games
 from server.listing import RoomListing, games_info
 from server.metrics import ServerMetrics
 from server.placement import Placement
-from server.protocol import SUBPROTOCOLS
+from server.protocol import SUBPROTOCOLS, CloseCode
 from server.quotas import QuotaLimits, Quotas
 from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore
 from server.takeover import TakeoverTimeline
+from server.transport import Listener, TransportOptions, listen
 from server.watcher import FailoverWatcher
 
 log = logging.getLogger("stateroom.server")
@@ -126,7 +125,7 @@ class RoomServer:
         self.registry: dict[str, dict[str, Any]] = {}  # the last read of sr:servers
         self.live_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._ws_server: Server | None = None
+        self._ws_server: Listener | None = None
         self.admin = AdminEndpoint(self.status, self.metrics.render, self.ready)
         self.verifier = TokenVerifier(
             settings.jwks_url,
@@ -152,27 +151,8 @@ class RoomServer:
         if self.settings.admin_port:
             await self.admin.start(self.settings.admin_host, self.settings.admin_port)
         await self._heartbeat_once()
-        self._ws_server = await serve(
-            self.endpoint.handle,
-            self.settings.host,
-            self.settings.port,
-            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
-            select_subprotocol=select_subprotocol,
-            process_request=self.endpoint.process_request,
-            # A browser always sends Origin, so the allow-list stops cross-site pages; a
-            # native client sends none and is authenticated by its token like any other.
-            origins=[*self.settings.origins, None] if self.settings.origins else None,  # type: ignore[list-item]
-            compression=None,
-            max_size=self.settings.max_message_bytes,
-            max_queue=64,
-            write_limit=self.settings.outbox_bytes,
-            ping_interval=self.settings.ping_interval_s,
-            ping_timeout=self.settings.ping_timeout_s,
-            open_timeout=self.settings.open_timeout_s,
-            close_timeout=2,
-            server_header="stateroom",
-            create_connection=FastConnection,
-        )
+        options = self._options()
+        self._ws_server = await listen(self.settings.transport, self.endpoint.handle, options)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -183,18 +163,46 @@ class RoomServer:
             loop.create_task(self.listing.run(), name="directory"),
         ]
         log.info(
-            "server %s listening on %s (pid %d, redis %s)",
+            "server %s listening on %s (%s transport, pid %d, redis %s)",
             self.server_id,
             self.settings.ws_url,
+            self.settings.transport,
             os.getpid(),
             redact(self.settings.redis_url),
+        )
+
+    def _options(self) -> TransportOptions:
+        """The player port's transport: what every connection may do before it joins,
+        and the largest frame a seated player's game lets it send."""
+        settings = self.settings
+        largest_input = max((g.max_input_bytes for g in self.games.values()), default=0)
+        return TransportOptions(
+            host=settings.host,
+            port=settings.port,
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=select_subprotocol,
+            process_request=self.endpoint.process_request,
+            # A browser always sends Origin, so the allow-list stops cross-site pages; a
+            # native client sends none and is authenticated by its token like any other.
+            origins=settings.origins,
+            max_message_bytes=settings.max_message_bytes,
+            max_frame_bytes=max(settings.max_message_bytes, largest_input, MAX_REAUTH_BYTES),
+            outbox_bytes=settings.outbox_bytes,
+            overflow_code=CloseCode.SLOW_CONSUMER,
+            ping_interval_s=settings.ping_interval_s,
+            ping_timeout_s=settings.ping_timeout_s,
+            open_timeout_s=settings.open_timeout_s,
+            close_timeout_s=2.0,
+            socket_sndbuf=settings.socket_sndbuf,
+            server_header="stateroom",
+            max_queue=64,
         )
 
     async def stop(self) -> None:
         """Graceful handover: stop accepting, leave the registry, drain every room."""
         log.info("server %s draining %d rooms", self.server_id, len(self.rooms))
         if self._ws_server is not None:
-            self._ws_server.server.close()
+            self._ws_server.stop_accepting()
         for task in self._tasks:
             task.cancel()
         successors: list[tuple[str, str]] = []
@@ -209,10 +217,9 @@ class RoomServer:
             )
         )
         if self._ws_server is not None:
-            self._ws_server.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
-                    await self._ws_server.wait_closed()
+                    await self._ws_server.close()
         await self.verifier.aclose()
         with contextlib.suppress(Exception):
             await self.admin.stop()

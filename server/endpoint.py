@@ -9,9 +9,7 @@ the quota slots of its rooms and sessions alive and end the sessions that were l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -19,19 +17,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, NegotiationError
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
 from auth.clientaddr import address_bucket
 from auth.verify import MAX_TOKEN_BYTES, InvalidToken, VerifiedToken
 from infra.revocation import revoked
-from server.admin import http_response
 from server.engine import RoomFull
 from server.errors import ConfigError, InvalidOptions, OwnershipLost
-from server.fastpath import FastConnection
 from server.games import DEFAULT_GAME
 from server.placement import Redirect, Unavailable
 from server.protocol import (
@@ -56,6 +47,13 @@ from server.quotas import REFRESH_EVERY_S, QuotaExceeded
 from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.session import Session, SessionState
+from server.transport import (
+    Connection,
+    ConnectionClosed,
+    HandshakeRefused,
+    HttpRequest,
+    HttpResponse,
+)
 
 if TYPE_CHECKING:
     from server.app import RoomServer
@@ -69,26 +67,32 @@ _PROTOCOL_CLOSE = {
 }
 
 
-def select_subprotocol(
-    connection: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
+# Largest message a seated player may send: an input of its game, or a fresh token.
+MAX_REAUTH_BYTES = MAX_TOKEN_BYTES + 256
+
+
+def select_subprotocol(offered: Sequence[str]) -> str | None:
     """msgpack when the client offers nothing; 400 when it offers only unknown ones."""
     if not offered:
         return None
     for name in offered:
         if name in SUBPROTOCOLS:
             return name
-    raise NegotiationError("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
+    raise HandshakeRefused("unsupported subprotocol; offer one of " + ", ".join(SUBPROTOCOLS))
 
 
-def _address_bucket(connection: ServerConnection) -> str:
+def _address_bucket(request: HttpRequest) -> str:
     """The budget key of a connection's peer: its IP (IPv6: the /64)."""
-    peer = connection.remote_address
+    peer = request.remote_address
     return address_bucket(str(peer[0])) if peer else "unknown"
 
 
-def _bearer(headers: Headers) -> str | None:
-    value = headers.get("Authorization")
+def _text(status: HTTPStatus, body: str) -> HttpResponse:
+    return HttpResponse(status.value, body.encode())
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    value = request.header("Authorization")
     if value and value[:7].lower() == "bearer ":
         return value[7:].strip()
     return None
@@ -102,37 +106,33 @@ class Endpoint:
 
     # -- the handshake -----------------------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
         """The player port: WebSocket upgrades and the two health probes, nothing else
         (/status and /metrics are on the admin listener)."""
         server = self.server
         path = request.path.split("?", 1)[0]
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            refusal = server.connections.refusal(_address_bucket(connection))
+        if (request.header("Upgrade") or "").lower() == "websocket":
+            refusal = server.connections.refusal(_address_bucket(request))
             if refusal is None:
                 return None
             server.metrics.evicted.labels("connection_quota").inc()
             body = orjson.dumps({"error": {"code": "connection_quota", "message": refusal}})
-            return http_response(HTTPStatus.TOO_MANY_REQUESTS, body, "application/json")
+            return HttpResponse(HTTPStatus.TOO_MANY_REQUESTS.value, body, "application/json")
         if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+            return _text(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             ok = server.ready()
-            return connection.respond(
+            return _text(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
                 "ready\n" if ok else "not ready\n",
             )
-        return connection.respond(HTTPStatus.NOT_FOUND, "not found: use a WebSocket on /v1/ws\n")
+        return _text(HTTPStatus.NOT_FOUND, "not found: use a WebSocket on /v1/ws\n")
 
     # -- a connection ------------------------------------------------------------------
 
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: Connection) -> None:
         server = self.server
         settings = server.settings
-        if settings.socket_sndbuf:
-            sock = ws.transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf)
         codec = codec_for_subprotocol(ws.subprotocol)
         session = Session(
             ws,
@@ -142,7 +142,7 @@ class Endpoint:
             settings.input_rate,
             settings.input_burst,
         )
-        session.address = _address_bucket(ws)
+        session.address = _address_bucket(ws.request)
         server.connections.opened(session.address)
         pending = True
         try:
@@ -169,9 +169,8 @@ class Endpoint:
         if current:  # not replaced by a newer connection, which keeps the quota slot
             server.background(server.quotas.release_session(session.player_id, room.name))
 
-    async def _join(self, ws: ServerConnection, session: Session) -> Room | None:
+    async def _join(self, ws: Connection, session: Session) -> Room | None:
         """Authenticate and seat the client; None when it was refused (and closed)."""
-        assert ws.request is not None
         server = self.server
         try:
             async with asyncio.timeout(server.settings.join_timeout_s):
@@ -201,7 +200,7 @@ class Endpoint:
             session.close(CloseCode.UNSUPPORTED_VERSION, "version does not match subprotocol")
             return None
         session.since = message.since
-        token = _bearer(ws.request.headers) or message.token
+        token = _bearer(ws.request) or message.token
         if not token:
             session.send_error(ErrorCode.UNAUTHORIZED, "an access token is required")
             session.close(CloseCode.UNAUTHORIZED, "missing token")
@@ -271,9 +270,7 @@ class Endpoint:
             return None
         # Seated: from now on a frame only needs to hold an input of this game (or a
         # fresh token), and the player's messages draw on its shared budget.
-        ws.protocol.max_message_size = max(
-            located.game_class.max_input_bytes, MAX_TOKEN_BYTES + 256
-        )
+        ws.max_message_size = max(located.game_class.max_input_bytes, MAX_REAUTH_BYTES)
         server.player_budget.attach(session.player_id)
         session.expire_at(session.token_exp + server.verifier.leeway)
         return located
@@ -321,11 +318,11 @@ class Endpoint:
         session.expire_at(session.token_exp + self.server.verifier.leeway)
         session.send(authed_message(session.token_exp))
 
-    async def _serve(self, ws: ServerConnection, session: Session, room: Room) -> None:
+    async def _serve(self, ws: Connection, session: Session, room: Room) -> None:
         """Feed the joined client's messages to the room until it disconnects.
 
-        Complete frames arrive synchronously through FastConnection.on_frame; this loop
-        only sees fragmented messages (rare) and waits for the connection to end.
+        Complete messages arrive synchronously from the transport's read path
+        (``on_message``); this coroutine only waits for the connection to end.
         """
 
         def on_frame(frame: bytes | str) -> None:
@@ -337,18 +334,11 @@ class Endpoint:
                 )
                 session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-        if isinstance(ws, FastConnection):
-            ws.on_frame = on_frame
+        ws.on_message = on_frame
         try:
-            async for frame in ws:
-                on_frame(frame)
-                if session.state is SessionState.CLOSING:
-                    return
-        except ConnectionClosed:
-            return
+            await ws.wait_closed()
         finally:
-            if isinstance(ws, FastConnection):
-                ws.on_frame = None
+            ws.on_message = None
 
     def _on_frame(self, session: Session, room: Room, frame: bytes | str) -> None:
         """One message of a joined client: rate limit, decode, dispatch. Never awaits."""

@@ -1,10 +1,10 @@
 """One client connection: its lifecycle, its rate limit and its bounded outbox.
 
-Sends never await: a frame is written straight into the connection's
-transport (as ``websockets.broadcast`` does), so a tick never waits for a
-socket. The outbox is the transport's write buffer; its bound is
-``outbox_bytes`` and the overload policy is EVICT: a client over it is closed
-with 4009 (slow consumer) and the room goes on without it.
+Sends never await: a frame is handed to the connection's transport
+(``server/transport``), so a tick never waits for a socket. The outbox is the
+transport's write buffer; its bound is ``outbox_bytes`` and the overload policy
+is ``Overflow.EVICT``: a client over it is closed with 4009 (slow consumer) and
+the room goes on without it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
-from websockets.protocol import State
-
 from server.budgets import TokenBucket
-from server.fastpath import write_data_frame
 from server.protocol import CloseCode, Codec, ErrorCode, close_reason, error_message
 from server.protocol.delta import DeltaEncoder
+from server.transport import Connection
 
 if TYPE_CHECKING:
     from server.metrics import ServerMetrics
@@ -47,7 +44,7 @@ class Session:
 
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: Connection,
         codec: Codec,
         metrics: ServerMetrics,
         outbox_bytes: int,
@@ -58,6 +55,8 @@ class Session:
         self.codec = codec
         self.metrics = metrics
         self.outbox_bytes = outbox_bytes
+        ws.outbox_bytes = outbox_bytes
+        ws.on_overflow = self._evicted
         self.bucket = TokenBucket(input_rate, input_burst, time.monotonic())
         self.state = SessionState.AUTHENTICATING
         self.player_id = ""
@@ -79,7 +78,6 @@ class Session:
         self._last_rate_error = 0.0
         self._gap_reported = 0
         self._gap_reported_at = 0.0
-        self._close_task: asyncio.Task[None] | None = None
         self.close_code: int | None = None
 
     def transition(self, new: SessionState) -> None:
@@ -89,25 +87,12 @@ class Session:
 
     @property
     def open(self) -> bool:
-        return self.state is not SessionState.CLOSING and self.ws.protocol.state is State.OPEN
+        return self.state is not SessionState.CLOSING and self.ws.open
 
     def send_frame(self, frame: bytes) -> bool:
-        """Write one encoded frame now, or evict the client if its outbox is full."""
-        if not self.open:
-            return False
-        transport = self.ws.transport
-        if transport.get_write_buffer_size() > self.outbox_bytes:
-            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: the client is not reading")
-            self.metrics.evicted.labels("slow_consumer").inc()
-            return False
-        try:
-            if not write_data_frame(self.ws, frame, self.codec.text):
-                if self.codec.text:
-                    self.ws.protocol.send_text(frame)
-                else:
-                    self.ws.protocol.send_binary(frame)
-                self.ws.send_data()
-        except Exception:  # the connection broke under us; its reader will clean up
+        """Write one encoded frame now; the transport evicts the client (4009, then
+        ``_evicted``) when its outbox is full."""
+        if self.state is SessionState.CLOSING or not self.ws.send(frame, self.codec.text):
             return False
         traffic = self.metrics.traffic
         traffic.messages_out += 1
@@ -182,10 +167,21 @@ class Session:
             self.refuse_rate("input dropped: over the input rate limit")
         return False
 
+    def _evicted(self) -> None:
+        """The transport closed this slow client (Overflow.EVICT, 4009)."""
+        if self.state is SessionState.CLOSING:
+            return
+        self._closing(CloseCode.SLOW_CONSUMER, "outbox overflow: the client is not reading")
+        self.metrics.evicted.labels("slow_consumer").inc()
+
     def close(self, code: int, reason: str) -> None:
         """Start closing without waiting (callable from the tick)."""
         if self.state is SessionState.CLOSING:
             return
+        self._closing(code, reason)
+        self.ws.close(int(code), close_reason(reason))
+
+    def _closing(self, code: int, reason: str) -> None:
         self.state = SessionState.CLOSING
         self.close_code = int(code)
         self.ended()
@@ -196,11 +192,9 @@ class Session:
             int(code),
             reason,
         )
-        self._close_task = asyncio.get_running_loop().create_task(
-            self.ws.close(int(code), close_reason(reason))
-        )
 
     async def wait_closed(self) -> None:
-        """Let our close frame go out before the handler returns (which would send 1000)."""
-        if self._close_task is not None:
-            await asyncio.shield(self._close_task)
+        """Once closing, until the connection is gone (the handler's return would
+        otherwise close it 1000 at once; our code and reason went first)."""
+        if self.state is SessionState.CLOSING:
+            await self.ws.wait_closed()

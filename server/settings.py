@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from server.errors import ConfigError
+from server.transport import TRANSPORTS
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class ServerSettings:
     # Seconds a room with no seats lives before it closes (a room nobody played in: none).
     empty_room_s: float = 60.0
     join_timeout_s: float = 5.0
+    # WebSocket library of the player port (docs/transport.md): picows (compiled, the
+    # hot path at a fraction of the CPU) or websockets (the reference).
+    transport: str = "picows"
     max_message_bytes: int = 16 * 1024
     # Per-client outbox bound (bytes waiting to be written); over it the client is closed 4009.
     outbox_bytes: int = 256 * 1024
@@ -122,6 +126,8 @@ SETTINGS_HELP: dict[str, str] = {
     "unplayed_grace_s": "seconds a disconnected player who never sent an input keeps its seat",
     "empty_room_s": "seconds an empty room lives before closing (0 if nobody ever played in it)",
     "join_timeout_s": "seconds a new connection has to send join",
+    "transport": "WebSocket transport of the player port: picows (compiled) or websockets"
+    " (the reference); see docs/transport.md",
     "max_message_bytes": "largest accepted WebSocket message",
     "outbox_bytes": "bytes queued for one client before it is closed as a slow consumer",
     "socket_sndbuf": "kernel send buffer per client socket in bytes (0 lets the OS autotune)",
@@ -241,5 +247,7 @@ def validate(settings: ServerSettings) -> None:
         raise ConfigError("--token-leeway-s must be >= 0 and --revocation-check-s > 0")
     if settings.player_message_rate <= 0 or settings.player_byte_rate < 1024:
         raise ConfigError("--player-message-rate must be > 0 and --player-byte-rate >= 1024")
+    if settings.transport not in TRANSPORTS:
+        raise ConfigError(f"--transport must be one of: {', '.join(TRANSPORTS)}")
     if not 0 <= settings.admin_port < 65536:
         raise ConfigError("--admin-port must be in 0-65535 (0: no admin listener)")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from server import settings as settings_module
+from server.errors import ConfigError
 from server.transport import Connection, TransportOptions, listen
 from server.transport.frames import close_reason_bytes, frame_header, valid_close_code
 
@@ -48,3 +52,14 @@ async def test_unknown_transport_is_refused_with_the_valid_names() -> None:
 
     with pytest.raises(ValueError, match="websockets, picows"):
         await listen("uwebsockets", handler, TransportOptions())
+
+
+def test_transport_setting_names_the_valid_transports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATEROOM_TRANSPORT", raising=False)
+    parser = argparse.ArgumentParser()
+    settings_module.add_arguments(parser)
+    assert settings_module.from_args(parser.parse_args([])).transport == "picows"
+    chosen = settings_module.from_args(parser.parse_args(["--transport", "websockets"]))
+    assert chosen.transport == "websockets"
+    with pytest.raises(ConfigError, match="--transport must be one of: websockets, picows"):
+        settings_module.from_args(parser.parse_args(["--transport", "uvicorn"]))

@@ -49,6 +49,7 @@ from bench.common import (
     CpuWindow,
     MachineWindow,
     Stack,
+    cpu_busy_seconds,
     cpu_count,
     emit,
     histogram_mean_ms,
@@ -265,6 +266,20 @@ class Options:
     core_full: float
     server_args: tuple[str, ...] = ()
     ref_server_args: tuple[str, ...] = ()
+    quiet_wait: float = 0.0
+
+
+def wait_quiet(limit_s: float, busy_below: float = 0.15) -> float:
+    """Wait (up to ``limit_s``) for 2 s in which every CPU is less than ``busy_below`` busy
+    (other processes: ours are all stopped between points). Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = cpu_busy_seconds()
+        time.sleep(2.0)
+        after = cpu_busy_seconds()
+        if all((after[c] - before[c]) / 2.0 < busy_below for c in before):
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def stack_for(tree: Tree, opts: Options) -> Stack:
@@ -333,6 +348,8 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
     }
     stack = stack_for(tree, opts)
     gen: LoadGen | None = None
+    if opts.quiet_wait:
+        point["waited_for_quiet_s"] = wait_quiet(opts.quiet_wait)
     stage = "starting Valkey, auth and the room server"
     try:
         stack.start()
@@ -825,6 +842,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         max_loadgen_cpu=args.max_loadgen_cpu,
         max_loop_delay_ms=args.max_loop_delay_ms,
         core_full=args.core_full,
+        quiet_wait=args.quiet_wait,
         server_args=tuple(shlex.split(args.server_args)),
         ref_server_args=tuple(shlex.split(args.ref_server_args or args.server_args)),
     )
@@ -965,6 +983,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ref-server-args", help="extra flags of REF's room server (default: --server-args)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each point, wait up to S seconds for the machine to be idle (shared machines)",
     )
     parser.add_argument("--no-durable", action="store_true", help="room server --no-durable")
     parser.add_argument(

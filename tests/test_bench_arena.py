@@ -205,6 +205,20 @@ def test_rooms_of_4_point(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(40)
+def test_python_load_generator(tmp_path: Path) -> None:
+    code, out, err = run_arena(
+        tmp_path,
+        [*FAST, "--loadgen", "python", "--scenarios", "one_room", "--one-room", "6"],
+        timeout=35,
+    )
+    assert code == 0, f"exit {code}\n{err[-3000:]}"
+    result = one_object(out)
+    assert result["loadgen"] == "python"
+    [p] = result["points"]
+    check_point(p)
+
+
+@pytest.mark.timeout(40)
 def test_standin_measures_the_load_generator_alone(tmp_path: Path) -> None:
     node_ready()
     code, out, err = run_arena(

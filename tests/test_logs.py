@@ -235,30 +235,42 @@ def connect_and_close(ws_url: str, count: int) -> None:
             pass
 
 
+def scrape_admin(admin_url: str, count: int) -> None:
+    for _ in range(count):
+        with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
+            assert response.status == 200
+
+
 def test_connections_are_silent_by_default_and_logged_at_debug(
     processes: Processes,
     tmp_path: Path,
     session_redis: EmbeddedRedis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """websockets (the reference transport, and the admin listener) logs every connection
+    at INFO; the default transport (picows) logs none. Either way, by default: silence."""
     monkeypatch.delenv(FORMAT_ENV, raising=False)
     monkeypatch.delenv(LEVEL_ENV, raising=False)
+    reference = ("--transport", "websockets")
     cluster = start_cluster(processes, tmp_path, servers=1, redis=session_redis)
-    quiet = cluster.servers["s1"]
+    quiet = [cluster.servers["s1"], cluster.add_server("s2", reference)]
     monkeypatch.setenv(LEVEL_ENV, "DEBUG")
-    loud = cluster.add_server("s2")
-    connect_and_close(quiet.ws_url, CONNECTIONS)
-    connect_and_close(loud.ws_url, CONNECTIONS)
+    loud = cluster.add_server("s3", reference)
+    for server in [*quiet, loud]:
+        connect_and_close(server.ws_url, CONNECTIONS)
+        scrape_admin(server.admin_url, CONNECTIONS)
     processes.stop_all()  # SIGTERM, waited for: every line is written
-    quiet_lines = (tmp_path / "s1.log").read_text().splitlines()
-    loud_lines = (tmp_path / "s2.log").read_text().splitlines()
-    noise = ("connection open", "connection closed", "connection rejected")
-    assert not [line for line in quiet_lines if any(n in line for n in noise)], quiet_lines
-    # Start-up and shutdown only: the 20 connections added nothing.
-    assert len(quiet_lines) < CONNECTIONS, quiet_lines
-    assert any("stopped" in line for line in quiet_lines)
+    noise = ("connection open", "connection closed", "connection rejected", "HTTP response sent")
+    for server in quiet:
+        lines = (tmp_path / f"{server.name}.log").read_text().splitlines()
+        assert not [line for line in lines if any(n in line for n in noise)], lines
+        # Start-up and shutdown only: 20 connections and 20 scrapes added nothing.
+        assert len(lines) < CONNECTIONS, lines
+        assert any("stopped" in line for line in lines), lines
+    loud_lines = (tmp_path / "s3.log").read_text().splitlines()
     assert sum("connection open" in line for line in loud_lines) >= CONNECTIONS
     assert sum("connection closed" in line for line in loud_lines) >= CONNECTIONS
+    assert sum("HTTP response sent (200 OK)" in line for line in loud_lines) >= CONNECTIONS
 
 
 def test_a_cluster_logs_json_lines(

@@ -222,6 +222,7 @@ class PicowsConnection(Connection, WSListener):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self._registry.add(self)
+        log.debug("connection open from %s", self.remote_address)
         if self.options.ping_interval_s:
             self._ping_timer = self._loop.call_later(self.options.ping_interval_s, self._ping)
         self._task = self._loop.create_task(self._run())
@@ -258,6 +259,7 @@ class PicowsConnection(Connection, WSListener):
         self._close_timer = self._ping_timer = None
         self._wake()
         self._registry.discard(self)
+        log.debug("connection closed from %s", self.remote_address)
         if not self._closed.done():
             self._closed.set_result(None)
         callback = self.on_disconnect

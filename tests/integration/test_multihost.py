@@ -458,7 +458,14 @@ async def test_a_host_cut_off_fences_itself_its_rooms_move_and_it_rejoins(
         assert at is not None, f"{moved[room].server} did not fence {room}: {fenced}"
         assert record.claimed_ms is not None and at * 1000 < record.claimed_ms, (room, at, record)
     assert all(new_on[s.name] >= 1 for s in cut_servers), new_on
-    assert all(p.client.stats.reconnects >= 1 for p in cut_players)
+    for server in hosts.servers.values():  # a partition is handled, never a crash
+        log = (hosts.processes.log_dir / f"{server.name}.log").read_text(errors="replace")
+        assert "Traceback" not in log and "Unclosed" not in log, (server.name, log[-3000:])
+    for room, record in records.items():
+        assert hosts.host_of(names[record.server]) is not victim, (room, record)
+    for player in cut_players:  # they reconnected, and ended on another host
+        assert player.client.stats.reconnects >= 1, player.client.closes
+        assert hosts.host_of(names[player.client.seen[-1].server]) is not victim
     check_players(players, recorders)
     for player in newcomers:
         check_alone(player)
@@ -469,7 +476,8 @@ async def test_a_host_cut_off_fences_itself_its_rooms_move_and_it_rejoins(
 
 
 async def test_rooms_back_p99_after_a_host_dies(hosts: HostCluster, store: RoomStore) -> None:
-    """The figure: 48 rooms of one player (16 a host, 5 inputs/s), one host SIGKILLed."""
+    """The figure: 48 rooms of one player (5 inputs/s) over the 3 hosts; the host with the
+    most rooms is SIGKILLed; its rooms back, over rooms, survivors and time."""
     started = time.monotonic()
     rooms = [f"mh-bench-{i}" for i in range(48)]
     phases: dict[str, float] = {}

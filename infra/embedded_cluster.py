@@ -112,6 +112,7 @@ class EmbeddedCluster:
         self.password = stored_password(self.data_dir) if password is None else password
         self.ranges = slot_ranges(primaries)
         self.nodes: list[ClusterNode] = []
+        self.started_in_s = 0.0  # how long the last start took, until cluster_state:ok
         for index in range(primaries * (1 + replicas)):
             port, bus_port = free_port(host), free_port(host)
             lines: tuple[str, ...] = (
@@ -156,6 +157,7 @@ class EmbeddedCluster:
 
     def start(self, timeout: float = 15.0) -> EmbeddedCluster:
         """Start every node, form the cluster if it is new, wait for ``cluster_state:ok``."""
+        began = time.monotonic()
         fresh = not any((n.server.data_dir / "nodes.conf").exists() for n in self.nodes)
         try:
             for node in self.nodes:  # all load at once, then each is waited for
@@ -170,6 +172,7 @@ class EmbeddedCluster:
         except BaseException:
             self.stop()
             raise
+        self.started_in_s = time.monotonic() - began
         return self
 
     def _myid(self, node: ClusterNode) -> str:

@@ -12,8 +12,8 @@ Redis Cluster: client ids and ``CLIENT LIST`` are per node. So
 - a server's liveness connection goes to the primary serving the slot of its own key
   (``room_keys.server_key``): servers spread over the primaries by the hash of their
   ids, and the registry records the node (``liveness_node``) with the id;
-- a check asks each node named in the registry, in one round trip per node (the nodes
-  in parallel): ``ROLE`` and ``CLIENT LIST ID …``.
+- a check asks each node named in the registry (the nodes in parallel): ``ROLE``, then
+  ``CLIENT LIST ID …`` of the ids registered there.
 
 A shard's primary failing over takes its liveness connections with it (killed), or
 leaves them on a node that is now a replica (``CLUSTER FAILOVER``). The link notices
@@ -172,7 +172,6 @@ class LivenessCheck:
     def __init__(self, unsure_s: float = UNSURE_S) -> None:
         self.unsure_s = unsure_s
         self._unsure_since: dict[str, float] = {}
-        self._nodes: dict[str, aioredis.Redis] = {}
 
     async def live(
         self, redis: aioredis.Redis, servers: Mapping[str, Mapping[str, Any]] | None = None
@@ -224,32 +223,25 @@ class LivenessCheck:
         self, cluster: RedisCluster, node: str, group: Mapping[str, Mapping[str, Any]]
     ) -> set[str] | None:
         """The liveness names on ``node`` among ``group``'s ids; None when the node cannot
-        answer for them (unreachable, or not a primary any more)."""
-        client = self._nodes.get(node)
-        if client is None:
-            client = self._nodes[node] = node_client(cluster, node)
+        answer for them (unreachable, unknown to the cluster, or not a primary any more).
+        Through the cluster client's own connections to that node (closed with it)."""
+        target = cluster.get_node(node_name=node)
+        if target is None:
+            return None
         ids = _ids(group)
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("ROLE")
-                if ids:
-                    pipe.client_list(client_id=ids)
-                replies = await pipe.execute()
+            role = await cluster.execute_command("ROLE", target_nodes=target)
+            if _text(role[0] if role else b"") != "master":
+                return None
+            if not ids:
+                return set()
+            return _names(await cluster.client_list(client_id=ids, target_nodes=target))
         except (RedisError, OSError):
-            self._nodes.pop(node, None)
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
             return None
-        role = replies[0][0] if replies and replies[0] else b""
-        if (role.decode() if isinstance(role, bytes) else str(role)) != "master":
-            return None
-        return _names(replies[1]) if ids else set()
 
-    async def aclose(self) -> None:
-        nodes, self._nodes = self._nodes, {}
-        for client in nodes.values():
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def live_server_ids(
@@ -257,8 +249,4 @@ async def live_server_ids(
 ) -> set[str]:
     """A one-off check (the tools): ``LivenessCheck().live`` with no memory, so an unsure
     server counts as live."""
-    check = LivenessCheck()
-    try:
-        return await check.live(redis, servers)
-    finally:
-        await check.aclose()
+    return await LivenessCheck().live(redis, servers)

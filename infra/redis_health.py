@@ -32,7 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from infra.redis_url import is_cluster
 
@@ -110,11 +110,20 @@ def _primaries(redis: aioredis.Redis) -> list[ClusterNode]:
 
 async def memory_usage(redis: aioredis.Redis) -> MemoryUsage:
     """``INFO memory`` in one round trip (works where CONFIG is disabled); on a cluster
-    the fullest primary's (by used / maxmemory, or used bytes without limits)."""
+    the fullest primary's (by used / maxmemory, or used bytes without limits), of the
+    primaries that answer."""
     if not is_cluster(redis):
         return _usage(await redis.info("memory"))
     await redis.initialize()
-    usages = [_usage(await redis.info("memory", target_nodes=node)) for node in _primaries(redis)]
+    usages: list[MemoryUsage] = []
+    failure: Exception | None = None
+    for node in _primaries(redis):
+        try:
+            usages.append(_usage(await redis.info("memory", target_nodes=node)))
+        except (RedisError, OSError) as exc:  # a primary failing over: the others count
+            failure = exc
+    if not usages:
+        raise failure or RedisError("no primary to read INFO memory from")
     return max(usages, key=lambda u: (u.fraction or 0.0, u.used_memory or 0))
 
 

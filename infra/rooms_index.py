@@ -38,17 +38,23 @@ async def forget(redis: aioredis.Redis, room: str) -> None:
 
 
 async def read(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
-    """The whole index (entries that are not JSON objects are skipped)."""
+    """The whole index (entries that are not JSON objects are skipped). On a cluster, the
+    buckets of a shard that cannot answer right now are left out (all failing: raised)."""
     keys = rooms_index_keys(is_cluster(redis))
+    parts: list[Any]
     if len(keys) == 1:
         parts = [await redis.hgetall(keys[0])]
     else:
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
-            parts = await pipe.execute()
+            parts = await pipe.execute(raise_on_error=False)
+        if all(isinstance(part, Exception) for part in parts):
+            raise parts[0]
     out: dict[str, dict[str, Any]] = {}
     for raw in parts:
+        if isinstance(raw, Exception):
+            continue  # a bucket whose shard cannot answer now (a failover): next poll
         for name, value in raw.items():
             try:
                 entry = json.loads(value)

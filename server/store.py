@@ -69,7 +69,7 @@ from redis.exceptions import RedisError, ResponseError
 # Re-exported: the key layout moved to infra/ so read-only tools can share it.
 from infra import rooms_index
 from infra.liveness import LivenessCheck
-from infra.redis_scripts import run_pipelined
+from infra.redis_scripts import ScriptCall
 from infra.redis_url import is_cluster
 from infra.room_keys import LIVE_KEY as LIVE_KEY
 from infra.room_keys import LIVENESS_PREFIX as LIVENESS_PREFIX
@@ -78,11 +78,15 @@ from infra.room_keys import ROOMS_KEY as ROOMS_KEY
 from infra.room_keys import SERVERS_KEY as SERVERS_KEY
 from infra.room_keys import liveness_name as liveness_name
 from infra.room_keys import room_keys as room_keys
+from server.durability import Durability
 from server.errors import OwnershipLost
 
 # How often ``servers()`` re-reads the full registry entries (several KB each); the
 # compact liveness records are read on every call.
 REGISTRY_EVERY_S = 1.0
+# Longest the last registry read stands in for one that failed (a cluster shard failing
+# over): a server registered later, or re-registered with a new liveness id, waits that long.
+STALE_REGISTRY_S = 5.0
 # The fields of a registry entry every server polls (the compact record, sr:live).
 LIVE_FIELDS = ("ws_url", "rooms", "players", "liveness_id", "liveness_node", "name", "pid")
 
@@ -308,10 +312,12 @@ class ScriptBatcher:
     Rooms of a server tick on a common clock, so their journal appends of one tick
     arrive together: one round trip and one write for all of them instead of one per
     room. Each call stays atomic (a script); a call's error goes to its own caller only.
+    Under ``replica`` durability the batch ends with one WAIT (server/durability.py).
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, durability: Durability | None = None) -> None:
         self.redis = redis
+        self.durability = durability or Durability()
         self._queue: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -333,14 +339,13 @@ class ScriptBatcher:
         self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and not self.durability.replicated:
                 script, keys, args, future = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
                 # One round trip (per node on a cluster); each call keeps its own error.
-                results = await run_pipelined(
-                    self.redis, [(script, keys, args) for script, keys, args, _ in batch]
-                )
+                calls: list[ScriptCall] = [(script, keys, args) for script, keys, args, _ in batch]
+                results = await self.durability.run(self.redis, calls)
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -362,14 +367,20 @@ class ScriptBatcher:
 class RoomStore:
     """Room persistence and ownership on one Redis connection pool."""
 
-    def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, lease_ms: int = 3000, durability: Durability | None = None
+    ) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
+        # How far a journal append must reach before ``append`` returns (local/replica).
+        self.durability = durability or Durability()
         self.clustered = is_cluster(redis)
         self.liveness = LivenessCheck()
         self._registry: dict[str, dict[str, Any]] = {}
         self._registry_at = -REGISTRY_EVERY_S
-        self._batcher = ScriptBatcher(redis)
+        self._merged: dict[str, dict[str, Any]] = {}  # the last good ``servers()``
+        self._live_at = -STALE_REGISTRY_S
+        self._batcher = ScriptBatcher(redis, self.durability)
         self._lease_and_time = redis.register_script(_LEASE_AND_TIME)
         self._place = redis.register_script(_PLACE)
         self._claim = redis.register_script(_CLAIM)
@@ -417,6 +428,36 @@ class RoomStore:
             for room, value in zip(rooms, values, strict=True)
         ]
         return leases, _time_ms(now)
+
+    async def readable_leases(self, rooms: list[str]) -> tuple[dict[str, Lease | None], int]:
+        """Like ``leases_and_time``, for the watcher: on a cluster, rooms whose shard
+        cannot answer right now (its primary failing over) are left out instead of failing
+        the whole read, so the other shards' rooms are still watched."""
+        if not self.clustered:
+            leases, now = await self.leases_and_time(rooms)
+            return dict(zip(rooms, leases, strict=True)), now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.get(room_keys(room)["lease"])
+            values = await pipe.execute(raise_on_error=False)
+        now_ms = await self._any_node_time()
+        return {
+            room: Lease.parse(room, _s(value)) if value else None
+            for room, value in zip(rooms, values, strict=True)
+            if not isinstance(value, Exception)
+        }, now_ms
+
+    async def _any_node_time(self) -> int:
+        """``TIME`` (ms) of the cluster's default node, or of any primary that answers
+        while that one is down."""
+        try:
+            return _time_ms(await self.redis.time())
+        except (RedisError, OSError):
+            cluster: Any = self.redis
+            for node in cluster.get_primaries():
+                with contextlib.suppress(RedisError, OSError):
+                    return _time_ms(await self.redis.time(target_nodes=node))
+            raise
 
     async def claim(
         self,
@@ -573,6 +614,16 @@ class RoomStore:
                 ],
             )
 
+    async def confirm_durable(self, lease: Lease) -> None:
+        """Under ``replica`` durability: wait until a replica holds everything journaled so
+        far for the room (a retried append whose entry was already there); raise
+        OwnershipLost if fenced, ReplicaTimeout if no replica confirms. No-op under local."""
+        with _fenced(lease):
+            await self.durability.confirm(
+                self.redis,
+                (self._renew, [room_keys(lease.room)["lease"]], [lease.token, self.lease_ms]),
+            )
+
     async def recent_events(self, room: str) -> list[tuple[int, list[Any]]]:
         """(tick, emitted) of the ticks in the events stream, oldest first. A tick
         journaled twice (by two epochs after a takeover) counts once: the newest."""
@@ -665,18 +716,27 @@ class RoomStore:
         (one from before the compact records) is listed too."""
         now = time.monotonic()
         full = now - self._registry_at >= REGISTRY_EVERY_S
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(LIVE_KEY)
-            if full:
-                pipe.hgetall(SERVERS_KEY)
-            replies = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(LIVE_KEY)
+                if full:
+                    pipe.hgetall(SERVERS_KEY)
+                replies = await pipe.execute()
+        except (RedisError, OSError):
+            # On a cluster the registry is one shard among several: while that shard's
+            # primary fails over, the last read (at most STALE_REGISTRY_S old) stands in,
+            # so the other shards' rooms are still watched. One Redis: nothing to save.
+            if not self.clustered or now - self._live_at > STALE_REGISTRY_S:
+                raise
+            return {sid: dict(info) for sid, info in self._merged.items()}
         if full:
             self._registry = _json_hash(replies[1])
             self._registry_at = now
         merged = {sid: dict(info) for sid, info in self._registry.items()}
         for sid, compact in _json_hash(replies[0]).items():
             merged[sid] = {**merged.get(sid, {}), **compact}
-        return merged
+        self._merged, self._live_at = merged, now
+        return {sid: dict(info) for sid, info in merged.items()}
 
     async def rooms_index(self) -> dict[str, dict[str, Any]]:
         return await rooms_index.read(self.redis)

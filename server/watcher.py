@@ -60,11 +60,12 @@ class FailoverWatcher:
         await self._forget_dead_servers(servers, live)
         index = await server.store.rooms_index()
         names = [name for name in index if name not in server.rooms and name not in server.claiming]
-        # Redis's clock of this read: when a claim decided on it was detected.
-        leases, now_ms = await server.store.leases_and_time(names) if names else ([], 0)
+        # Redis's clock of this read: when a claim decided on it was detected. On a Redis
+        # Cluster a shard that cannot answer now leaves its rooms out of this poll only.
+        leases, now_ms = await server.store.readable_leases(names) if names else ({}, 0)
         missing_now: set[str] = set()
         unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned
-        for name, lease in zip(names, leases, strict=True):
+        for name, lease in leases.items():
             if lease is None:
                 unowned += 1
                 # Released by a draining owner, or expired (frozen/partitioned owner).

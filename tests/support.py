@@ -7,7 +7,9 @@ killed by PID at teardown even when the test fails.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,3 +106,52 @@ class Processes:
                 except ProcessLookupError:
                     pass
         self.children.clear()
+
+
+# -- a whole `stateroom up` on free ports ----------------------------------------------
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """``port`` can be bound on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_base(servers: int) -> int:
+    """A BASE with every port `up` takes free: BASE..BASE+servers and BASE+100..BASE+100+servers.
+
+    Chosen below the kernel's ephemeral range: `up` starts Redis and its control endpoint
+    on ports the kernel picks (bind to 0), and the kernel readily hands out a port just
+    released, so a BASE found by binding to 0 was seen taken by Redis a moment later.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, max(10_001, low - 200))
+        ports = [*range(base, base + servers + 1), *range(base + 100, base + 101 + servers)]
+        if all(port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range for stateroom up")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux: /proc/PID/task/TID/children); [] once it is gone."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +49,7 @@ from typing import Any
 import pytest
 
 from infra.embedded_redis import die_with_parent
-from tests.support import http_ok, wait_until
+from tests.support import children_of, free_base, http_ok, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "browser"
@@ -90,50 +88,6 @@ def chromium_path() -> str:
 
 
 # -- a real `stateroom up` ----------------------------------------------------------------
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_base(servers: int) -> int:
-    """A BASE with every port `up` takes free: BASE..BASE+servers and BASE+100..BASE+100+servers.
-
-    Chosen below the kernel's ephemeral range: `up` starts Redis and its control endpoint
-    on ports the kernel picks (bind to 0), and the kernel readily hands out a port just
-    released, so a BASE found by binding to 0 was seen taken by Redis a moment later.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, max(10_001, low - 200))
-        ports = [*range(base, base + servers + 1), *range(base + 100, base + 101 + servers)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range for stateroom up")
-
-
-def children_of(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def kill_group(pgid: int, grace: float) -> None:

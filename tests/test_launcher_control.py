@@ -33,8 +33,8 @@ from infra.ports import free_port
 from server.control import ControlEndpoint
 from server.store import RoomStore
 from tests.integration.faults import wait_for
-from tests.support import Processes, wait_until
-from tests.test_secrets import children_of, cmdline, free_base, stop_up
+from tests.support import Processes, children_of, free_base, wait_until
+from tests.test_secrets import cmdline, stop_up
 
 SERVERS = 2
 

@@ -42,8 +42,8 @@ from infra.logs import (
 from server.cli import build_parser
 from server.protocol import SUBPROTOCOLS
 from tests.cluster import start_cluster
-from tests.support import Processes, wait_until
-from tests.test_secrets import children_of, free_base, stop_up
+from tests.support import Processes, children_of, free_base, wait_until
+from tests.test_secrets import stop_up
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FIXED = ("ts", "level", "logger", "component", "msg")

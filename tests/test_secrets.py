@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -29,44 +28,9 @@ import redis
 from infra.embedded_redis import die_with_parent
 from infra.redis_url import redact
 from server.launcher import Cluster
-from tests.support import wait_until
+from tests.support import children_of, free_base, wait_until
 
 SERVERS = 1
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_base(servers: int) -> int:
-    """A BASE with BASE..BASE+servers and BASE+100+i (admin listeners) all free."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base > 65535 - 200:
-            continue
-        ports = [*range(base, base + servers + 1), *(base + 100 + i for i in range(1, servers + 1))]
-        if all(port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range for stateroom up")
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux: /proc/PID/task/TID/children)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def cmdline(pid: int) -> bytes:

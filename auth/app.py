@@ -67,6 +67,7 @@ from auth.ratelimit import RateLimiter
 from auth.refresh import RefreshStore, family_of
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer
+from infra.process_metrics import LOOP_LAG
 from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
 from infra.revocation import revoke as write_revocation
@@ -312,6 +313,7 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         checker: asyncio.Task[None] | None = None
+        LOOP_LAG.start()  # event-loop lag from boot, not from the first scrape
         try:
             if not await check_memory(svc, at_start=True):
                 checker = asyncio.create_task(check_memory_later(svc), name="redis-memory-check")
@@ -323,6 +325,7 @@ def create_app(settings: AuthSettings, services: Services | None = None) -> Star
                     await checker
             if owned:
                 await svc.aclose()
+            LOOP_LAG.stop()
 
     # These import this module: import them once it is loaded.
     from auth.dashboard import dashboard_routes

@@ -16,19 +16,17 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from infra import cluster_view
-from infra.cluster_file import load_cluster
+from infra.cluster_file import DEFAULT_CLUSTER_FILE, load_cluster
 from infra.errors import InfraError
 from infra.redis_url import connect as connect_redis
-
-DEFAULT_CLUSTER = Path(".stateroom") / "cluster.json"  # what `stateroom up` writes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster",
         type=Path,
-        default=DEFAULT_CLUSTER,
-        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER})",
+        default=DEFAULT_CLUSTER_FILE,
+        help=f"cluster.json written by stateroom up (default {DEFAULT_CLUSTER_FILE})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -48,7 +46,7 @@ def _cell(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.cluster)
     if not path.exists():
-        default = " (the default)" if path == DEFAULT_CLUSTER else ""
+        default = " (the default)" if path == DEFAULT_CLUSTER_FILE else ""
         print(
             f"status: no cluster file at {path}{default}: start the cluster with "
             "`stateroom up` (or `make run`) in this folder, or pass --cluster FILE",

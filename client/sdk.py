@@ -868,6 +868,7 @@ class ClientStats:
 
     inputs_sent: int = 0
     inputs_acked: int = 0
+    inputs_refused: int = 0  # refused by the game (illegal_input): dropped, never acked
     latencies_ms: list[float] = field(default_factory=list)
     reconnects: int = 0
     redirects: int = 0
@@ -963,6 +964,7 @@ _AUTH_ERRORS = {
     str(ErrorCode.SESSION_REVOKED),
 }
 _TOKEN_EXPIRED = str(ErrorCode.TOKEN_EXPIRED)
+_ILLEGAL_INPUT = str(ErrorCode.ILLEGAL_INPUT)
 
 
 class RoomClient:
@@ -1048,6 +1050,8 @@ class RoomClient:
         self._seq = 0
         self._pending: deque[_Pending] = deque()
         self._sent_upto = 0  # highest seq written on the current connection
+        # Inputs the game refused (illegal_input), oldest first: dropped, never resent.
+        self.refused: list[Any] = []
         self._tokens = _SEND_BURST
         self._tokens_at = time.monotonic()
         self._ws: ClientConnection | None = None
@@ -1468,6 +1472,26 @@ class RoomClient:
             expected = message.get("expected")
             if isinstance(expected, int) and expected - 1 < self._sent_upto:
                 self._sent_upto = expected - 1  # resend from there, paced by _flush
+            seq = message.get("seq")
+            if code == _ILLEGAL_INPUT and isinstance(seq, int) and not isinstance(seq, bool):
+                self._drop_refused(seq)
+
+    def _drop_refused(self, seq: int) -> None:
+        """The game refused input ``seq``: drop it, or it would be resent for ever (the
+        server does not consume a refused seq, so every later input waits behind it).
+        The later inputs move down one seq, the way the server expects them."""
+        index = next((i for i, p in enumerate(self._pending) if p.seq == seq), None)
+        if index is None:
+            return
+        refused = self._pending[index]
+        del self._pending[index]
+        for later in list(self._pending)[index:]:
+            later.seq -= 1
+        self._seq -= 1
+        self.stats.inputs_refused += 1
+        self.refused.append(refused.data)
+        if self._sent_upto >= seq:
+            self._sent_upto = seq - 1  # the later ones were refused as a gap: resend them
 
     def _on_welcome(self, ws: ClientConnection, message: dict[str, Any]) -> None:
         version = self.codec.version

@@ -139,6 +139,27 @@ async def test_a_v2_and_a_v1_client_of_one_arena_room_see_the_same_world(
     assert all(s.private is None and s.events == [] for s in readers[0].states)
 
 
+async def test_an_input_the_game_refuses_is_dropped_and_the_next_ones_are_acked(
+    live: LocalCluster,
+) -> None:
+    """An illegal input (the arena wants exactly dx and dy) is refused without using up
+    its seq; the SDK drops it instead of resending it for ever, so the inputs queued
+    behind it move down one seq and are all applied."""
+    (token,) = await tokens(live, "sloppy")
+    async with RoomClient(live.info.ws_urls, "arena-refused", token) as client:
+        reader = Reader(client)
+        assert client.send_input({"dx": 1, "dy": 0}) == 1
+        assert client.send_input({"dx": 1, "jump": True}) == 2  # refused by the game
+        for _ in range(5):
+            client.send_input({"dx": 0, "dy": 1})
+        state = await reader.until(lambda s: s.ack == 6)
+        await reader.stop()
+        assert client.refused == [{"dx": 1, "jump": True}]
+        assert client.stats.inputs_refused == 1 and client.unacked == 0
+        assert client.stats.errors.get("illegal_input") == 1
+        assert state.ack == 6 and client.stats.inputs_acked == 6
+
+
 async def test_bots_play_the_card_game_by_policy_and_see_no_event_twice(
     live: LocalCluster,
 ) -> None:

@@ -69,7 +69,7 @@ from redis.exceptions import RedisError, ResponseError
 # Re-exported: the key layout moved to infra/ so read-only tools can share it.
 from infra import rooms_index
 from infra.liveness import LivenessCheck
-from infra.redis_scripts import ScriptCall
+from infra.redis_scripts import run_pipelined
 from infra.redis_url import is_cluster
 from infra.room_keys import LIVE_KEY as LIVE_KEY
 from infra.room_keys import LIVENESS_PREFIX as LIVENESS_PREFIX
@@ -78,7 +78,6 @@ from infra.room_keys import ROOMS_KEY as ROOMS_KEY
 from infra.room_keys import SERVERS_KEY as SERVERS_KEY
 from infra.room_keys import liveness_name as liveness_name
 from infra.room_keys import room_keys as room_keys
-from server.durability import Durability
 from server.errors import OwnershipLost
 
 # How often ``servers()`` re-reads the full registry entries (several KB each); the
@@ -312,12 +311,10 @@ class ScriptBatcher:
     Rooms of a server tick on a common clock, so their journal appends of one tick
     arrive together: one round trip and one write for all of them instead of one per
     room. Each call stays atomic (a script); a call's error goes to its own caller only.
-    Under ``replica`` durability the batch ends with one WAIT (server/durability.py).
     """
 
-    def __init__(self, redis: aioredis.Redis, durability: Durability | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.durability = durability or Durability()
         self._queue: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -339,13 +336,14 @@ class ScriptBatcher:
         self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            if len(batch) == 1 and not self.durability.replicated:
+            if len(batch) == 1:
                 script, keys, args, future = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
                 # One round trip (per node on a cluster); each call keeps its own error.
-                calls: list[ScriptCall] = [(script, keys, args) for script, keys, args, _ in batch]
-                results = await self.durability.run(self.redis, calls)
+                results = await run_pipelined(
+                    self.redis, [(script, keys, args) for script, keys, args, _ in batch]
+                )
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -367,20 +365,16 @@ class ScriptBatcher:
 class RoomStore:
     """Room persistence and ownership on one Redis connection pool."""
 
-    def __init__(
-        self, redis: aioredis.Redis, lease_ms: int = 3000, durability: Durability | None = None
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
-        # How far a journal append must reach before ``append`` returns (local/replica).
-        self.durability = durability or Durability()
         self.clustered = is_cluster(redis)
         self.liveness = LivenessCheck()
         self._registry: dict[str, dict[str, Any]] = {}
         self._registry_at = -REGISTRY_EVERY_S
         self._merged: dict[str, dict[str, Any]] = {}  # the last good ``servers()``
         self._live_at = -STALE_REGISTRY_S
-        self._batcher = ScriptBatcher(redis, self.durability)
+        self._batcher = ScriptBatcher(redis)
         self._lease_and_time = redis.register_script(_LEASE_AND_TIME)
         self._place = redis.register_script(_PLACE)
         self._claim = redis.register_script(_CLAIM)
@@ -612,16 +606,6 @@ class RoomStore:
                     packed_events,
                     f"{max(0, tick - keep_ticks)}-0",
                 ],
-            )
-
-    async def confirm_durable(self, lease: Lease) -> None:
-        """Under ``replica`` durability: wait until a replica holds everything journaled so
-        far for the room (a retried append whose entry was already there); raise
-        OwnershipLost if fenced, ReplicaTimeout if no replica confirms. No-op under local."""
-        with _fenced(lease):
-            await self.durability.confirm(
-                self.redis,
-                (self._renew, [room_keys(lease.room)["lease"]], [lease.token, self.lease_ms]),
             )
 
     async def recent_events(self, room: str) -> list[tuple[int, list[Any]]]:

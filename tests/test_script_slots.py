@@ -5,12 +5,18 @@ operation of the room store, quotas, directory, refresh families and login limit
 against a real Valkey with ``AsyncScript.__call__`` wrapped, and every script any of
 them registered must have been called. The slot of each key is CRC16 as a Redis Cluster
 computes it (redis-py's ``key_slot``, hash tags included). A new script module, or a
-script no operation here reaches, fails the test until it is listed.
+script no operation here reaches, fails the test until it is listed. The same operations
+then run on a real Valkey cluster, which refuses any cross-slot call (CROSSSLOT).
+
+The one exception, checked on its own: the watcher's read-only batch read of leases on
+one cluster node (``server.store._LEASES_ON_NODE``: ``no-writes``, keys in ARGV, all
+served by the node it is sent to).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,9 @@ from redis.crc import key_slot
 from auth.ratelimit import RateLimiter
 from auth.refresh import RefreshStore
 from infra import directory
+from infra.redis_url import connect
 from infra.room_keys import rooms_index_key, rooms_index_keys, server_key
+from server import store as store_module
 from server.quotas import QuotaLimits, Quotas
 from server.store import Lease, RoomStore, placed_key
 
@@ -97,6 +105,8 @@ async def _exercise(redis: aioredis.Redis, name: str) -> None:
     assert again.won and again.takeover
     await store.stamp_takeover(again.lease, {"restored_ms": ""})
     await store.place(room, ["s1", "s2"], 10)
+    leases, now_ms = await store.readable_leases([room, f"absent-{name}"])
+    assert leases == {room: again.lease, f"absent-{name}": None} and now_ms > 0
     assert await store.delete_room(again.lease)
     assert not await store.delete_room(Lease(room, 99, "s9"))
 
@@ -173,3 +183,51 @@ def test_server_wide_keys_spread_over_slots() -> None:
     assert min(counts.values()) > 60 and max(counts.values()) < 140, counts
     assert slots(["sr:load", placed_key("r1"), placed_key("{x}")]) == slots(["sr:load"])
     assert len(slots([server_key(f"s{i}-abcdef") for i in range(20)])) == 20
+
+
+async def test_every_script_runs_on_a_real_cluster(cluster_url: str) -> None:
+    """A cluster refuses a script whose keys span slots: every operation above passes."""
+    redis = connect(cluster_url)
+    try:
+        for name in NAMES:
+            await _exercise(redis, name)
+    finally:
+        await redis.aclose()
+
+
+async def test_the_batch_lease_read_covers_every_node(cluster_url: str) -> None:
+    """Rooms on every primary: one call per node, every lease read back, absent ones None."""
+    redis = connect(cluster_url)
+    try:
+        store = RoomStore(redis)
+        rooms = [f"spread-{i}" for i in range(60)]
+        claimed = {}
+        for room in rooms[:40]:
+            claimed[room] = (await store.claim(room, "s1", "ws://x", "arena")).lease
+        nodes = {redis.get_node_from_key(room_keys_lease(r)).name for r in rooms}
+        assert len(nodes) == 3
+        leases, now_ms = await store.readable_leases(rooms)
+        assert leases == {r: claimed.get(r) for r in rooms}
+        assert abs(now_ms - (await store.owner_and_ttl(rooms[0]))[2]) < 5_000
+    finally:
+        await redis.aclose()
+
+
+def room_keys_lease(room: str) -> str:
+    return store_module.room_keys(room)["lease"]
+
+
+def test_the_one_cross_slot_script_only_reads() -> None:
+    """Only _LEASES_ON_NODE may span slots: flagged no-writes, keys only in ARGV, GET and
+    TIME only."""
+    flagged = []
+    for package in ("auth", "server", "infra"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "allow-cross-slot-keys" in path.read_text():
+                flagged.append(str(path.relative_to(ROOT)))
+    assert flagged == ["server/store.py"]
+    body = store_module._LEASES_ON_NODE
+    assert body.startswith("#!lua flags=no-writes,allow-cross-slot-keys\n")
+    assert "KEYS" not in body
+    calls = set(re.findall(r"redis\.call\('([A-Z]+)'", body))
+    assert calls == {"GET", "TIME"}

@@ -33,6 +33,7 @@ from infra.redis_url import validate as parse_redis_url
 from server import settings as settings_module
 from server.admin import AdminEndpoint
 from server.budgets import ConnectionBudget, ConnectionLimits, PlayerBudget, PlayerLimits
+from server.durability import Durability
 from server.endpoint import MAX_REAUTH_BYTES, Endpoint, select_subprotocol
 from server.engine import RoomEngine
 from server.errors import ConfigError
@@ -90,7 +91,11 @@ class RoomServer:
         self.liveness = LivenessLink(
             settings.redis_url, self.server_id, socket_timeout=1.0, socket_connect_timeout=1.0
         )
-        self.store = RoomStore(self.redis, lease_ms=settings.lease_ms)
+        self.store = RoomStore(
+            self.redis,
+            lease_ms=settings.lease_ms,
+            durability=Durability(settings.durability, settings.replica_wait_ms),
+        )
         self.quotas = Quotas(
             self.redis,
             QuotaLimits(

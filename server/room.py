@@ -293,7 +293,11 @@ class Room:
     async def _append_durably(
         self, tick: int, events: list[Any], emitted: list[list[Any]] | None = None
     ) -> None:
-        """Journal one tick, retrying transient errors until the lease would run out."""
+        """Journal one tick, retrying transient errors until the lease would run out.
+
+        Under ``replica`` durability a write no replica confirmed in time (ReplicaTimeout,
+        transient) is retried the same way: the tick stays unpublished, and a room whose
+        replicas stay away past its lease margin stops as when Redis is unreachable."""
         deadline = self._lease_deadline()
         while True:
             sent_at = time.monotonic()
@@ -302,14 +306,18 @@ class Room:
                 raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
             try:
                 async with asyncio.timeout(remaining):
-                    await self.store.append(
-                        self.lease, tick, events, emitted, self.event_log.keep_ticks
-                    )
-            except ResponseError as exc:
-                if "equal or smaller" in str(exc) and await self._already_journaled(tick):
-                    self.lease_renewed_at = sent_at
-                    return
-                raise
+                    try:
+                        await self.store.append(
+                            self.lease, tick, events, emitted, self.event_log.keep_ticks
+                        )
+                    except ResponseError as exc:
+                        if not (
+                            "equal or smaller" in str(exc) and await self._already_journaled(tick)
+                        ):
+                            raise
+                        # An earlier attempt landed (its reply was lost, or no replica had
+                        # confirmed it yet): under replica durability, confirm it now.
+                        await self.store.confirm_durable(self.lease)
             except _REDIS_TRANSIENT as exc:
                 log.warning("room=%s journal write failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))

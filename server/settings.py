@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from server.durability import LEVELS as DURABILITY_LEVELS
 from server.errors import ConfigError
 from server.transport import TRANSPORTS
 
@@ -43,6 +44,12 @@ class ServerSettings:
     liveness_grace_ms: int = 1500
     # Journal every tick before publishing it (off only for measuring durability's cost).
     durable: bool = True
+    # How far a tick must reach before it is published (server/durability.py): "local" (the
+    # primary acknowledged it) or "replica" (a replica has it too: WAIT 1 after the append).
+    durability: str = "local"
+    # Under "replica": how long one attempt waits for a replica's acknowledgement (below
+    # the 1 s socket timeout of the room server's Redis connections).
+    replica_wait_ms: int = 500
     checkpoint_every_s: float = 1.0
     # Seconds a disconnected player who has played (sent an input) keeps its seat.
     grace_s: float = 30.0
@@ -121,6 +128,10 @@ SETTINGS_HELP: dict[str, str] = {
     "liveness_grace_ms": "age our own Redis liveness connection must reach before we judge peers"
     " dead (covers Redis restarts)",
     "durable": "journal each tick before publishing it",
+    "durability": "how far a tick must reach before it is published: local (the Redis"
+    " primary) or replica (a replica too, so a primary failover loses nothing acknowledged)",
+    "replica_wait_ms": "under replica durability, how long one write waits for a replica's"
+    " acknowledgement before it is retried (1-900)",
     "checkpoint_every_s": "seconds between checkpoints of a room",
     "grace_s": "seconds a disconnected player who has played keeps its seat",
     "unplayed_grace_s": "seconds a disconnected player who never sent an input keeps its seat",
@@ -249,5 +260,14 @@ def validate(settings: ServerSettings) -> None:
         raise ConfigError("--player-message-rate must be > 0 and --player-byte-rate >= 1024")
     if settings.transport not in TRANSPORTS:
         raise ConfigError(f"--transport must be one of: {', '.join(TRANSPORTS)}")
+    if settings.durability not in DURABILITY_LEVELS:
+        raise ConfigError(
+            f"--durability must be one of: {', '.join(DURABILITY_LEVELS)}"
+            f" (got {settings.durability!r})"
+        )
+    if not 1 <= settings.replica_wait_ms <= 900:
+        raise ConfigError(
+            "--replica-wait-ms must be in 1-900 (below the 1 s socket timeout to Redis)"
+        )
     if not 0 <= settings.admin_port < 65536:
         raise ConfigError("--admin-port must be in 0-65535 (0: no admin listener)")

@@ -70,7 +70,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 # Re-exported: the key layout moved to infra/ so read-only tools can share it.
 from infra import rooms_index
 from infra.liveness import LivenessCheck
-from infra.redis_scripts import run_pipelined
+from infra.redis_scripts import ScriptCall
 from infra.redis_url import is_cluster
 from infra.room_keys import LIVE_KEY as LIVE_KEY
 from infra.room_keys import LIVENESS_PREFIX as LIVENESS_PREFIX
@@ -79,6 +79,7 @@ from infra.room_keys import ROOMS_KEY as ROOMS_KEY
 from infra.room_keys import SERVERS_KEY as SERVERS_KEY
 from infra.room_keys import liveness_name as liveness_name
 from infra.room_keys import room_keys as room_keys
+from server.durability import Durability
 from server.errors import OwnershipLost
 
 # How often ``servers()`` re-reads the full registry entries (several KB each); the
@@ -326,10 +327,12 @@ class ScriptBatcher:
     Rooms of a server tick on a common clock, so their journal appends of one tick
     arrive together: one round trip and one write for all of them instead of one per
     room. Each call stays atomic (a script); a call's error goes to its own caller only.
+    Under ``replica`` durability the batch ends with one WAIT (server/durability.py).
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, durability: Durability | None = None) -> None:
         self.redis = redis
+        self.durability = durability or Durability()
         self._queue: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -351,14 +354,13 @@ class ScriptBatcher:
         self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and not self.durability.replicated:
                 script, keys, args, future = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
             else:
                 # One round trip (per node on a cluster); each call keeps its own error.
-                results = await run_pipelined(
-                    self.redis, [(script, keys, args) for script, keys, args, _ in batch]
-                )
+                calls: list[ScriptCall] = [(script, keys, args) for script, keys, args, _ in batch]
+                results = await self.durability.run(self.redis, calls)
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -380,16 +382,20 @@ class ScriptBatcher:
 class RoomStore:
     """Room persistence and ownership on one Redis connection pool."""
 
-    def __init__(self, redis: aioredis.Redis, lease_ms: int = 3000) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, lease_ms: int = 3000, durability: Durability | None = None
+    ) -> None:
         self.redis = redis
         self.lease_ms = lease_ms
+        # How far a journal append must reach before ``append`` returns (local/replica).
+        self.durability = durability or Durability()
         self.clustered = is_cluster(redis)
         self.liveness = LivenessCheck()
         self._registry: dict[str, dict[str, Any]] = {}
         self._registry_at = -REGISTRY_EVERY_S
         self._merged: dict[str, dict[str, Any]] = {}  # the last good ``servers()``
         self._live_at = -STALE_REGISTRY_S
-        self._batcher = ScriptBatcher(redis)
+        self._batcher = ScriptBatcher(redis, self.durability)
         self._lease_and_time = redis.register_script(_LEASE_AND_TIME)
         self._leases_on_node = redis.register_script(_LEASES_ON_NODE) if self.clustered else None
         self._place = redis.register_script(_PLACE)
@@ -663,6 +669,16 @@ class RoomStore:
                     packed_events,
                     f"{max(0, tick - keep_ticks)}-0",
                 ],
+            )
+
+    async def confirm_durable(self, lease: Lease) -> None:
+        """Under ``replica`` durability: wait until a replica holds everything journaled so
+        far for the room (a retried append whose entry was already there); raise
+        OwnershipLost if fenced, ReplicaTimeout if no replica confirms. No-op under local."""
+        with _fenced(lease):
+            await self.durability.confirm(
+                self.redis,
+                (self._renew, [room_keys(lease.room)["lease"]], [lease.token, self.lease_ms]),
             )
 
     async def recent_events(self, room: str) -> list[tuple[int, list[Any]]]:

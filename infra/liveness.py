@@ -38,7 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError
 
 from infra.redis_url import connect, connect_cluster, is_cluster, is_cluster_url
 from infra.room_keys import LIVENESS_PREFIX, liveness_name, server_key
@@ -97,12 +97,9 @@ class LivenessLink:
             try:
                 await client.exists(self.key)
                 return int(await client.client_id())
-            except ResponseError as exc:
-                moved = str(exc).split()
-                if len(moved) == 3 and moved[0] == "MOVED":  # our node is a replica now
-                    await self._move(moved[2])
-                    continue
-                raise
+            except MovedError as exc:  # our node is a replica now, or lost the slot
+                await self._move(f"{exc.host}:{exc.port}")
+                continue
             except (RedisError, OSError):
                 await self._move("")  # look the node up again next time
                 raise

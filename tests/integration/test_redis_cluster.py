@@ -481,15 +481,19 @@ async def servers_live_on_primaries(store: RoomStore, nodes: EmbeddedCluster) ->
     await wait_for(settled, 20, "both servers live on the current primaries", every=0.1)
 
 
+@pytest.mark.parametrize("how", ["sigkill", "cluster-failover"])
 async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(
-    deployment: LocalCluster, store: RoomStore, valkey_cluster: EmbeddedCluster
+    deployment: LocalCluster, store: RoomStore, valkey_cluster: EmbeddedCluster, how: str
 ) -> None:
-    """The primary holding a server's liveness connection dies: peers cannot see that
-    server for the ~3 s until its replica is promoted and the server reconnects there.
-    It is *unsure*, not dead, so none of its rooms on the other shards moves."""
+    """The primary holding a server's liveness connection dies (SIGKILL: peers cannot see
+    that server for the ~3 s until its replica is promoted and the server reconnects
+    there), or hands over to its replica (``CLUSTER FAILOVER``: the connection stays open
+    on a node that is a replica now, and the server must notice by itself). Either way
+    the server is *unsure*, not dead, so none of its rooms on the other shards moves."""
     ensure_running(deployment)
-    rooms = [f"cluster-live-{i}" for i in range(8)]
-    bots = asyncio.create_task(run_bots(deployment.info, "cluster-live", 16, 12.0, rooms_of=2))
+    prefix = f"cluster-live-{how}"
+    rooms = [f"{prefix}-{i}" for i in range(8)]
+    bots = asyncio.create_task(run_bots(deployment.info, prefix, 16, 12.0, rooms_of=2))
     victim = None
     try:
         async with asyncio.timeout(90):
@@ -516,15 +520,23 @@ async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(
                 for r, lease in leases.items()
                 if valkey_cluster.primary_of(room_keys(r)["lease"]).address != node
             }
-            valkey_cluster.kill(victim)
+            began = time.monotonic()
+            if how == "sigkill":
+                valkey_cluster.kill(victim)
+            else:
+                (replica,) = valkey_cluster.replicas_of(victim)
+                with replica.client() as client:
+                    client.execute_command("CLUSTER", "FAILOVER")
+                victim = None  # nothing to restart: it is its replica's replica now
             await servers_live_on_primaries(store, valkey_cluster)
+            FIGURES[f"liveness_back_after_{how}_s"] = round(time.monotonic() - began, 2)
             await asyncio.sleep(1.0)  # time for a wrong takeover to show
             after = {room: await store.owner(room) for room in watched}
             summary = await bots
     finally:
         if victim is not None:
             await asyncio.to_thread(valkey_cluster.restart, victim)
-            await asyncio.to_thread(valkey_cluster.wait_ok, 30)
+        await asyncio.to_thread(valkey_cluster.wait_ok, 30)
         bots.cancel()
         with contextlib.suppress(BaseException):
             await bots

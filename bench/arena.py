@@ -66,7 +66,7 @@ LOADGEN_DIR = REPO / "bench" / "loadgen"
 SCENARIOS = ("one_room", "rooms_of_4")
 BENCH_GAME = "bench.worldgame:BenchArena"
 ONE_ROOM = (100, 200, 400, 800)
-ROOMS_OF_4 = (400, 800, 1200, 1600, 2000, 2400, 2800, 3200)
+ROOMS_OF_4 = (200, 400, 800, 1200, 1600, 2000, 2400, 2800, 3200)
 QUICK_ONE_ROOM = (100, 400)
 QUICK_ROOMS_OF_4 = (400, 800)
 #: The issue-10 outside measurement (Node load generator, same machine), for scale.
@@ -495,7 +495,10 @@ def analyse(
         "other_processes_cpu_cores": machine.others_cores() if two else None,
         "busy_cores": machine.busy_cores() if two else None,
     }
-    res["server_core_full"] = res["server_cpu_cores"] >= opts.core_full
+    # Its core is full: by the server itself, or with Valkey and whatever else runs there.
+    res["server_core_full"] = res["server_cpu_cores"] >= opts.core_full or (
+        two and (res["busy_cores"] or {}).get("cpu0", 0.0) >= 0.97
+    )
     reasons = saturation({**point, **res}, report, opts)
     res["loadgen_saturated"] = bool(reasons)
     if reasons:
@@ -543,6 +546,8 @@ def measure_standin(scenario: str, n: int, opts: Options) -> dict[str, Any]:
         "tree": "standin",
         "loadgen": opts.loadgen,
     }
+    if opts.quiet_wait:
+        point["waited_for_quiet_s"] = wait_quiet(opts.quiet_wait)
     stack = Stack(servers=0, redis_cpus={0} if two else None, auth_cpus={1} if two else None)
     standin: LoadGen | None = None
     gen: LoadGen | None = None

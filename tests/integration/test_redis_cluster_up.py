@@ -68,8 +68,7 @@ async def test_stateroom_up_on_a_redis_cluster(cluster_url: str, tmp_path: Path)
         assert_clean(summary, 4)
         # up restarts the killed room server (as Kubernetes would) and rewrites the file.
         wait_until(
-            lambda: report["killed_pid"]
-            not in [s.pid for s in load_cluster(cluster_file).servers],
+            lambda: report["killed_pid"] not in [s.pid for s in load_cluster(cluster_file).servers],
             30,
             "up to restart the killed server",
         )

@@ -100,6 +100,7 @@ POINT_FIELDS = (
     "cpu_us_per_input",
     "rss_mb",
     "bytes_per_player_per_tick",
+    "bytes_per_player_per_update",
     "loadgen_cpu_cores",
     "loadgen_event_loop_delay_ms",
     "loadgen_saturated",
@@ -176,14 +177,15 @@ def test_compare_runs_both_trees_and_prints_ratios(tmp_path: Path) -> None:
     [row] = result["compare"]["ratios"]
     assert (row["scenario"], row["n"]) == ("one_room", 6)
     assert row["cpu_us_per_input"]["ratio"] > 0 and row["rss_mb"]["ratio"] > 0
-    assert row["bytes_per_player_per_tick"]["ratio"] > 0
+    assert row["bytes_per_player_per_update"]["ratio"] > 0
+    assert row["comparable"] is True
     assert set(result["compare"]["targets"]) == {
         "cpu_us_per_input_one_room_200",
         "cpu_us_per_input_rooms_of_4_800",
         "p99_not_worse",
         "rss_not_worse",
         "largest_n_rooms_of_4_doubled",
-        "bytes_per_player_per_tick_held",
+        "bytes_per_player_per_update_held",
     }
     assert len(result["loadgen_load"]) == 2
 

@@ -315,6 +315,12 @@ def per_message(cpu_s: float, report: dict[str, Any]) -> float | None:
     return round(cpu_s / messages * 1e6, 2) if messages else None
 
 
+def schedule_ratio(report: dict[str, Any]) -> float | None:
+    """Inputs sent / inputs due (None when nothing was due: nobody seated)."""
+    due = report["inputs_sent"] + report["inputs_skipped"]
+    return round(report["inputs_sent"] / due, 3) if due else None
+
+
 def saturation(point: dict[str, Any], report: dict[str, Any], opts: Options) -> list[str]:
     """Why the load generator, not the server, may be the limit at this point (empty: it isn't)."""
     reasons = []
@@ -323,7 +329,7 @@ def saturation(point: dict[str, Any], report: dict[str, Any], opts: Options) -> 
     lag = (report.get("event_loop_delay_ms") or {}).get("p99")
     if lag is not None and lag > opts.max_loop_delay_ms:
         reasons.append(f"its event-loop delay p99 {lag:.1f} > {opts.max_loop_delay_ms} ms")
-    if point["loadgen_schedule_ratio"] < 0.95:
+    if point["loadgen_schedule_ratio"] is not None and point["loadgen_schedule_ratio"] < 0.95:
         reasons.append(
             f"it sent {point['loadgen_schedule_ratio']:.0%} of its scheduled inputs (behind)"
         )
@@ -480,9 +486,7 @@ def analyse(
         "loadgen_inputs_per_s": round(report["inputs_sent"] / report["window_s"], 1),
         # Inputs sent / inputs its schedule asked of the players seated (skipped: the
         # process was so late that it dropped whole slots of its schedule).
-        "loadgen_schedule_ratio": round(
-            report["inputs_sent"] / max(1, report["inputs_sent"] + report["inputs_skipped"]), 3
-        ),
+        "loadgen_schedule_ratio": schedule_ratio(report),
         "loadgen_states_per_s": round(report["states_received"] / report["window_s"], 1),
         "loadgen_bytes_in_per_s": round(report["bytes_received"] / report["window_s"]),
         "loadgen_cpu_us_per_message": per_message(window.used["loadgen"], report),
@@ -599,9 +603,7 @@ def measure_standin(scenario: str, n: int, opts: Options) -> dict[str, Any]:
         "loadgen_cpu_cores": round(window.cores("loadgen"), 4),
         "loadgen_event_loop_delay_ms": report.get("event_loop_delay_ms"),
         "loadgen_inputs_per_s": round(report["inputs_sent"] / report["window_s"], 1),
-        "loadgen_schedule_ratio": round(
-            report["inputs_sent"] / max(1, report["inputs_sent"] + report["inputs_skipped"]), 3
-        ),
+        "loadgen_schedule_ratio": schedule_ratio(report),
         "loadgen_states_per_s": round(report["states_received"] / report["window_s"], 1),
         "loadgen_bytes_in_per_s": round(report["bytes_received"] / report["window_s"]),
         "loadgen_cpu_us_per_message": per_message(window.used["loadgen"], report),

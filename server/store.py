@@ -316,9 +316,18 @@ def _fenced(lease: Lease) -> Iterator[None]:
     try:
         yield
     except ResponseError as exc:
-        if "FENCED" in str(exc):
-            raise OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced") from None
+        lost = fenced_error(lease, exc)
+        if lost is not exc:
+            raise lost from None
         raise
+
+
+def fenced_error(lease: Lease, exc: BaseException) -> BaseException:
+    """A script's FENCED reply as OwnershipLost; any other error as it is (for the
+    callers of ``append_soon``, which get the reply in a future)."""
+    if isinstance(exc, ResponseError) and "FENCED" in str(exc):
+        return OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced")
+    return exc
 
 
 class ScriptBatcher:
@@ -655,21 +664,33 @@ class RoomStore:
         stream that keeps the last ``keep_ticks`` ticks: what a resuming player who
         missed them is sent, also after a takeover.
         """
+        with _fenced(lease):
+            await self.append_soon(lease, tick, events, emitted, keep_ticks)
+
+    def append_soon(
+        self,
+        lease: Lease,
+        tick: int,
+        events: list[Any],
+        emitted: list[Any] | None = None,
+        keep_ticks: int = 0,
+    ) -> asyncio.Future[Any]:
+        """``append`` without a coroutine: the future of the batched call, for a tick
+        loop that awaits nothing per room (its error is raw: see ``fenced_error``)."""
         keys = room_keys(lease.room)
         packed_events = msgpack.packb(emitted, use_bin_type=True) if emitted else ""
-        with _fenced(lease):
-            await self._batcher.submit(
-                self._append,
-                [keys["lease"], keys["journal"], keys["events"]],
-                [
-                    lease.token,
-                    self.lease_ms,
-                    f"{tick}-{lease.epoch}",
-                    msgpack.packb(events, use_bin_type=True),
-                    packed_events,
-                    f"{max(0, tick - keep_ticks)}-0",
-                ],
-            )
+        return self._batcher.submit(
+            self._append,
+            [keys["lease"], keys["journal"], keys["events"]],
+            [
+                lease.token,
+                self.lease_ms,
+                f"{tick}-{lease.epoch}",
+                msgpack.packb(events, use_bin_type=True),
+                packed_events,
+                f"{max(0, tick - keep_ticks)}-0",
+            ],
+        )
 
     async def confirm_durable(self, lease: Lease) -> None:
         """Under ``replica`` durability: wait until a replica holds everything journaled so

@@ -1,8 +1,9 @@
 """bench/arena.py and its load generator (bench/loadgen/).
 
-- A smoke run against real processes (Valkey, auth, the room server of this tree and of a
-  ``git worktree`` of HEAD, the Node load generator) at a tiny N for a few seconds: one JSON
-  object with the fields the performance issue reads, and the worktree is gone afterwards.
+- Smoke runs against real processes at a tiny N for a few seconds, each printing one JSON
+  object with the fields the performance issue reads: ``--compare HEAD`` (the room server
+  of this tree and of a ``git worktree`` of HEAD, the Node load generator; the worktree is
+  gone afterwards), rooms of 4 with the Python load generator, and ``--standin``.
 - What a probe reads from a state (bench/loadgen/walk.mjs), on frames made by the server's
   own encoder (server.protocol.messages), agrees with a full msgpack decode.
 - The saturation rule, the "served" rule and bad flags, without processes.
@@ -191,33 +192,20 @@ def test_compare_runs_both_trees_and_prints_ratios(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(40)
-def test_rooms_of_4_point(tmp_path: Path) -> None:
-    node_ready()
-    code, out, err = run_arena(
-        tmp_path, [*FAST, "--scenarios", "rooms_of_4", "--rooms-of-4", "8"], timeout=35
-    )
-    assert code == 0, f"exit {code}\n{err[-3000:]}"
-    result = one_object(out)
-    [p] = result["points"]
-    check_point(p)
-    assert (p["scenario"], p["rooms"]) == ("rooms_of_4", 2)
-    assert "compare" not in result
-    largest = result["largest_n_rooms_of_4_p99_under_100ms"]["current"]
-    assert largest == (8 if served(p) else None)
-
-
-@pytest.mark.timeout(40)
-def test_python_load_generator(tmp_path: Path) -> None:
+def test_python_load_generator_in_rooms_of_4(tmp_path: Path) -> None:
     code, out, err = run_arena(
         tmp_path,
-        [*FAST, "--loadgen", "python", "--scenarios", "one_room", "--one-room", "6"],
+        [*FAST, "--loadgen", "python", "--scenarios", "rooms_of_4", "--rooms-of-4", "8"],
         timeout=35,
     )
     assert code == 0, f"exit {code}\n{err[-3000:]}"
     result = one_object(out)
-    assert result["loadgen"] == "python"
+    assert result["loadgen"] == "python" and "compare" not in result
     [p] = result["points"]
     check_point(p)
+    assert (p["scenario"], p["rooms"]) == ("rooms_of_4", 2)
+    largest = result["largest_n_rooms_of_4_p99_under_100ms"]["current"]
+    assert largest == (8 if served(p) else None)
 
 
 @pytest.mark.timeout(40)
@@ -225,14 +213,14 @@ def test_standin_measures_the_load_generator_alone(tmp_path: Path) -> None:
     node_ready()
     code, out, err = run_arena(
         tmp_path,
-        [*FAST, "--standin", "--scenarios", "one_room", "--one-room", "10"],
+        [*FAST, "--standin", "--scenarios", "rooms_of_4", "--rooms-of-4", "12"],
         timeout=35,
     )
     assert code == 0, f"exit {code}\n{err[-3000:]}"
     result = one_object(out)
     [p] = result["points"]
     assert p.get("error") is None, p
-    assert p["tree"] == "standin" and p["seated_at_end"] == 10
+    assert p["tree"] == "standin" and p["seated_at_end"] == 12 and p["rooms"] == 3
     assert p["standin_cpu_cores"] > 0 and p["loadgen_cpu_cores"] > 0
     assert p["loadgen_states_per_s"] > 0 and p["latency_ms_raw"]["n"] > 0
 

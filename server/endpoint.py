@@ -29,6 +29,7 @@ from server.protocol import (
     PROTOCOL_V2,
     SUBPROTOCOLS,
     AuthMessage,
+    ClientMessage,
     CloseCode,
     ErrorCode,
     InputMessage,
@@ -40,6 +41,7 @@ from server.protocol import (
     authed_message,
     codec_for_subprotocol,
     parse_client_message,
+    parse_input,
     pong_message,
     redirect_message,
 )
@@ -341,27 +343,34 @@ class Endpoint:
             ws.on_message = None
 
     def _on_frame(self, session: Session, room: Room, frame: bytes | str) -> None:
-        """One message of a joined client: rate limit, decode, dispatch. Never awaits."""
+        """One message of a joined client: rate limit, decode, dispatch. Never awaits.
+
+        An input (nearly every message) takes ``parse_input``: one decode, a few type
+        checks; anything it does not recognise goes through the generic parser, which
+        gives the documented errors."""
         if session.state is SessionState.CLOSING:
             return
         server = self.server
         traffic = server.metrics.traffic
+        size = len(frame)
         traffic.messages_in += 1
-        traffic.bytes_in += len(frame)
+        traffic.bytes_in += size
         now = time.monotonic()
         if not session.admit(now):
             return
-        if not server.player_budget.admit(session.player_id, len(frame), now):
+        if not server.player_budget.admit(session.player_id, size, now):
             session.refuse_rate("input dropped: over this player's message or byte budget")
             return
-        try:
-            message = parse_client_message(session.codec.decode(frame))
-        except ProtocolError as exc:
-            session.send_error(exc.code, exc.message)
-            return
-        if isinstance(message, InputMessage):
+        message: ClientMessage | None = parse_input(session.codec, frame)
+        if message is None:
+            try:
+                message = parse_client_message(session.codec.decode(frame))
+            except ProtocolError as exc:
+                session.send_error(exc.code, exc.message)
+                return
+        if type(message) is InputMessage:
             limit = room.game_class.max_input_bytes
-            if len(frame) > limit:
+            if size > limit:
                 session.send_error(
                     ErrorCode.ILLEGAL_INPUT,
                     f"input message over {limit} bytes; this seq is not consumed",

@@ -135,10 +135,14 @@ class TrafficCounters(Collector):
         self.messages_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.inputs_accepted = 0  # the common verdict: a plain int, no dict per input
         self.inputs: dict[str, int] = {}
 
     def count_input(self, verdict: str) -> None:
-        self.inputs[verdict] = self.inputs.get(verdict, 0) + 1
+        if verdict == "accepted":
+            self.inputs_accepted += 1
+        else:
+            self.inputs[verdict] = self.inputs.get(verdict, 0) + 1
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         for name, help_text, value in (
@@ -149,6 +153,9 @@ class TrafficCounters(Collector):
         ):
             yield CounterMetricFamily(name, help_text, value=value)
         inputs = CounterMetricFamily("stateroom_inputs", "Inputs by verdict", labels=["verdict"])
-        for verdict, count in sorted(self.inputs.items()):
+        counts = dict(self.inputs)
+        if self.inputs_accepted:
+            counts["accepted"] = self.inputs_accepted
+        for verdict, count in sorted(counts.items()):
             inputs.add_metric([verdict], count)
         yield inputs

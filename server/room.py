@@ -7,6 +7,11 @@ player. Publishing only durable ticks is what lets another server rebuild
 the room without any client seeing time go backwards or an acked input
 disappear. Checkpoints are packed on the tick but written in the background.
 
+Rooms do not own a task: the event loop's ``Ticker`` for their tick rate
+(``server.ticker``) calls ``on_clock`` of every room at each multiple of the
+period, and a healthy tick runs without awaiting anything (its journal write is
+a future whose callback publishes). Retries, renewals and closing run as a task.
+
 Lifecycle: CREATING → RUNNING → DRAINING → CLOSED (or RUNNING → CLOSED when
 fenced or empty).
 """
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import Enum
 from typing import Any
 
@@ -44,8 +50,9 @@ from server.protocol import (
 from server.protocol.delta import DeltaEncoder
 from server.session import Session, SessionState
 from server.settings import ServerSettings
-from server.store import Lease, RoomStore
+from server.store import Lease, RoomStore, fenced_error
 from server.takeover import TakeoverTimeline
+from server.ticker import Ticker, ticker_for
 
 log = logging.getLogger("stateroom.room")
 
@@ -111,6 +118,12 @@ class Room:
         self.last_checkpoint_tick = engine.tick
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_task: asyncio.Task[None] | None = None
+        # The tick loop: the common clock of this tick rate, a tick in flight (journal
+        # write pending or on the slow path), a slot missed meanwhile, the slow path.
+        self._ticker: Ticker | None = None
+        self._in_tick = False
+        self._missed = False
+        self._journal_pending: asyncio.Future[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         # A room taken over from a previous owner stamps its takeover record (set by the
         # server that rebuilt it); None for a room created here.
@@ -145,7 +158,8 @@ class Room:
 
     def start(self) -> None:
         self.transition(RoomState.RUNNING)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"room:{self.name}")
+        self._ticker = ticker_for(self.tick_rate)
+        self._ticker.add(self)
 
     @property
     def running(self) -> bool:
@@ -216,10 +230,12 @@ class Room:
             self.metrics.traffic.count_input("illegal")
             session.send_error(ErrorCode.ILLEGAL_INPUT, str(exc), message.seq)
             return
-        self.metrics.traffic.count_input(verdict.value)
         if verdict is Verdict.ACCEPTED:
+            self.metrics.traffic.inputs_accepted += 1
             self.inputs_total += 1
-        elif verdict is Verdict.OUT_OF_ORDER:
+            return
+        self.metrics.traffic.count_input(verdict.value)
+        if verdict is Verdict.OUT_OF_ORDER:
             seat = self.engine.seats[session.player_id]
             session.report_gap(message.seq, seat.accepted + 1)
         elif verdict is Verdict.QUEUE_FULL:
@@ -233,67 +249,174 @@ class Room:
             session.send_error(ErrorCode.NOT_JOINED, "not seated in this room", message.seq)
 
     # -- the tick loop ------------------------------------------------------------
+    #
+    # The server-wide Ticker (server/ticker.py) calls on_clock at every multiple of the
+    # period. A tick is synchronous up to the journal write, whose future calls
+    # _journaled when Redis answers; only errors, retries, renewals without durability
+    # and closing take a task (the slow path), never the tick of a healthy room.
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = 1.0 / self.tick_rate
-        # Every room of a server ticks on the same clock (multiples of the period), so the
-        # journal appends of one tick leave in one pipeline (see ScriptBatcher).
-        next_at = (loop.time() // period) * period
+    def on_clock(self, now: float) -> None:
+        """One slot of the common clock: start this room's next tick, unless the last
+        one is still in flight (then it is late: counted, and run as soon as that ends;
+        an unanswered journal write past the lease deadline stops the room)."""
+        if self.state is not RoomState.RUNNING:
+            self._unclock()
+            return
+        if self._in_tick:
+            if not self._missed:
+                self._missed = True
+                self.metrics.tick_overruns.inc()
+            if self._journal_pending is not None and time.monotonic() >= self._lease_deadline():
+                self._journal_pending.cancel()
+                self.fence(f"room {self.name}: could not renew the lease in time")
+            return
+        self._begin_tick()
+
+    def _begin_tick(self) -> None:
+        started = time.perf_counter()
+        self._in_tick = True
         try:
-            while self.state is RoomState.RUNNING:
-                next_at += period
-                delay = next_at - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            self._expire_seats()
+            outcome = self.engine.step()
+            if not self.settings.durable:
+                if time.monotonic() - self.lease_renewed_at >= self.settings.lease_ms / 3000:
+                    self._slow(self._renew_then_finish(outcome, started))
                 else:
-                    self.metrics.tick_overruns.inc()
-                    if delay < -period:
-                        next_at = (loop.time() // period) * period
-                if not self.running:
-                    break
-                started = time.perf_counter()
-                await self._tick()
-                elapsed = time.perf_counter() - started
-                self.metrics.tick_seconds.observe(elapsed)
-                self.ticks_timed += 1
-                self.tick_seconds_total += elapsed
+                    self._finish(outcome, started)
+                return
+            sent_at = time.monotonic()
+            if sent_at >= self._lease_deadline():
+                raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
+            future = self.store.append_soon(
+                self.lease,
+                outcome.tick,
+                outcome.events,
+                packed(outcome.emitted),
+                self.event_log.keep_ticks,
+            )
         except OwnershipLost as exc:
+            self._in_tick = False
+            self.fence(str(exc))
+            return
+        except Exception:
+            self._failed()
+            return
+        self._journal_pending = future
+        future.add_done_callback(functools.partial(self._journaled, outcome, started, sent_at))
+
+    def _journaled(
+        self, outcome: TickOutcome, started: float, sent_at: float, future: asyncio.Future[Any]
+    ) -> None:
+        """The tick's journal write answered: publish it, or hand the error to the slow
+        path (which retries as long as the lease allows)."""
+        self._journal_pending = None
+        if self.state is not RoomState.RUNNING or future.cancelled():
+            self._in_tick = False
+            return
+        error = future.exception()
+        if error is None:
+            self.metrics.journal_seconds.observe(time.monotonic() - sent_at)
+            self.lease_renewed_at = sent_at
+            self._finish(outcome, started)
+            return
+        error = fenced_error(self.lease, error)
+        if isinstance(error, OwnershipLost):
+            self._in_tick = False
+            self.fence(str(error))
+            return
+        self._slow(self._retry_then_finish(outcome, started, error))
+
+    async def _retry_then_finish(
+        self, outcome: TickOutcome, started: float, error: BaseException
+    ) -> None:
+        await self._append_durably(
+            outcome.tick, outcome.events, packed(outcome.emitted), failed=error
+        )
+        self._finish(outcome, started)
+
+    async def _renew_then_finish(self, outcome: TickOutcome, started: float) -> None:
+        await self._renew_if_due()
+        self._finish(outcome, started)
+
+    def _finish(self, outcome: TickOutcome, started: float) -> None:
+        """The tick is durable: publish it, checkpoint if due, close an abandoned room."""
+        if self.state is RoomState.RUNNING:
+            try:
+                if not self.played:
+                    self.played = any(event[0] == "i" for event in outcome.events)
+                self.event_log.record(outcome.tick, outcome.emitted)
+                if self.timeline is not None:
+                    self.timeline.first_tick(outcome.tick)  # durable now, published next
+                self._publish(outcome)
+                self._maybe_checkpoint()
+                if self._is_abandoned():
+                    self._in_tick = False
+                    self._slow(self.close_empty())
+                    return
+            except Exception:
+                self._failed()
+                return
+        elapsed = time.perf_counter() - started
+        self.metrics.tick_seconds.observe(elapsed)
+        self.ticks_timed += 1
+        self.tick_seconds_total += elapsed
+        self._in_tick = False
+        if self._missed and self.state is RoomState.RUNNING:
+            self._missed = False  # late: the next tick now rather than at the next slot
+            self._begin_tick()
+
+    def _slow(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the rest of a tick (or the room's closing) as a task: retries, renewals,
+        Redis calls that must be awaited. Errors end the room as a failed tick does."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._guarded(coro), name=f"room:{self.name}"
+        )
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except OwnershipLost as exc:
+            self._in_tick = False
             self.fence(str(exc))
         except asyncio.CancelledError:
+            self._in_tick = False
             raise
         except Exception:
-            log.exception("room=%s tick failed; closing the room on this server", self.name)
-            self._close_sessions(CloseCode.INTERNAL_ERROR, "room failed on this server")
-            self._set_closed()
-            # Hand the room back at once (it resumes from its last durable tick elsewhere)
-            # rather than holding the lease until it expires.
-            with contextlib.suppress(Exception):
-                await self.store.release(self.lease)
+            self._failed()
 
-    async def _tick(self) -> None:
-        self._expire_seats()
-        outcome = self.engine.step()
-        if self.settings.durable:
-            await self._append_durably(outcome.tick, outcome.events, packed(outcome.emitted))
-        else:
-            await self._renew_if_due()
-        if self.state is not RoomState.RUNNING:
+    def _failed(self) -> None:
+        """A tick raised: close the room here and hand it back at once (it resumes from
+        its last durable tick elsewhere) rather than hold the lease until it expires."""
+        self._in_tick = False
+        log.exception("room=%s tick failed; closing the room on this server", self.name)
+        if self.state is RoomState.CLOSED:
             return
-        if not self.played:
-            self.played = any(event[0] == "i" for event in outcome.events)
-        self.event_log.record(outcome.tick, outcome.emitted)
-        if self.timeline is not None:
-            self.timeline.first_tick(outcome.tick)  # durable now, published next
-        self._publish(outcome)
-        self._maybe_checkpoint()
-        if self._is_abandoned():
-            await self.close_empty()
+        self._close_sessions(CloseCode.INTERNAL_ERROR, "room failed on this server")
+        self._set_closed()
+        store, lease = self.store, self.lease
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await store.release(lease)
+
+        asyncio.get_running_loop().create_task(release())
+
+    def _unclock(self) -> None:
+        if self._ticker is not None:
+            self._ticker.discard(self)
+            self._ticker = None
 
     async def _append_durably(
-        self, tick: int, events: list[Any], emitted: list[list[Any]] | None = None
+        self,
+        tick: int,
+        events: list[Any],
+        emitted: list[list[Any]] | None = None,
+        failed: BaseException | None = None,
     ) -> None:
         """Journal one tick, retrying transient errors until the lease would run out.
+
+        ``failed``: the error of an attempt already made (the tick loop's own first
+        write), handled as if this loop had made it.
 
         Under ``replica`` durability a write no replica confirmed in time (ReplicaTimeout,
         transient) is retried the same way: the tick stays unpublished, and a room whose
@@ -307,6 +430,9 @@ class Room:
             try:
                 async with asyncio.timeout(remaining):
                     try:
+                        if failed is not None:
+                            error, failed = failed, None
+                            raise error
                         await self.store.append(
                             self.lease, tick, events, emitted, self.event_log.keep_ticks
                         )
@@ -538,6 +664,9 @@ class Room:
         self._set_closed()
 
     async def _stop_task(self) -> None:
+        self._unclock()
+        if self._journal_pending is not None:
+            self._journal_pending.cancel()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -551,6 +680,7 @@ class Room:
         self.sessions.clear()
 
     def _set_closed(self) -> None:
+        self._unclock()
         if self.state is not RoomState.CLOSED:
             self.state = RoomState.CLOSED
         self.on_closed(self)

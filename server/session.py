@@ -54,6 +54,9 @@ class Session:
         self.ws = ws
         self.codec = codec
         self.metrics = metrics
+        self._send = ws.send
+        self._text = codec.text
+        self._traffic = metrics.traffic
         self.outbox_bytes = outbox_bytes
         ws.outbox_bytes = outbox_bytes
         ws.on_overflow = self._evicted
@@ -91,10 +94,11 @@ class Session:
 
     def send_frame(self, frame: bytes) -> bool:
         """Write one encoded frame now; the transport evicts the client (4009, then
-        ``_evicted``) when its outbox is full."""
-        if self.state is SessionState.CLOSING or not self.ws.send(frame, self.codec.text):
+        ``_evicted``) when its outbox is full. Once per player per tick: every name it
+        needs is bound at creation."""
+        if self.state is SessionState.CLOSING or not self._send(frame, self._text):
             return False
-        traffic = self.metrics.traffic
+        traffic = self._traffic
         traffic.messages_out += 1
         traffic.bytes_out += len(frame)
         return True

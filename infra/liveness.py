@@ -20,7 +20,10 @@ leaves them on a node that is now a replica (``CLUSTER FAILOVER``). The link not
 (the connection fails, or the node answers a command on the server's key with
 ``MOVED``) and reconnects to the slot's new primary; the server then re-registers its new
 id at once. Meanwhile a server registered on a node that is unreachable or no longer a
-primary is **unsure**, not dead: it counts as live for ``unsure_s`` (10 s by default).
+primary is **unsure**, not dead: it counts as live for ``unsure_s`` (10 s by default);
+so is a server missing from a node that could not answer until less than
+``recovered_s`` (5 s) ago (a primary restarted in place, before it was replaced: every
+connection to it dropped, and its servers are reconnecting).
 A server that really died then is still replaced within its lease time (its leases are
 not renewed, and the watcher claims every expired lease), so a failover never makes the
 servers of a shard look dead, and never delays a takeover past the lease. A server missing
@@ -37,15 +40,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MovedError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisError
 
 from infra.redis_url import connect, connect_cluster, is_cluster, is_cluster_url
 from infra.room_keys import LIVENESS_PREFIX, liveness_name, server_key
 
 UNSURE_S = 10.0  # longest a server on a troubled node counts as live
+# A node that could not answer stays troubled this long after it answers again (restarted
+# in place: its clients need a heartbeat or two to reconnect).
+RECOVERED_S = 5.0
 
-__all__ = ["UNSURE_S", "LivenessCheck", "LivenessLink", "live_server_ids"]
+__all__ = ["RECOVERED_S", "UNSURE_S", "LivenessCheck", "LivenessLink", "live_server_ids"]
 
 _NODE_KWARGS = ("username", "password", "socket_timeout", "socket_connect_timeout")
 
@@ -95,7 +101,10 @@ class LivenessLink:
         for _attempt in range(3):
             client = await self._connected()
             try:
-                await client.exists(self.key)
+                with contextlib.suppress(ClusterDownError, TryAgainError):
+                    # CLUSTERDOWN: our node restarted and has not rejoined yet; it is
+                    # still the right one, and peers look for us there.
+                    await client.exists(self.key)
                 return int(await client.client_id())
             except MovedError as exc:  # our node is a replica now, or lost the slot
                 await self._move(f"{exc.host}:{exc.port}")
@@ -166,9 +175,11 @@ class LivenessCheck:
     """Who is live, for one process: on a cluster it remembers since when each server
     has been *unsure* (see the module doc)."""
 
-    def __init__(self, unsure_s: float = UNSURE_S) -> None:
+    def __init__(self, unsure_s: float = UNSURE_S, recovered_s: float = RECOVERED_S) -> None:
         self.unsure_s = unsure_s
+        self.recovered_s = recovered_s
         self._unsure_since: dict[str, float] = {}
+        self._node_back_at: dict[str, float] = {}  # node -> until when it counts as troubled
 
     async def live(
         self, redis: aioredis.Redis, servers: Mapping[str, Mapping[str, Any]] | None = None
@@ -195,13 +206,17 @@ class LivenessCheck:
         )
         live: set[str] = set()
         troubled: set[str] = set(by_node.get("", {}))  # entries that name no node
-        groups = [group for node, group in by_node.items() if node]
-        for group, answer in zip(groups, answers, strict=True):
-            if answer is None:
-                troubled.update(group)
-            else:
-                live.update(answer & set(group))
         now = time.monotonic()
+        named = [(node, group) for node, group in by_node.items() if node]
+        for (node, group), answer in zip(named, answers, strict=True):
+            if answer is None:
+                self._node_back_at[node] = now + self.recovered_s
+            if answer is None or now < self._node_back_at.get(node, 0.0):
+                # Cannot answer, or answers again only since a moment (restarted in place:
+                # its clients are reconnecting): a server missing there is unsure.
+                troubled.update(sid for sid in group if answer is None or sid not in answer)
+            if answer is not None:
+                live.update(answer & set(group))
         for sid in servers:
             if sid in live:
                 self._unsure_since.pop(sid, None)

@@ -6,8 +6,10 @@ each call goes out as ``EVALSHA``; a call a node answers with ``NOSCRIPT`` (noth
 is run again alone through its ``AsyncScript``, which loads the script there first. On
 plain Redis the pipeline loads missing scripts itself before sending.
 
-A cluster pipeline splits by node: one round trip per node, each call still atomic on
-its own slot (every script here touches keys of one slot; tests/test_script_slots.py).
+On a cluster the calls go out as one pipeline per node, the nodes in parallel
+(infra/cluster_pipeline.py): one round trip per node, each call still atomic on its own
+slot (every script here touches keys of one slot; tests/test_script_slots.py), and a node
+that cannot answer fails its own calls only.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from infra.cluster_pipeline import per_node
 from infra.redis_url import is_cluster
 
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # script, keys, args
 
 __all__ = ["ScriptCall", "run_pipelined"]
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 async def run_pipelined(redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -32,19 +40,47 @@ async def run_pipelined(redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> l
     are raised."""
     if not calls:
         return []
-    cluster = is_cluster(redis)
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            if cluster:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            else:
+    if is_cluster(redis):
+        results = await _per_node(redis, calls)  # type: ignore[arg-type]
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await pipe.execute(raise_on_error=False)
     for index, result in enumerate(results):
         if isinstance(result, NoScriptError):
             script, keys, args = calls[index]
             try:
-                results[index] = await script(keys=keys, args=args)
+                results[index] = await _alone(redis, script, keys, args)
             except Exception as exc:  # that call's own error, as above
                 results[index] = exc
+    return results
+
+
+async def _alone(
+    redis: aioredis.Redis, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+) -> Any:
+    """Run one call whose node lacked the script: load it there and run it. On a cluster
+    the script is loaded on that node only (redis-py's own load goes to every node, and
+    fails while any one of them is down)."""
+    if not is_cluster(redis):
+        return await script(keys=keys, args=args)
+    cluster: RedisCluster = redis  # type: ignore[assignment]
+    node = cluster.get_node_from_key(keys[0])
+    await cluster.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+    return await cluster.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
+    """One pipeline per node (infra/cluster_pipeline.py): a node that cannot answer (its
+    primary failing over) fails its own calls only; none answering is raised."""
+    results = await per_node(
+        cluster,
+        [
+            (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+            for script, keys, args in calls
+        ],
+    )
+    if all(isinstance(r, _UNREACHABLE) for r in results):
+        raise results[0]  # no node answered: Redis unreachable, as on one Redis
     return results

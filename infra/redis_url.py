@@ -177,6 +177,41 @@ _CLUSTER_KWARGS = frozenset(
 )
 
 
+class ClusterConnection(aioredis.Connection):
+    """A node connection that reports a write to a connection the node closed as a
+    ConnectionError. On uvloop that write raises RuntimeError ("the handler is closed"),
+    or AttributeError once redis-py dropped the writer, which nobody handles as a
+    connection error: after a node restarted in place, each pooled connection to it
+    would fail one request with an unexpected error (a login answered 500, a room's tick
+    failing) instead of being retried."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RuntimeError, AttributeError) as exc:
+            if isinstance(exc, AttributeError) and self._writer is not None:
+                raise
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(
+                f"connection to {self.host}:{self.port} was closed by the server ({exc})"
+            ) from exc
+
+
+class ClusterSSLConnection(aioredis.SSLConnection):
+    """``ClusterConnection`` over TLS."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RuntimeError, AttributeError) as exc:
+            if isinstance(exc, AttributeError) and self._writer is not None:
+                raise
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(
+                f"connection to {self.host}:{self.port} was closed by the server ({exc})"
+            ) from exc
+
+
 def connect_cluster(url: str, retries: int = 0, **options: Any) -> RedisCluster:
     """A RedisCluster for a ``redis+cluster://`` URL (see ``connect``)."""
     target = parse_cluster_url(url)
@@ -190,7 +225,7 @@ def connect_cluster(url: str, retries: int = 0, **options: Any) -> RedisCluster:
     # retried ``retries`` times, as in the other forms (0: the caller's next command goes
     # to the refreshed map; only callers whose commands are safe to run twice retry).
     retry = options.pop("retry", None) or Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
-    return RedisCluster(
+    client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.seeds],
         username=target.username,
         password=target.password,
@@ -200,6 +235,17 @@ def connect_cluster(url: str, retries: int = 0, **options: Any) -> RedisCluster:
         **target.connection_options(),
         **options,
     )
+    # RedisCluster picks Connection or SSLConnection itself; its node kwargs are one dict
+    # shared with its nodes manager, so every node it learns of later gets ours too.
+    safe = (
+        ClusterSSLConnection
+        if client.connection_kwargs.get("connection_class") is aioredis.SSLConnection
+        else ClusterConnection
+    )
+    client.connection_kwargs["connection_class"] = safe
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = safe
+    return client
 
 
 def connect(

@@ -10,7 +10,8 @@ expires every token of that session has expired too, so nothing is lost by forge
 Why one key per session and a pipeline of ``EXISTS`` to read them: the keys of many
 sessions live in different Redis Cluster slots, so a multi-key ``EXISTS`` or ``MGET``
 would be refused there; a non-transactional pipeline still costs one round trip per
-node.
+node. On a cluster a batch is one pipeline per node, so a shard failing over delays only
+the checks of the sessions whose records it holds (``infra.cluster_pipeline``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from infra.cluster_pipeline import per_node
+from infra.redis_url import is_cluster
 
 PREFIX = "sr:revoked:"
 
@@ -39,8 +44,26 @@ async def revoked(redis: aioredis.Redis, sids: Iterable[str]) -> set[str]:
     wanted = list(dict.fromkeys(sids))
     if not wanted:
         return set()
+    if is_cluster(redis) and len(wanted) > 1:
+        return await _revoked_per_node(redis, wanted)  # type: ignore[arg-type]
     async with redis.pipeline(transaction=False) as pipe:
         for sid in wanted:
             pipe.exists(revocation_key(sid))
         results = await pipe.execute()
     return {sid for sid, found in zip(wanted, results, strict=True) if int(found)}
+
+
+async def _revoked_per_node(cluster: RedisCluster, wanted: list[str]) -> set[str]:
+    """On a cluster, one pipeline per node: while one shard fails over, the sessions
+    whose records live on the others are still checked (the rest next time); raises only
+    when no node answers."""
+    keys = [revocation_key(sid) for sid in wanted]
+    results = await per_node(cluster, [(key, ("EXISTS", key)) for key in keys])
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors and len(errors) == len(results):
+        raise errors[0]
+    return {
+        sid
+        for sid, found in zip(wanted, results, strict=True)
+        if not isinstance(found, Exception) and int(found)
+    }

@@ -18,19 +18,21 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from infra.cluster_pipeline import per_node
 from infra.redis_url import is_cluster
 from infra.room_keys import rooms_index_key, rooms_index_keys
 
-__all__ = ["forget", "read", "record"]
+__all__ = ["entry", "forget", "read", "record"]
+
+
+def entry(owner: str, epoch: int, game: str) -> str:
+    """A room's value in the index (for callers that batch the HSET themselves)."""
+    return json.dumps({"owner": owner, "epoch": epoch, "game": game})
 
 
 async def record(redis: aioredis.Redis, room: str, owner: str, epoch: int, game: str) -> None:
     """List ``room`` as owned by ``owner`` at ``epoch``."""
-    await redis.hset(
-        rooms_index_key(room, is_cluster(redis)),
-        room,
-        json.dumps({"owner": owner, "epoch": epoch, "game": game}),
-    )
+    await redis.hset(rooms_index_key(room, is_cluster(redis)), room, entry(owner, epoch, game))
 
 
 async def forget(redis: aioredis.Redis, room: str) -> None:
@@ -45,10 +47,7 @@ async def read(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
     if len(keys) == 1:
         parts = [await redis.hgetall(keys[0])]
     else:
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(key)
-            parts = await pipe.execute(raise_on_error=False)
+        parts = await per_node(redis, [(key, ("HGETALL", key)) for key in keys])  # type: ignore[arg-type]
         if all(isinstance(part, Exception) for part in parts):
             raise parts[0]
     out: dict[str, dict[str, Any]] = {}

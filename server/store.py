@@ -69,6 +69,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 # Re-exported: the key layout moved to infra/ so read-only tools can share it.
 from infra import rooms_index
+from infra.cluster_pipeline import per_node
 from infra.liveness import LivenessCheck
 from infra.redis_scripts import ScriptCall
 from infra.redis_url import is_cluster
@@ -584,14 +585,6 @@ class RoomStore:
                 keys=[room_keys(lease.room)["lease"]], args=[lease.token, self.lease_ms]
             )
 
-    def renew_soon(self, lease: Lease) -> asyncio.Future[Any]:
-        """``renew`` without a coroutine, batched with this turn's other calls: how the
-        paused rooms of a server renew their leases together (error raw, as
-        ``append_soon``)."""
-        return self._batcher.submit(
-            self._renew, [room_keys(lease.room)["lease"]], [lease.token, self.lease_ms]
-        )
-
     async def release(self, lease: Lease) -> bool:
         keys = room_keys(lease.room)
         return bool(await self._release(keys=[keys["lease"], keys["meta"]], args=[lease.token]))
@@ -762,10 +755,22 @@ class RoomStore:
     async def register_server(self, server_id: str, info: dict[str, Any]) -> None:
         """Write the server's full entry and its compact liveness record."""
         compact = {k: info[k] for k in LIVE_FIELDS if k in info}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(SERVERS_KEY, server_id, json.dumps(info))
-            pipe.hset(LIVE_KEY, server_id, json.dumps(compact))
-            await pipe.execute()
+        writes = [
+            (SERVERS_KEY, ("HSET", SERVERS_KEY, server_id, json.dumps(info))),
+            (LIVE_KEY, ("HSET", LIVE_KEY, server_id, json.dumps(compact))),
+        ]
+        if not self.clustered:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, command in writes:
+                    pipe.execute_command(*command)
+                await pipe.execute()
+            return
+        # On a cluster each key is one shard among several: a registry write that meets a
+        # shard failing over is given up (advisory; the next heartbeat writes it again),
+        # so that it does not make this server look cut off from Redis.
+        results = await per_node(self.redis, writes)  # type: ignore[arg-type]
+        if all(isinstance(r, Exception) for r in results):
+            raise results[0]
 
     async def unregister_server(self, server_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -776,8 +781,13 @@ class RoomStore:
         self._registry.pop(server_id, None)
 
     async def report_load(self, server_id: str, rooms: int) -> None:
-        """Reset this server's load to what it really runs (placements became claims)."""
-        await self.redis.zadd(LOAD_KEY, {server_id: rooms})
+        """Reset this server's load to what it really runs (placements became claims).
+        Advisory: on a cluster, a shard failing over does not fail the heartbeat."""
+        try:
+            await self.redis.zadd(LOAD_KEY, {server_id: rooms})
+        except (RedisError, OSError):
+            if not self.clustered:
+                raise
 
     async def placed_on(self, room: str) -> str | None:
         """The server placement chose for new room ``room`` in the last few seconds."""

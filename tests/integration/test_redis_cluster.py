@@ -481,15 +481,17 @@ async def servers_live_on_primaries(store: RoomStore, nodes: EmbeddedCluster) ->
     await wait_for(settled, 20, "both servers live on the current primaries", every=0.1)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "cluster-failover"])
+@pytest.mark.parametrize("how", ["sigkill", "cluster-failover", "restart-in-place"])
 async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(
     deployment: LocalCluster, store: RoomStore, valkey_cluster: EmbeddedCluster, how: str
 ) -> None:
     """The primary holding a server's liveness connection dies (SIGKILL: peers cannot see
     that server for the ~3 s until its replica is promoted and the server reconnects
-    there), or hands over to its replica (``CLUSTER FAILOVER``: the connection stays open
-    on a node that is a replica now, and the server must notice by itself). Either way
-    the server is *unsure*, not dead, so none of its rooms on the other shards moves."""
+    there), hands over to its replica (``CLUSTER FAILOVER``: the connection stays open
+    on a node that is a replica now, and the server must notice by itself), or is
+    SIGKILLed and restarted at once, before its replica takes over (every connection to
+    it dropped; it answers again before the server reconnects). Each time the server is
+    *unsure*, not dead, so none of its rooms on the other shards moves."""
     ensure_running(deployment)
     prefix = f"cluster-live-{how}"
     rooms = [f"{prefix}-{i}" for i in range(8)]
@@ -523,6 +525,10 @@ async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(
             began = time.monotonic()
             if how == "sigkill":
                 valkey_cluster.kill(victim)
+            elif how == "restart-in-place":
+                valkey_cluster.kill(victim)
+                valkey_cluster.restart(victim)
+                victim = None
             else:
                 (replica,) = valkey_cluster.replicas_of(victim)
                 with replica.client() as client:

@@ -33,7 +33,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from infra.room_keys import LIVENESS_PREFIX, LOAD_KEY, ROOMS_KEY, SERVERS_KEY, room_keys
+from infra import liveness, rooms_index
+from infra.redis_url import is_cluster
+from infra.room_keys import LOAD_KEY, SERVERS_KEY, room_keys, rooms_index_key
 
 PLAYER_FIELD = "player:"
 GONE_FIELD = "gone:"  # a restored seat whose grace period ran out before its player came back
@@ -291,20 +293,11 @@ async def live_server_ids(
 ) -> set[str]:
     """Servers whose liveness connection (client name ``sr:<id>``) is open right now.
 
-    The same read as the room servers' own (``RoomStore.live_server_ids``): with the
-    registry at hand only the registered liveness connections are listed.
+    The same read as the room servers' own (``infra.liveness``): with the registry at hand
+    only the registered liveness connections are listed; on a Redis Cluster each server's
+    node is asked.
     """
-    ids: list[Any] = [
-        str(info["liveness_id"])
-        for info in (servers or {}).values()
-        if isinstance(info.get("liveness_id"), int)
-    ]
-    clients = await (redis.client_list(client_id=ids) if ids else redis.client_list())
-    return {
-        c["name"][len(LIVENESS_PREFIX) :]
-        for c in clients
-        if c.get("name", "").startswith(LIVENESS_PREFIX)
-    }
+    return await liveness.live_server_ids(redis, servers)
 
 
 async def live_servers(redis: aioredis.Redis) -> list[dict[str, str]]:
@@ -426,15 +419,8 @@ async def _rooms(
 
 
 async def _rooms_index(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
-    raw = await redis.hgetall(ROOMS_KEY)
-    index: dict[str, dict[str, Any]] = {}
-    for key, value in raw.items():
-        try:
-            entry = json.loads(value)
-        except ValueError:
-            entry = {}
-        index[_s(key)] = entry if isinstance(entry, dict) else {}
-    return index
+    """The rooms index (``sr:rooms``, or its buckets on a Redis Cluster)."""
+    return await rooms_index.read(redis)
 
 
 async def collect(
@@ -472,7 +458,7 @@ async def room_detail(redis: aioredis.Redis, room: str) -> dict[str, Any] | None
     keys = room_keys(room)
     now_ms = await redis_now_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(ROOMS_KEY, room)
+        pipe.hget(rooms_index_key(room, is_cluster(redis)), room)
         pipe.exists(keys["lease"], keys["meta"], keys["killed"], keys["takeover"])
         pipe.pttl(keys["lease"])
         pipe.hmget(keys["meta"], ["game", "options", "created"])

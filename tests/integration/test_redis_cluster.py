@@ -353,12 +353,6 @@ async def test_kill_room_command(deployment: LocalCluster, tmp_path: Path) -> No
         ensure_running(deployment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="infra/cluster_view.py (another helper's, being edited) lists CLIENT LIST of one "
-    "node and reads sr:rooms only; the patch that uses infra.liveness and infra.rooms_index "
-    "is with the lead: remove this mark with it",
-)
 async def test_status_and_live_servers(deployment: LocalCluster, tmp_path: Path) -> None:
     ensure_running(deployment)
     cluster_file = deployment.write_cluster_file(tmp_path / "cluster.json")

@@ -467,6 +467,7 @@ class BotsProcess:
         rooms_of: int = 0,
         cpus: set[int] | None = None,
         log_path: Path | None = None,
+        rate: float = 0.0,
     ) -> None:
         args = [
             sys.executable, str(Path(__file__).resolve()), "loadgen",
@@ -478,6 +479,8 @@ class BotsProcess:
         ]  # fmt: skip
         if rooms_of:
             args += ["--rooms-of", str(rooms_of)]
+        if rate:
+            args += ["--rate", str(rate)]  # inputs per second per bot (default 20)
         self.seconds = seconds
         self.count = count
         self.stderr_path = log_path or cluster_file.parent / "bots.log"
@@ -775,6 +778,7 @@ def loadgen_main(argv: list[str]) -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--rooms-of", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     retries = {"login_retries": 0}
@@ -808,6 +812,7 @@ def loadgen_main(argv: list[str]) -> int:
                 args.count,
                 args.seconds,
                 rooms_of=args.rooms_of,
+                rate=args.rate,
                 setup=BotOptions(protocol=protocol),
             )
         )

@@ -10,20 +10,33 @@ Three parts, one JSON object each, then a combined object:
    ``bench.worldgame.World``), in-process against a real embedded Valkey with the real
    ``RoomStore`` and ``RoomEngine``: snapshot+pack time, checkpoint write latency, snapshot
    bytes, journal append latency per tick, and replay speed from checkpoint + journal.
-3. ``durability_overhead``: the arena one-room scenario with journal+checkpoints on and off
-   (``--no-durable``), server CPU and µs per input for both.
+3. ``durability_cost``: what a tick's durability costs, ``--durability replica`` against
+   ``local`` against off (``--no-durable``), interleaved in one run on one stack (Valkey +
+   one replica): the room server's CPU and µs per input, the journal write (append, and
+   WAIT under replica) and tick times from its metrics, the bots' input -> ack latency,
+   Valkey's CPU (primary and replica).
+4. ``mass_failover``: one room server owns every room (``--mass`` scenarios, e.g. 200 rooms
+   of 2 bots, 1000 rooms of 1 bot at 2 inputs/s) while 2 survivors stand by; it is
+   SIGKILLed and every room must run again on the survivors. Printed: from the rooms'
+   takeover records (``sr:{R}:takeover``, one Redis clock), per room kill -> first tick
+   and its parts (detection, claim, restore, first tick), the claims per survivor and
+   over time (50 ms bins), the survivors' CPU during the recovery, and the bots' verdict
+   (acked inputs lost, applied twice, ticks back).
 
 Run: .venv/bin/python bench/recovery.py [--kills 20] [--quick]
+     .venv/bin/python bench/recovery.py --parts mass_failover --mass 200x2@20,1000x1@2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,25 +44,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgpack
+import redis as sync_redis
 import redis.asyncio as aioredis
 
-from bench.arena import run_point
 from bench.common import (
     BotsProcess,
     Stack,
     emit,
+    histogram_mean_ms,
+    histogram_quantile_ms,
     log,
-    percentile,
+    metric_delta,
     placement,
+    proc_cpu_seconds,
     scrape,
     summary_ms,
     wait_for,
 )
+from bench.failover_clients import CrowdProcess
 from bench.worldgame import World
-from infra.embedded_redis import EmbeddedRedis
+from client.bots import percentile
+from infra.cluster_view import parse_takeover
+from infra.embedded_redis import EmbeddedRedis, config_string
 from server.engine import RoomEngine
 from server.killroom import KillRoomError, kill_room
-from server.store import RoomStore
+from server.store import RoomStore, room_keys
 
 STEADY_S = 1.5
 
@@ -260,69 +279,420 @@ async def world_cost(sizes: list[int], live_ticks: int, replay_ticks: int) -> di
     }
 
 
-# -- part 3: durability overhead ------------------------------------------------------------------
+# -- part 3: what durability costs: local vs replica (vs off) ---------------------------------
+
+DURABILITY_MODES = {
+    "replica": ["--durability", "replica"],
+    "local": ["--durability", "local"],
+    "off": ["--no-durable"],
+}
 
 
-def durability_overhead(points: list[tuple[str, int]], seconds: float) -> dict[str, Any]:
-    started = time.monotonic()
-    rows: list[dict[str, Any]] = []
-    for scenario, n in points:
-        row: dict[str, Any] = {"scenario": scenario, "n": n}
-        for durable in (True, False):
-            log(f"durability overhead: {scenario} n={n} durable={durable}")
-            try:
-                point = run_point(scenario, n, seconds, durable)
-            except (RuntimeError, TimeoutError) as exc:
-                point = {"error": str(exc)}
-            key = "durable" if durable else "not_durable"
-            row[key] = {
-                k: point.get(k)
-                for k in (
-                    "server_cpu_cores",
-                    "cpu_us_per_input",
-                    "redis_cpu_cores",
-                    "loadgen_cpu_cores",
-                    "loadgen_saturated",
-                    "offered_rate_ratio",
-                    "other_processes_cpu_cores",
-                    "latency_ms",
-                    "tick_ms",
-                    "journal_write_ms_mean",
-                    "rss_mb",
-                    "inputs_applied_in_window",
-                    "lost_acked_inputs",
-                    "duplicate_inputs",
-                    "rollbacks",
-                    "error",
-                )
-            }
-        on, off = row["durable"], row["not_durable"]
-        # Compare only points where the load generator offered (nearly) the whole load.
-        row["comparable"] = all((p.get("offered_rate_ratio") or 0) >= 0.9 for p in (on, off))
-        if not row["comparable"]:
-            row["note"] = (
-                "not comparable: the load generator could not offer N x 20 inputs/s in one of "
-                "the two runs (see offered_rate_ratio, loadgen_cpu_cores)"
-            )
-        elif on.get("server_cpu_cores") and off.get("server_cpu_cores"):
-            row["server_cpu_ratio_durable_over_not"] = round(
-                on["server_cpu_cores"] / off["server_cpu_cores"], 3
-            )
-            row["server_plus_redis_cpu_ratio"] = round(
-                (on["server_cpu_cores"] + on["redis_cpu_cores"])
-                / (off["server_cpu_cores"] + off["redis_cpu_cores"]),
-                3,
-            )
-        if row["comparable"] and on.get("cpu_us_per_input") and off.get("cpu_us_per_input"):
-            row["extra_us_per_input"] = round(on["cpu_us_per_input"] - off["cpu_us_per_input"], 1)
-        rows.append(row)
+def _attach_replica(stack: Stack) -> EmbeddedRedis:
+    """A replica of the stack's Valkey (what ``--durability replica`` waits for)."""
+    assert stack.redis is not None
+    primary = stack.redis
+    with sync_redis.Redis.from_url(primary.url) as client:
+        client.config_set("repl-diskless-sync-delay", 0)
+    replica = EmbeddedRedis(
+        stack.dir / "replica",
+        password=primary.password,
+        extra_config=(
+            f"replicaof {primary.host} {primary.port}",
+            f"masterauth {config_string(primary.password)}",
+        ),
+    ).start()
+
+    def linked() -> bool:
+        with sync_redis.Redis.from_url(replica.url) as client:
+            info = client.info("replication")
+            done = not client.info("persistence")["aof_rewrite_in_progress"]
+            return info.get("master_link_status") == "up" and done
+
+    wait_for(linked, 20, "the replica to sync")
+    return replica
+
+
+def durability_cost_point(
+    stack: Stack,
+    replica: EmbeddedRedis,
+    base_args: list[str],
+    mode: str,
+    scenario: str,
+    n: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One room server with ``mode``'s flags under N bots (one room, or rooms of 4):
+    its CPU per input, the journal write and tick times from its metrics, the bots'
+    input -> ack latency, and Valkey's CPU (primary + replica)."""
+    child = stack.children[0]
+    child.stop()
+    child.args = [*base_args, *DURABILITY_MODES[mode]]
+    child.start()
+    child.wait_ready()
+    metrics = stack.metrics_url(child)
+    warmup = 3.0
+    bots = BotsProcess(
+        stack.cluster_file,
+        f"cost-{mode}-{scenario}",
+        n,
+        seconds + warmup + 1.0,
+        rooms_of=4 if scenario == "rooms_of_4" else 0,
+    )
+    try:
+        wait_for(
+            lambda: _players(metrics) >= n or bots.proc.poll() is not None,
+            60,
+            f"{n} bots to join",
+            step=0.1,
+        )
+        time.sleep(warmup)
+        assert stack.redis is not None and stack.redis.pid and replica.pid
+        pids = {"server": child.pid, "valkey": stack.redis.pid, "replica": replica.pid}
+        cpu0 = {k: proc_cpu_seconds(v) for k, v in pids.items()}
+        before, t0 = scrape(metrics), time.monotonic()
+        time.sleep(seconds)
+        after, window = scrape(metrics), time.monotonic() - t0
+        cpu1 = {k: proc_cpu_seconds(v) for k, v in pids.items()}
+        summary = bots.result(timeout=seconds + 90)
+    finally:
+        bots.kill()
+    inputs = metric_delta(after, before, 'stateroom_inputs_total{verdict="accepted"}')
+    server_cpu = cpu1["server"] - cpu0["server"]
     return {
-        "part": "durability_overhead",
+        "mode": mode,
+        "server_cpu_cores": round(server_cpu / window, 3),
+        "cpu_us_per_input": round(server_cpu / inputs * 1e6, 1) if inputs else None,
+        "valkey_cpu_cores": round((cpu1["valkey"] - cpu0["valkey"]) / window, 3),
+        "replica_cpu_cores": round((cpu1["replica"] - cpu0["replica"]) / window, 3),
+        "inputs_per_s": round(inputs / window, 1),
+        "journal_write_ms_mean": histogram_mean_ms(
+            after, before, "stateroom_journal_write_seconds"
+        ),
+        "journal_write_ms_p99_bucket": histogram_quantile_ms(
+            after, before, "stateroom_journal_write_seconds", 0.99
+        ),
+        "tick_ms_mean": histogram_mean_ms(after, before, "stateroom_tick_seconds"),
+        "tick_ms_p99_bucket": histogram_quantile_ms(after, before, "stateroom_tick_seconds", 0.99),
+        "latency_ms": summary.get("latency_ms"),
+        "lost_acked_inputs": summary.get("lost_acked_inputs"),
+        "duplicate_inputs": summary.get("duplicate_inputs"),
+        "rollbacks": summary.get("rollbacks"),
+        "failed_players": summary.get("failed_players"),
+    }
+
+
+def durability_cost(
+    points: list[tuple[str, int]], seconds: float, repeats: int = 2
+) -> dict[str, Any]:
+    """Part 3: every mode at every point, interleaved ``repeats`` times, one stack."""
+    started = time.monotonic()
+    stack = Stack(servers=1)
+    rows: list[dict[str, Any]] = []
+    replica: EmbeddedRedis | None = None
+    try:
+        stack.start()
+        replica = _attach_replica(stack)
+        base_args = list(stack.children[0].args)
+        for scenario, n in points:
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in DURABILITY_MODES}
+            for _ in range(repeats):
+                for mode in DURABILITY_MODES:
+                    log(f"durability cost: {scenario} n={n} {mode}")
+                    point = durability_cost_point(
+                        stack, replica, base_args, mode, scenario, n, seconds
+                    )
+                    runs[mode].append(point)
+            row: dict[str, Any] = {"scenario": scenario, "n": n, "runs": runs}
+            row["median"] = {
+                mode: {
+                    key: _median([r.get(key) for r in results])
+                    for key in (
+                        "server_cpu_cores",
+                        "cpu_us_per_input",
+                        "valkey_cpu_cores",
+                        "replica_cpu_cores",
+                        "journal_write_ms_mean",
+                        "tick_ms_mean",
+                    )
+                }
+                | {
+                    "latency_p50_ms": _median(
+                        [(r.get("latency_ms") or {}).get("p50") for r in results]
+                    ),
+                    "latency_p99_ms": _median(
+                        [(r.get("latency_ms") or {}).get("p99") for r in results]
+                    ),
+                }
+                for mode, results in runs.items()
+            }
+            rows.append(row)
+    finally:
+        if replica is not None:
+            replica.stop()
+        stack.stop()
+    return {
+        "part": "durability_cost",
         "window_s": seconds,
+        "repeats": repeats,
+        "valkey": "embedded valkey-server, appendonly yes, appendfsync everysec, one replica",
         "rows": rows,
         "placement": placement(),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
+
+
+def _median(values: list[Any]) -> float | None:
+    numbers = sorted(v for v in values if isinstance(v, int | float))
+    if not numbers:
+        return None
+    middle = len(numbers) // 2
+    if len(numbers) % 2:
+        return float(numbers[middle])
+    return round((numbers[middle - 1] + numbers[middle]) / 2, 3)
+
+
+# -- part 4: a whole room server's rooms failing over at once ----------------------------------
+
+MASS_ROOM = "mass"
+# Room-server flags of the mass scenarios (the production defaults otherwise).
+MASS_SERVER_ARGS = ["--max-rooms", "2000"]
+
+
+@dataclass(frozen=True)
+class MassScenario:
+    """``ROOMSxPLAYERS@RATE``: rooms on the victim, bots per room, inputs/s per bot."""
+
+    rooms: int
+    players: int
+    rate: float
+
+    @classmethod
+    def parse(cls, text: str) -> MassScenario:
+        try:
+            shape, _, rate = text.partition("@")
+            rooms, _, players = shape.partition("x")
+            scenario = cls(int(rooms), int(players or 1), float(rate or 20))
+        except ValueError:
+            raise SystemExit(f"bad --mass scenario {text!r}: use ROOMSxPLAYERS@RATE") from None
+        if scenario.rooms < 1 or scenario.players < 1 or scenario.rate <= 0:
+            raise SystemExit(f"bad --mass scenario {text!r}: rooms, players, rate must be > 0")
+        return scenario
+
+    @property
+    def label(self) -> str:
+        return f"{self.rooms}x{self.players}@{self.rate:g}"
+
+
+def recovery_breakdown(
+    records: dict[str, dict[Any, Any]], killed_ms: int, old_epochs: dict[str, int], names: Any
+) -> dict[str, Any]:
+    """Per-room recovery from the takeover records written after a kill at ``killed_ms``:
+    percentiles of kill -> first tick and of its parts, the claims per survivor (by
+    name: ``names(server_id)``) and over time (50 ms bins from the kill)."""
+    total: list[float] = []
+    parts: dict[str, list[float]] = {"detect": [], "claim": [], "restore": [], "first_tick": []}
+    by_server: dict[str, int] = {}
+    claims_over_time: dict[str, dict[int, int]] = {}
+    first_ticks_over_time: dict[int, int] = {}
+    missing: list[str] = []
+    for room, raw in records.items():
+        takeover = parse_takeover(raw)
+        if (
+            takeover is None
+            or takeover.old_epoch != old_epochs.get(room)
+            or takeover.first_tick_ms is None
+            or takeover.claimed_ms is None
+        ):
+            missing.append(room)
+            continue
+        detected = takeover.detected_ms or takeover.claimed_ms
+        restored = takeover.restored_ms or takeover.claimed_ms
+        total.append(takeover.first_tick_ms - killed_ms)
+        parts["detect"].append(detected - killed_ms)
+        parts["claim"].append(takeover.claimed_ms - detected)
+        parts["restore"].append(restored - takeover.claimed_ms)
+        parts["first_tick"].append(takeover.first_tick_ms - restored)
+        name = names(takeover.server)
+        by_server[name] = by_server.get(name, 0) + 1
+        claim_bin = (takeover.claimed_ms - killed_ms) // 50 * 50
+        per = claims_over_time.setdefault(name, {})
+        per[claim_bin] = per.get(claim_bin, 0) + 1
+        tick_bin = (takeover.first_tick_ms - killed_ms) // 50 * 50
+        first_ticks_over_time[tick_bin] = first_ticks_over_time.get(tick_bin, 0) + 1
+    counts = list(by_server.values())
+    return {
+        "rooms": len(records),
+        "recovered": len(total),
+        "not_recovered": sorted(missing)[:10],
+        "kill_to_first_tick_ms": _spread(total),
+        "parts_ms": {name: _spread(values) for name, values in parts.items()},
+        "claims_per_server": dict(sorted(by_server.items())),
+        # 1.0: perfectly even; the largest share over the smallest.
+        "claims_max_over_min": round(max(counts) / min(counts), 2) if counts else None,
+        "claims_over_time_ms": {
+            name: {str(k): v for k, v in sorted(bins.items())}
+            for name, bins in sorted(claims_over_time.items())
+        },
+        "first_ticks_over_time_ms": {str(k): v for k, v in sorted(first_ticks_over_time.items())},
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 0.50), 1),
+        "p90": round(percentile(values, 0.90), 1),
+        "p99": round(percentile(values, 0.99), 1),
+        "max": round(max(values, default=0.0), 1),
+    }
+
+
+async def _rooms_of(redis: aioredis.Redis, server_prefix: str, rooms: list[str]) -> dict[str, int]:
+    """The rooms among ``rooms`` whose lease a server named ``server_prefix`` holds, with
+    the lease epoch."""
+    store = RoomStore(redis)
+    leases, _ = await store.leases_and_time(rooms)
+    return {
+        room: lease.epoch
+        for room, lease in zip(rooms, leases, strict=True)
+        if lease is not None and lease.server_id.startswith(server_prefix + "-")
+    }
+
+
+async def _kill_all(redis: aioredis.Redis, victim_pid: int, rooms: dict[str, int]) -> int:
+    """Write every room's kill record, SIGKILL the victim; Redis's clock of the kill."""
+    store = RoomStore(redis)
+    leases, _ = await store.leases_and_time(list(rooms))
+    owned = [lease for lease in leases if lease is not None]
+    for first in range(0, len(owned), 50):  # a pool of 100 connections at most
+        batch = owned[first : first + 50]
+        await asyncio.gather(*(store.record_kill(lease, victim_pid) for lease in batch))
+    t = await redis.time()
+    os.kill(victim_pid, signal.SIGKILL)
+    return int(t[0]) * 1000 + int(t[1]) // 1000
+
+
+async def _takeovers(redis: aioredis.Redis, rooms: list[str]) -> dict[str, dict[Any, Any]]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for room in rooms:
+            pipe.hgetall(room_keys(room)["takeover"])
+        replies = await pipe.execute()
+    return dict(zip(rooms, replies, strict=True))
+
+
+def mass_failover(
+    scenario: MassScenario, survivors: int = 2, timeout_s: float = 30.0, steady_s: float = 3.0
+) -> dict[str, Any]:
+    """One scenario of part 4 (see the module docstring): its own stack, its own crowd."""
+    started = time.monotonic()
+    stack = Stack(servers=1 + survivors, server_args=MASS_SERVER_ARGS)
+    try:
+        stack.start()
+        result = mass_failover_on(stack, scenario, timeout_s, steady_s)
+    finally:
+        stack.stop()
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def mass_failover_on(
+    stack: Stack, scenario: MassScenario, timeout_s: float = 30.0, steady_s: float = 3.0
+) -> dict[str, Any]:
+    """Kill ``stack``'s first room server once it owns every room of ``scenario`` (the
+    others stopped meanwhile, then started again as the survivors); the recovery and the
+    crowd's verdict. Also what tests/integration/test_mass_failover.py runs."""
+    count = scenario.rooms * scenario.players
+    victim, spare = stack.children[0], stack.children[1:]
+    # Only the victim runs while the rooms are created, so it owns all of them; the
+    # survivors (listed in the cluster file all along) start afterwards.
+    for child in spare:
+        child.stop()
+    crowd = CrowdProcess(
+        stack.cluster_file, scenario.rooms, scenario.players, scenario.rate, room=MASS_ROOM
+    )
+    rooms = [f"{MASS_ROOM}-{i}" for i in range(scenario.rooms)]
+    try:
+        wait_for(
+            lambda: _players(stack.metrics_url(victim)) >= count or not crowd.running,
+            max(60.0, count / 10),
+            f"{count} players to join",
+            step=0.2,
+        )
+        owned = asyncio.run(_owned(stack.redis_url, victim.name, rooms))
+        log(f"mass {scenario.label}: the victim owns {len(owned)} rooms; starting survivors")
+        for child in spare:
+            child.start()
+        for child in spare:
+            child.wait_ready()
+        time.sleep(2.5)  # survivors settled (liveness grace 1.5 s)
+        cpu_before = {c.name: proc_cpu_seconds(c.pid) for c in spare}
+        killed_ms, recovered_s, records = asyncio.run(
+            _kill_and_wait(stack.redis_url, victim.pid, owned, timeout_s)
+        )
+        cpu_after = {c.name: proc_cpu_seconds(c.pid) for c in spare}
+        victim.proc = None  # killed: the stack must not stop it again
+        log(f"mass {scenario.label}: recovered in {recovered_s:.2f} s; players resuming")
+        time.sleep(steady_s)  # the players back and playing on the survivors
+        summary = crowd.result(timeout=60)
+    finally:
+        crowd.kill()
+    return {
+        "part": "mass_failover",
+        "scenario": scenario.label,
+        "rooms_on_victim": len(owned),
+        "players": count,
+        "inputs_per_s_per_player": scenario.rate,
+        "survivors": len(spare),
+        **recovery_breakdown(records, killed_ms, owned, _server_name),
+        "all_recovered_s": round(recovered_s, 3),
+        "survivor_cpu_s_during_recovery": {
+            name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before
+        },
+        "players_verdict": summary,
+        # The crowd shares the machine: above ~0.85 cores it is the limit, not the servers.
+        "loadgen_saturated": (summary.get("loadgen_cpu_cores") or 0) > 0.85,
+    }
+
+
+def _server_name(server_id: str) -> str:
+    """``s2`` for ``s2-1a2b3c`` (the stack names its servers s1, s2, ...)."""
+    return server_id.rsplit("-", 1)[0]
+
+
+async def _owned(redis_url: str, name: str, rooms: list[str]) -> dict[str, int]:
+    redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        return await _rooms_of(redis, name, rooms)
+    finally:
+        await redis.aclose()
+
+
+async def _kill_and_wait(
+    redis_url: str, pid: int, owned: dict[str, int], timeout_s: float
+) -> tuple[int, float, dict[str, dict[Any, Any]]]:
+    """Kill the victim, then read the takeover records until every room it owned has its
+    first tick under a new owner (or ``timeout_s``)."""
+    redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    rooms = list(owned)
+    try:
+        killed_ms = await _kill_all(redis, pid, owned)
+        began = time.monotonic()
+        records: dict[str, dict[Any, Any]] = {}
+        while time.monotonic() - began < timeout_s:
+            await asyncio.sleep(0.1)
+            records = await _takeovers(redis, rooms)
+            done = [
+                r
+                for r in rooms
+                if (t := parse_takeover(records[r])) is not None
+                and t.old_epoch == owned[r]
+                and t.first_tick_ms is not None
+            ]
+            if len(done) == len(rooms):
+                break
+        return killed_ms, time.monotonic() - began, records
+    finally:
+        await redis.aclose()
 
 
 def main() -> int:
@@ -332,11 +702,17 @@ def main() -> int:
     parser.add_argument("--entities", default="100,1000,10000")
     parser.add_argument(
         "--overhead",
-        default="one_room:100,one_room:200,rooms_of_4:100",
+        default="rooms_of_4:100,one_room:100",
         help="arena points for part 3 (scenario:N,...)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="part 3 window per point")
-    parser.add_argument("--parts", default="kill_room,world_cost,durability_overhead")
+    parser.add_argument(
+        "--mass",
+        default="200x2@20,1000x1@2",
+        help="part 4 scenarios: ROOMSxPLAYERS@RATE,... (rooms on the killed server, bots per"
+        " room, inputs/s per bot)",
+    )
+    parser.add_argument("--parts", default="kill_room,world_cost,durability_cost,mass_failover")
     parser.add_argument("--quick", action="store_true", help="3 kills, small worlds, short load")
     args = parser.parse_args()
     kills, entities = args.kills, [int(x) for x in args.entities.split(",") if x]
@@ -345,6 +721,7 @@ def main() -> int:
     live_ticks, replay_ticks = 200, 200
     if args.quick:
         kills, entities, overhead, seconds = 3, [100, 1000], [("one_room", 50)], 4.0
+        args.mass = "50x2@5"
         live_ticks, replay_ticks = 40, 40
     parts = [p for p in args.parts.split(",") if p]
 
@@ -363,10 +740,19 @@ def main() -> int:
             log(f"part 2: world cost for {entities} entities")
             combined["world_cost"] = asyncio.run(world_cost(entities, live_ticks, replay_ticks))
             emit(combined["world_cost"])
-        if "durability_overhead" in parts:
-            log(f"part 3: durability overhead at {overhead}")
-            combined["durability_overhead"] = durability_overhead(overhead, seconds)
-            emit(combined["durability_overhead"])
+        if "durability_cost" in parts:
+            log(f"part 3: durability cost at {overhead}")
+            combined["durability_cost"] = durability_cost(overhead, seconds)
+            emit(combined["durability_cost"])
+        if "mass_failover" in parts:
+            rows = []
+            for text in [m for m in args.mass.split(",") if m]:
+                scenario = MassScenario.parse(text)
+                log(f"part 4: mass failover {scenario.label}")
+                row = mass_failover(scenario)
+                emit(row)
+                rows.append(row)
+            combined["mass_failover"] = rows
     except KeyboardInterrupt:
         log("interrupted; everything started has been stopped")
         return 130

@@ -85,16 +85,29 @@ class RoomServer:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             max_connections=256,
+            # A crowd joining at once (a whole server's players reconnecting after a
+            # failover) waits for a pooled connection instead of failing with "Too many
+            # connections" (1000 joins on one server failed ~1200 token checks without).
+            wait_for_connection=1.0,
             health_check_interval=0,
         )
         # One named connection (on a cluster: to the primary of this server's own slot).
         self.liveness = LivenessLink(
             settings.redis_url, self.server_id, socket_timeout=1.0, socket_connect_timeout=1.0
         )
+        # The ticks' journal appends on connections of their own (server/store.py).
+        self.journal_redis = connect_redis(
+            settings.redis_url,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            max_connections=8,
+            health_check_interval=0,
+        )
         self.store = RoomStore(
             self.redis,
             lease_ms=settings.lease_ms,
             durability=Durability(settings.durability, settings.replica_wait_ms),
+            journal=self.journal_redis,
         )
         self.quotas = Quotas(
             self.redis,
@@ -129,6 +142,7 @@ class RoomServer:
         self.live: set[str] = set()
         self.registry: dict[str, dict[str, Any]] = {}  # the last read of sr:servers
         self.live_at = 0.0
+        self._live_refresh: asyncio.Future[dict[str, dict[str, Any]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ws_server: Listener | None = None
         self.admin = AdminEndpoint(self.status, self.metrics.render, self.ready)
@@ -232,6 +246,8 @@ class RoomServer:
             await self.liveness.aclose()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self.journal_redis.aclose()
         log.info("server %s stopped", self.server_id)
 
     # -- registry, liveness ------------------------------------------------------------
@@ -311,7 +327,13 @@ class RoomServer:
 
     async def is_live(self, server_id: str) -> bool:
         if time.monotonic() - self.live_at > 2 * self.settings.failover_poll_ms / 1000:
-            await self.refresh_live()
+            # One refresh for every join that needs it at the same moment (a whole dead
+            # server's players arrive at once), not one registry read and CLIENT LIST each.
+            refresh = self._live_refresh
+            if refresh is None or refresh.done():
+                refresh = self._live_refresh = asyncio.ensure_future(self.refresh_live())
+                refresh.add_done_callback(lambda done: done.cancelled() or done.exception())
+            await asyncio.shield(refresh)
         return server_id in self.live
 
     # -- rooms ------------------------------------------------------------------------------

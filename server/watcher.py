@@ -3,7 +3,9 @@
 Every ``failover_poll_ms`` it reads which servers are alive and claims the rooms of
 dead peers (liveness connection gone two polls in a row) and of expired leases
 (frozen or partitioned peers, or a draining owner that released them). Registry
-entries of servers gone for three polls are removed.
+entries of servers gone for three polls are removed. Orphaned rooms are spread over the
+live servers (server/succession.py): each claims at once the ones it is the successor of,
+and the others only if they are still orphaned a few polls later.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from server.errors import OwnershipLost
 from server.games import DEFAULT_GAME
 from server.redis_errors import REDIS_DOWN
 from server.store import Lease
+from server.succession import FALLBACK_POLLS, successor
 
 if TYPE_CHECKING:
     from server.app import RoomServer
@@ -36,6 +39,7 @@ class FailoverWatcher:
         self._missing: dict[str, int] = {}
         self._gone_polls: dict[str, int] = {}
         self._broken_until: dict[str, float] = {}
+        self._orphaned: dict[str, int] = {}  # room -> polls seen orphaned in a row
 
     async def run(self) -> None:
         failing = False
@@ -65,11 +69,12 @@ class FailoverWatcher:
         leases, now_ms = await server.store.readable_leases(names) if names else ({}, 0)
         missing_now: set[str] = set()
         unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned
+        orphans: list[tuple[str, Lease | None]] = []
         for name, lease in leases.items():
             if lease is None:
                 unowned += 1
                 # Released by a draining owner, or expired (frozen/partitioned owner).
-                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), None, now_ms)
+                orphans.append((name, None))
                 continue
             if lease.server_id == server.server_id or lease.server_id in live:
                 continue
@@ -77,15 +82,40 @@ class FailoverWatcher:
             missing_now.add(lease.server_id)
             # Absent from two polls in a row: its process is gone.
             if self._missing.get(lease.server_id, 0) >= 1:
-                log.info(
-                    "room=%s owner %s is gone (no liveness connection): claiming",
-                    name,
-                    lease.server_id,
-                )
-                self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease, now_ms)
+                orphans.append((name, lease))
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
+        self._claim_share(orphans, index, live, now_ms)
         server.metrics.rooms_unowned.set(unowned)
         await server.metrics.sample_redis_memory(server.redis)  # every 5 s at most
+
+    def _claim_share(
+        self,
+        orphans: list[tuple[str, Lease | None]],
+        index: dict[str, dict[str, Any]],
+        live: set[str],
+        now_ms: int,
+    ) -> None:
+        """Claim the orphans this server is the successor of, and those still orphaned
+        after FALLBACK_POLLS polls (server/succession.py)."""
+        me = self.server.server_id
+        candidates = live | {me}
+        seen = {name: self._orphaned.get(name, 0) + 1 for name, _ in orphans}
+        self._orphaned = seen
+        claimed: dict[str, int] = {}
+        for name, lease in orphans:
+            if successor(name, candidates) != me and seen[name] <= FALLBACK_POLLS:
+                continue
+            self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease, now_ms)
+            owner = lease.server_id if lease is not None else "(no lease)"
+            claimed[owner] = claimed.get(owner, 0) + 1
+        for owner, count in claimed.items():
+            log.info(
+                "%d rooms of %s are orphaned (owner gone or lease expired): claiming them"
+                " (%d orphans in all)",
+                count,
+                owner,
+                len(orphans),
+            )
 
     async def _forget_dead_servers(
         self, registered: dict[str, dict[str, Any]], live: set[str]

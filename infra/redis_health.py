@@ -136,12 +136,28 @@ async def check_redis_memory(redis: aioredis.Redis) -> MemoryCheck:
 
     Raises only what the client raises for an unreachable Redis (ConnectionError,
     TimeoutError); a refused or unknown CONFIG command falls back to INFO. On a cluster,
-    every primary is judged: the first fatal verdict wins, warnings name their node.
+    every primary that answers is judged (one that does not is a warning): the first
+    fatal verdict wins, warnings name their node.
     """
     if not is_cluster(redis):
         return await _check_node(redis, None)
     await redis.initialize()
-    checks = [await _check_node(redis, node) for node in _primaries(redis)]
+    checks: list[MemoryCheck] = []
+    unreachable: list[str] = []
+    failure: Exception | None = None
+    for node in _primaries(redis):
+        try:
+            checks.append(await _check_node(redis, node))
+        except (RedisError, OSError) as exc:  # failing over: the other primaries are judged
+            unreachable.append(node.name)
+            failure = exc
+    if not checks:
+        raise failure or RedisError("no primary to check")
+    if unreachable:
+        checks[0].warnings.append(
+            f"cluster node(s) {', '.join(unreachable)} did not answer; their memory limit "
+            f"and policy were not checked; see {SIZING_DOC}"
+        )
     fatal = next((c for c in checks if c.fatal), None)
     chosen = fatal or checks[0]
     return MemoryCheck(

@@ -437,7 +437,7 @@ async def test_the_rooms_shard_primary_fails_over_during_play(
             summary = await bots
     finally:
         # The old primary comes back as a replica of the promoted one.
-        await asyncio.to_thread(valkey_cluster.restart, primary)
+        valkey_cluster.restart(primary)  # from this thread: see EmbeddedRedis.spawn
         await asyncio.to_thread(valkey_cluster.wait_ok, 30)
     FIGURES["shard_failover"] = {
         "replica_promoted_s": round(promoted_s, 2),
@@ -535,7 +535,7 @@ async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(
             summary = await bots
     finally:
         if victim is not None:
-            await asyncio.to_thread(valkey_cluster.restart, victim)
+            valkey_cluster.restart(victim)  # from this thread: see EmbeddedRedis.spawn
         await asyncio.to_thread(valkey_cluster.wait_ok, 30)
         bots.cancel()
         with contextlib.suppress(BaseException):

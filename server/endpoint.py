@@ -327,9 +327,11 @@ class Endpoint:
         (``on_message``); this coroutine only waits for the connection to end.
         """
 
+        handle = self._on_frame
+
         def on_frame(frame: bytes | str) -> None:
             try:
-                self._on_frame(session, room, frame)
+                handle(session, room, frame)
             except Exception:
                 log.exception(
                     "room=%s player=%s message handling failed", room.name, session.player_id

@@ -57,7 +57,7 @@ class Seat:
     joined_tick: int = 0  # the tick that applied its join (its first events belong to it)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per room and tick (a frozen __init__ is slow)
 class TickOutcome:
     tick: int
     events: list[Event]  # the journal's: joins, leaves, inputs
@@ -152,10 +152,12 @@ class RoomEngine:
                 if seat is None:
                     continue
                 seq = event[2]
-                if seq > seat.ack:
+                if seq > seat.ack:  # (the max() calls written out: once per input)
                     seat.ack = seq
-                    seat.accepted = max(seat.accepted, seq)
-                    seat.pending = max(0, seat.pending - 1)
+                    if seq > seat.accepted:
+                        seat.accepted = seq
+                    if seat.pending > 0:
+                        seat.pending -= 1
                     inputs.append((player_id, event[3]))
             elif kind == "j":
                 seat = self.seats.setdefault(player_id, Seat(player_id, event[2]))

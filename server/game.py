@@ -75,6 +75,12 @@ class Game(ABC):
     #: seated. Bigger ones are refused with ``invalid_message`` and count against the
     #: player's byte budget; keep it close to what the game's inputs really need.
     max_input_bytes: ClassVar[int] = 1024
+    #: Whether the room keeps ticking while no player is connected. False (the default):
+    #: a room nobody has watched for a second pauses (no tick, nothing journaled, its
+    #: lease still renewed) until a player connects, a seat's grace period ends or the
+    #: empty room closes. Ticks are the game's clock, so the game never sees the pause;
+    #: set True for a world that must move on unwatched (a round timer, bots).
+    ticks_unwatched: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

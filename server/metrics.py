@@ -9,17 +9,23 @@ event-loop lag) come from ``infra.process_metrics``.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_go_string
 from redis.exceptions import ResponseError
 
 from infra.process_metrics import register_process_metrics
 from infra.redis_health import memory_usage
+
+_go_string = cast(Callable[[float], str], _untyped_go_string)  # how prometheus writes "le"
 
 TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 WRITE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0)
@@ -33,23 +39,27 @@ class ServerMetrics:
         r = self.registry = CollectorRegistry()
         self.rooms = Gauge("stateroom_rooms", "Rooms running on this server", registry=r)
         self.players = Gauge("stateroom_players", "Connected players on this server", registry=r)
-        self.tick_seconds = Histogram(
-            "stateroom_tick_seconds",
-            "Time to compute, journal and publish one tick",
-            buckets=TICK_BUCKETS,
+        self.rooms_paused = Gauge(
+            "stateroom_rooms_paused",
+            "Rooms not ticking because nobody is connected (their leases are still renewed)",
             registry=r,
         )
+        # Observed once per room and tick: plain-int histograms (no lock, no label lookup).
+        self.tick_seconds = PlainHistogram(
+            "stateroom_tick_seconds", "Time to compute, journal and publish one tick", TICK_BUCKETS
+        )
+        r.register(self.tick_seconds)
         self.tick_overruns = Counter(
             "stateroom_tick_overruns_total",
             "Ticks that started late (the room fell behind)",
             registry=r,
         )
-        self.journal_seconds = Histogram(
+        self.journal_seconds = PlainHistogram(
             "stateroom_journal_write_seconds",
             "Latency of the durable journal write of a tick",
-            buckets=WRITE_BUCKETS,
-            registry=r,
+            WRITE_BUCKETS,
         )
+        r.register(self.journal_seconds)
         self.checkpoint_seconds = Histogram(
             "stateroom_checkpoint_seconds",
             "Latency of a checkpoint write",
@@ -125,6 +135,32 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PlainHistogram(Collector):
+    """A histogram for the hot path: ``observe`` is a bisect and two int additions (a
+    prometheus Histogram takes a lock per observation, which showed at ~3 % of the
+    server's CPU at 200 rooms of 4); exported like one when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: over every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, running = [], 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            cumulative.append((_go_string(bound), running))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=cumulative, sum_value=self.sum
+        )
 
 
 class TrafficCounters(Collector):

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from enum import Enum
@@ -72,6 +73,11 @@ _TRANSITIONS = {
 }
 
 _REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+# A room nobody has been connected to for this long pauses (see "idle rooms" below),
+# and paused rooms renew their leases on this grid (so their renewals go out together).
+PAUSE_AFTER_S = 1.0
+RENEW_GRID_S = 0.25
 
 
 class Room:
@@ -125,6 +131,12 @@ class Room:
         self._missed = False
         self._journal_pending: asyncio.Future[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Idle rooms: since when nobody is connected (None: someone is), whether the room
+        # is paused, when a paused room must next do something, its renewal in flight.
+        self.unwatched_since: float | None = time.monotonic()
+        self.paused = False
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._renewing: asyncio.Future[Any] | None = None
         # A room taken over from a previous owner stamps its takeover record (set by the
         # server that rebuilt it); None for a room created here.
         self.timeline: TakeoverTimeline | None = None
@@ -182,6 +194,9 @@ class Room:
         self.sessions[player_id] = session
         self.disconnected_at.pop(player_id, None)
         self.empty_since = None
+        self.unwatched_since = None
+        if self.paused:
+            self._resume()
         session.transition(SessionState.JOINED)
         seat = self.engine.seats[player_id]
         session.welcome_tick = self.engine.tick
@@ -218,6 +233,8 @@ class Room:
             self.metrics.players.dec()
             if session.player_id in self.engine.seats:
                 self.disconnected_at[session.player_id] = time.monotonic()
+            if not self.sessions:
+                self.unwatched_since = time.monotonic()
 
     def leave(self, session: Session) -> None:
         self.engine.offer_leave(session.player_id)
@@ -361,9 +378,119 @@ class Room:
         self.ticks_timed += 1
         self.tick_seconds_total += elapsed
         self._in_tick = False
-        if self._missed and self.state is RoomState.RUNNING:
+        if self.state is not RoomState.RUNNING:
+            return
+        if self._idle():
+            self._pause()
+        elif self._missed:
             self._missed = False  # late: the next tick now rather than at the next slot
             self._begin_tick()
+
+    # -- idle rooms -------------------------------------------------------------------
+    #
+    # A room nobody has watched for PAUSE_AFTER_S (and whose game does not tick
+    # unwatched) leaves the ticker and stops ticking. While paused it wakes on a timer
+    # of its own: to renew its lease every lease_ms / 3 (on a common RENEW_GRID_S grid,
+    # so the paused rooms' renewals leave in a few pipelines a second), and for a tick
+    # when a seat's grace period ends or the empty room's time is up (that tick frees
+    # the seat or closes the room); a player who connects resumes it at once.
+
+    def _idle(self) -> bool:
+        since = self.unwatched_since
+        return (
+            since is not None
+            and not self.sessions
+            and not self.game_class.ticks_unwatched
+            and time.monotonic() - since >= PAUSE_AFTER_S
+        )
+
+    def _pause(self) -> None:
+        self.paused = True
+        self._missed = False
+        self._unclock()
+        self.metrics.rooms_paused.inc()
+        self._plan_wake()
+        log.debug("room=%s paused at tick %d (nobody connected)", self.name, self.engine.tick)
+
+    def _resume(self, clock: bool = True) -> None:
+        """Tick again from the next slot of the common clock (``clock``: False for a
+        room that is closing)."""
+        self.paused = False
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        self.metrics.rooms_paused.dec()
+        if clock and self.state is RoomState.RUNNING and self._ticker is None:
+            self._ticker = ticker_for(self.tick_rate)
+            self._ticker.add(self)
+        log.debug("room=%s resumed at tick %d", self.name, self.engine.tick)
+
+    def _next_event_at(self) -> float:
+        """When a paused room must tick again: the first grace period to end, or the
+        empty room's closing time (inf: neither)."""
+        settings = self.settings
+        seats = self.engine.seats
+        at = math.inf
+        for player_id, since in self.disconnected_at.items():
+            seat = seats.get(player_id)
+            played = seat is not None and seat.accepted > 0
+            at = min(at, since + (settings.grace_s if played else settings.unplayed_grace_s))
+        if not seats and not self.sessions and self.empty_since is not None:
+            limit = settings.empty_room_s if self.played else 0.0
+            at = min(at, self.empty_since + limit)
+        return at
+
+    def _plan_wake(self, at: float | None = None) -> None:
+        """Set the paused room's timer: at ``at``, else its next renewal (on the grid)
+        or its next tick, whichever comes first."""
+        if at is None:
+            renew_at = self.lease_renewed_at + self.settings.lease_ms / 3000
+            renew_at = math.ceil(renew_at / RENEW_GRID_S) * RENEW_GRID_S
+            at = min(renew_at, self._next_event_at())
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        delay = max(0.0, at - time.monotonic())
+        self._wake_timer = asyncio.get_running_loop().call_later(delay, self._paused_upkeep)
+
+    def _paused_upkeep(self) -> None:
+        self._wake_timer = None
+        if not self.paused or self.state is not RoomState.RUNNING:
+            return
+        now = time.monotonic()
+        if now >= self._next_event_at():
+            self._resume()
+            self._begin_tick()
+            return
+        deadline = self._lease_deadline()
+        if now >= deadline:
+            if self._renewing is not None:
+                self._renewing.cancel()
+            self.fence(f"room {self.name}: could not renew the lease in time")
+            return
+        # Until the renewal answers, wake at the deadline (then, unanswered, the room stops).
+        self._plan_wake(min(deadline, self._next_event_at()))
+        if self._renewing is None:
+            future = self._renewing = self.store.renew_soon(self.lease)
+            future.add_done_callback(functools.partial(self._renewed, now))
+
+    def _renewed(self, sent_at: float, future: asyncio.Future[Any]) -> None:
+        self._renewing = None
+        if self.state is not RoomState.RUNNING or future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self.lease_renewed_at = max(self.lease_renewed_at, sent_at)
+            if self.paused:
+                self._plan_wake()
+            return
+        error = fenced_error(self.lease, error)
+        if isinstance(error, OwnershipLost):
+            self.fence(str(error))
+            return
+        # Retried every 50 ms until the lease deadline (then the room stops).
+        log.warning("room=%s lease renewal failed (%s); retrying", self.name, error)
+        if self.paused:
+            self._plan_wake(min(time.monotonic() + 0.05, self._lease_deadline()))
 
     def _slow(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run the rest of a tick (or the room's closing) as a task: retries, renewals,
@@ -680,6 +807,8 @@ class Room:
         self.sessions.clear()
 
     def _set_closed(self) -> None:
+        if self.paused:
+            self._resume(clock=False)
         self._unclock()
         if self.state is not RoomState.CLOSED:
             self.state = RoomState.CLOSED
@@ -719,6 +848,7 @@ class Room:
             "seats": len(self.engine.seats),
             "checkpoint_tick": self.last_checkpoint_tick,
             "checkpoint_age_s": round(time.monotonic() - self.last_checkpoint_at, 3),
+            "paused": self.paused,
         }
 
 

@@ -161,9 +161,13 @@ class Arena(Game):
         step = MAX_SPEED / self.tick_rate
         width, height = float(WIDTH), float(HEIGHT)  # floats, so x and y never turn into ints
         for player in players.values():
-            if player.hx or player.hy:
-                player.x = round(min(max(player.x + player.hx * step, 0.0), width), 2)
-                player.y = round(min(max(player.y + player.hy * step, 0.0), height), 2)
+            hx, hy = player.hx, player.hy
+            if hx or hy:
+                # Clamped to [0, size] as min(max(v, 0.0), size) does, without the calls.
+                x = player.x + hx * step
+                y = player.y + hy * step
+                player.x = round(0.0 if x < 0.0 else width if x > width else x, 2)
+                player.y = round(0.0 if y < 0.0 else height if y > height else y, 2)
         self._collect()
         return {
             "w": WIDTH,
@@ -178,7 +182,9 @@ class Arena(Game):
                 }
                 for player_id, p in players.items()
             },
-            "pickups": [list(pickup) for pickup in self._pickups],
+            # A pickup is replaced, never changed in place (_collect): sharing the inner
+            # lists with a state already sent is safe, the outer list is this tick's.
+            "pickups": list(self._pickups),
         }
 
     def _collect(self) -> None:

@@ -1,0 +1,185 @@
+"""CPU of a room server holding many rooms with nobody in them (issue 10, deliverable 5).
+
+Valkey + auth + ONE durable room server (as ``bench/arena.py`` starts them, the server and
+Valkey on CPU 0). R rooms are made the way real ones become idle: a player joins, plays
+one input (the state acks it), then either disconnects (its seat waits out its grace
+period: ``grace`` rooms) or sends ``leave`` (the room, played and empty, waits
+``empty_room_s`` before closing: ``empty`` rooms). Grace and the empty-room time are
+raised to 600 s so every room is still there during the window. After ``--settle``
+seconds the server's CPU (utime + stime from /proc) is measured over ``--seconds``.
+
+``--compare REF`` measures REF's room server the same way in the same run (a git
+worktree, as ``bench/arena.py --compare``), first REF then this tree.
+
+Prints ONE JSON object: per tree the rooms made, the server's CPU in cores over the
+window, Valkey's, the ticks journaled per second (the server's tick counter), RSS, and
+the paused-rooms gauge where the server has one; with ``--compare`` the ratio.
+
+    .venv/bin/python bench/idle_rooms.py                    # 1000 rooms, ~1 min
+    .venv/bin/python bench/idle_rooms.py --compare 6c5cf3a  # and the same on 6c5cf3a
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.arena import Tree, current_tree, drop_ref_tree, ref_tree
+from bench.common import (
+    CpuWindow,
+    Stack,
+    cpu_count,
+    emit,
+    log,
+    metric_delta,
+    proc_rss_mb,
+    scrape,
+)
+
+SERVER_ARGS = [
+    "--grace-s", "600",
+    "--empty-room-s", "600",
+    "--rooms-per-player", "1000000",
+    "--rooms-per-minute", "1000000",
+    "--sessions-per-player", "1000000",
+    "--max-rooms", "100000",
+]  # fmt: skip
+
+
+async def make_room(ws_url: str, token: str, room: str, leave: bool) -> None:
+    """Join ``room``, get one input acked, then disconnect (or leave the room)."""
+    async with websockets.connect(
+        ws_url,
+        subprotocols=["stateroom.v1.msgpack"],
+        open_timeout=30,  # type: ignore[list-item]
+    ) as ws:
+        await ws.send(msgpack.packb({"t": "join", "room": room, "token": token, "v": 1}))
+        welcome = msgpack.unpackb(await ws.recv())
+        if welcome.get("t") != "welcome":
+            raise RuntimeError(f"join {room}: {welcome}")
+        await ws.send(msgpack.packb({"t": "input", "seq": 1, "data": {"dx": 0.0, "dy": 0.0}}))
+        while True:
+            message = msgpack.unpackb(await ws.recv())
+            if message.get("t") == "state" and message.get("ack") == 1:
+                break
+        if leave:
+            await ws.send(msgpack.packb({"t": "leave"}))
+            await ws.wait_closed()
+
+
+async def make_rooms(stack: Stack, count: int, players: int) -> float:
+    """``count`` idle rooms (half grace, half empty), ``players`` guests making them in
+    parallel; returns the seconds it took."""
+    started = time.monotonic()
+    ws_url = stack.ws_url(stack.children[0])
+    auth_url = json.loads(stack.cluster_file.read_text())["auth_url"]
+    async with httpx.AsyncClient(base_url=auth_url, timeout=30) as http:
+        tokens = [
+            (await http.post("/v1/guest", json={})).json()["access_token"] for _ in range(players)
+        ]
+
+    async def player(index: int) -> None:
+        for n in range(index, count, players):
+            await make_room(ws_url, tokens[index], f"idle-{n}", leave=n % 2 == 1)
+
+    await asyncio.gather(*(player(i) for i in range(players)))
+    return time.monotonic() - started
+
+
+def measure(tree: Tree, opts: argparse.Namespace) -> dict[str, Any]:
+    two = cpu_count() >= 2
+    stack = Stack(
+        servers=1,
+        server_args=list(SERVER_ARGS),
+        server_cpus={0} if two else None,
+        redis_cpus={0} if two else None,
+        auth_cpus={1} if two else None,
+        server_root=tree.root,
+    )
+    stack.start()
+    try:
+        server = stack.children[0]
+        assert server.pid is not None and stack.redis is not None and stack.redis.pid
+        log(f"{tree.name}: making {opts.rooms} idle rooms")
+        made_s = asyncio.run(make_rooms(stack, opts.rooms, opts.players))
+        time.sleep(opts.settle)
+        metrics_url = stack.metrics_url(server)
+        before = scrape(metrics_url)
+        window = CpuWindow({"server": server.pid, "redis": stack.redis.pid})
+        window.start()
+        time.sleep(opts.seconds)
+        window.stop()
+        after = scrape(metrics_url)
+        rooms = after.get("stateroom_rooms", 0.0)
+        ticks = metric_delta(after, before, "stateroom_tick_seconds_count")
+        point: dict[str, Any] = {
+            "tree": tree.name,
+            "commit": tree.commit[:10],
+            "rooms_made": opts.rooms,
+            "rooms_running": int(rooms),
+            "rooms_paused": (
+                int(after["stateroom_rooms_paused"]) if "stateroom_rooms_paused" in after else None
+            ),
+            "make_s": round(made_s, 1),
+            "server_cpu_cores": round(window.cores("server"), 4),
+            "redis_cpu_cores": round(window.cores("redis"), 4),
+            "ticks_per_s": round(ticks / opts.seconds, 1),
+            "rss_mb": round(proc_rss_mb(server.pid), 1),
+        }
+        log(
+            f"{tree.name}: {point['rooms_running']} rooms, server {point['server_cpu_cores']}"
+            f" cores, valkey {point['redis_cpu_cores']}, {point['ticks_per_s']} ticks/s"
+        )
+        return point
+    finally:
+        stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=1000)
+    parser.add_argument("--players", type=int, default=20, help="guests making the rooms")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds before the window")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
+    parser.add_argument("--compare", metavar="REF", help="also measure REF's room server")
+    opts = parser.parse_args()
+    if opts.rooms < 1 or opts.players < 1 or opts.seconds <= 0 or opts.settle < 0:
+        parser.error("--rooms and --players must be >= 1, --seconds > 0, --settle >= 0")
+    started = time.monotonic()
+    trees = [current_tree()]
+    with tempfile.TemporaryDirectory(prefix="stateroom-idle-") as parent:
+        if opts.compare:
+            trees.insert(0, ref_tree(opts.compare, Path(parent)))
+        try:
+            points = [measure(tree, opts) for tree in trees]
+        finally:
+            for tree in trees:
+                if tree.name == "ref":
+                    drop_ref_tree(tree)
+    result: dict[str, Any] = {
+        "bench": "idle_rooms",
+        "points": points,
+        "target": "server_cpu_cores < 0.05 with 1000 idle rooms",
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    if len(points) == 2 and points[0]["server_cpu_cores"]:
+        result["ratio"] = round(points[1]["server_cpu_cores"] / points[0]["server_cpu_cores"], 3)
+    result["met"] = points[-1]["server_cpu_cores"] < 0.05
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -146,10 +146,13 @@ class Player:
                 )
                 self.conn = conn = cast(Connection, listener)
                 code = await conn.closed
-            except Exception:  # refused, reset, handshake timeout: as a dropped connection
+            except Exception as exc:  # refused, reset, handshake timeout: as a dropped connection
                 code = 1006
+                why = type(exc).__name__
+                crowd.connect_errors[why] = crowd.connect_errors.get(why, 0) + 1
             self.conn = None
             self.seated = False
+            crowd.closes[code] = crowd.closes.get(code, 0) + 1
             if self.over():
                 return
             if code == REDIRECT and self.redirect_to:
@@ -268,12 +271,16 @@ class Crowd:
         self.rate = args.rate
         self.seconds = args.seconds
         self.until_file = Path(args.until_file) if args.until_file else None
+        self.join_wave = args.join_wave
         self.players = [Player(self, i) for i in range(args.rooms * args.players)]
         self.stopping = False
         self.inputs_sent = 0
         self.login_retries = 0
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
+        self.closes: dict[int, int] = {}  # close codes of the connections that ended
+        self.connect_errors: dict[str, int] = {}  # connections that never opened, by error
+        self.given_up = {"stall": 0, "join_wait": 0}  # connections this side dropped
         self.sending = True
 
     async def login(self, http: httpx.AsyncClient, player: Player) -> None:
@@ -303,9 +310,18 @@ class Crowd:
 
             await asyncio.gather(*(worker() for _ in range(32)))
         login_s = time.monotonic() - started
-        runners = [asyncio.create_task(p.run()) for p in self.players if not p.failed and p.token]
         timer = asyncio.create_task(self.timer())
-        deadline = time.monotonic() + 120
+        runners: list[asyncio.Task[None]] = []
+        ready = [p for p in self.players if not p.failed and p.token]
+        # Players arrive in waves (as they would over a few seconds), not all in one
+        # event-loop turn: the bench measures the failover, not a join storm.
+        for first in range(0, len(ready), self.join_wave):
+            wave = ready[first : first + self.join_wave]
+            runners += [asyncio.create_task(p.run()) for p in wave]
+            wave_deadline = time.monotonic() + 10
+            while time.monotonic() < wave_deadline and not all(p.seated or p.failed for p in wave):
+                await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             seated = sum(1 for p in self.players if p.seated)
             if seated == len(self.players) or not any(not t.done() for t in runners):
@@ -354,6 +370,7 @@ class Crowd:
                     # No welcome (nor redirect) 3 s after connecting: try elsewhere.
                     if now - conn.opened_at > JOIN_WAIT_S:
                         conn.opened_at = now
+                        self.given_up["join_wait"] += 1
                         conn.transport.disconnect()
                     continue
                 if self.sending and now >= p.next_input:
@@ -363,6 +380,7 @@ class Crowd:
                     p.send_input(now)
                 if now - p.last_frame > STALL_S:
                     p.last_frame = now  # once per stall
+                    self.given_up["stall"] += 1
                     conn.transport.disconnect()
 
     def summary(self, cpu_s: float, played_s: float) -> dict[str, Any]:
@@ -385,6 +403,9 @@ class Crowd:
             "latency_ms": spread(self.latencies),
             "longest_gap_ms": spread([p.longest_gap * 1000 for p in players]),
             "errors": self.errors,
+            "closes": {str(code): n for code, n in sorted(self.closes.items())},
+            "connect_errors": self.connect_errors,
+            "given_up": self.given_up,
             "login_retries": self.login_retries,
             "loadgen_cpu_cores": round(cpu_s / played_s, 3) if played_s else None,
         }
@@ -404,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="inputs/s per player")
     parser.add_argument("--seconds", type=float, required=True, help="play time once joined")
     parser.add_argument("--until-file", default="", help="stop early once this file exists")
+    parser.add_argument(
+        "--join-wave", type=int, default=50, help="players that join together (then the next)"
+    )
     args = parser.parse_args(argv)
-    if args.rooms < 1 or args.players < 1 or args.rate <= 0 or args.seconds <= 0:
-        parser.error("--rooms, --players, --rate and --seconds must be > 0")
+    if min(args.rooms, args.players, args.join_wave) < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--rooms, --players, --join-wave, --rate and --seconds must be > 0")
     summary: dict[str, Any] = {}
 
     async def go() -> None:

@@ -49,7 +49,9 @@ import redis.asyncio as aioredis
 
 from bench.common import (
     BotsProcess,
+    Child,
     Stack,
+    cpu_busy_seconds,
     emit,
     histogram_mean_ms,
     histogram_quantile_ms,
@@ -618,18 +620,27 @@ def mass_failover_on(
             f"{count} players to join",
             step=0.2,
         )
-        owned = asyncio.run(_owned(stack.redis_url, victim.name, rooms))
-        log(f"mass {scenario.label}: the victim owns {len(owned)} rooms; starting survivors")
+        log(f"mass {scenario.label}: {count} players joined; starting the survivors")
         for child in spare:
             child.start()
         for child in spare:
             child.wait_ready()
         time.sleep(2.5)  # survivors settled (liveness grace 1.5 s)
-        cpu_before = {c.name: proc_cpu_seconds(c.pid) for c in spare}
-        killed_ms, recovered_s, records = asyncio.run(
-            _kill_and_wait(stack.redis_url, victim.pid, owned, timeout_s)
+        ours = {c.name: c.pid for c in spare}
+        ours["crowd"] = crowd.proc.pid
+        if stack.redis is not None and stack.redis.pid:
+            ours["valkey"] = stack.redis.pid
+        if stack.auth is not None:
+            ours["auth"] = stack.auth.pid
+        cpu_before = {name: proc_cpu_seconds(pid) for name, pid in ours.items()}
+        busy_before, window_from = sum(cpu_busy_seconds().values()), time.monotonic()
+        owned, killed_ms, recovered_s, records = asyncio.run(
+            _kill_and_wait(stack.redis_url, victim, rooms, timeout_s)
         )
-        cpu_after = {c.name: proc_cpu_seconds(c.pid) for c in spare}
+        cpu_after = {name: proc_cpu_seconds(pid) for name, pid in ours.items()}
+        busy = sum(cpu_busy_seconds().values()) - busy_before
+        window = time.monotonic() - window_from
+        log(f"mass {scenario.label}: the victim owned {len(owned)} rooms when killed")
         victim.proc = None  # killed: the stack must not stop it again
         log(f"mass {scenario.label}: recovered in {recovered_s:.2f} s; players resuming")
         time.sleep(steady_s)  # the players back and playing on the survivors
@@ -645,9 +656,14 @@ def mass_failover_on(
         "survivors": len(spare),
         **recovery_breakdown(records, killed_ms, owned, _server_name),
         "all_recovered_s": round(recovered_s, 3),
-        "survivor_cpu_s_during_recovery": {
+        "cpu_s_during_recovery": {
             name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before
         },
+        # Everything else on the machine meanwhile (other jobs): this run's share of it.
+        "machine_busy_cores": round(busy / window, 2),
+        "others_cores": round(
+            max(0.0, busy - sum(cpu_after[n] - cpu_before[n] for n in cpu_before)) / window, 2
+        ),
         "players_verdict": summary,
         # The crowd shares the machine: above ~0.85 cores it is the limit, not the servers.
         "loadgen_saturated": (summary.get("loadgen_cpu_cores") or 0) > 0.85,
@@ -659,23 +675,17 @@ def _server_name(server_id: str) -> str:
     return server_id.rsplit("-", 1)[0]
 
 
-async def _owned(redis_url: str, name: str, rooms: list[str]) -> dict[str, int]:
-    redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        return await _rooms_of(redis, name, rooms)
-    finally:
-        await redis.aclose()
-
-
 async def _kill_and_wait(
-    redis_url: str, pid: int, owned: dict[str, int], timeout_s: float
-) -> tuple[int, float, dict[str, dict[Any, Any]]]:
-    """Kill the victim, then read the takeover records until every room it owned has its
-    first tick under a new owner (or ``timeout_s``)."""
+    redis_url: str, victim: Child, names: list[str], timeout_s: float
+) -> tuple[dict[str, int], int, float, dict[str, dict[Any, Any]]]:
+    """The rooms the victim owns right now (with their epochs); kill it, then read the
+    takeover records until every one of them has its first tick under a new owner (or
+    ``timeout_s``)."""
     redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
-    rooms = list(owned)
     try:
-        killed_ms = await _kill_all(redis, pid, owned)
+        owned = await _rooms_of(redis, victim.name, names)
+        rooms = list(owned)
+        killed_ms = await _kill_all(redis, victim.pid, owned)
         began = time.monotonic()
         records: dict[str, dict[Any, Any]] = {}
         while time.monotonic() - began < timeout_s:
@@ -690,7 +700,7 @@ async def _kill_and_wait(
             ]
             if len(done) == len(rooms):
                 break
-        return killed_ms, time.monotonic() - began, records
+        return owned, killed_ms, time.monotonic() - began, records
     finally:
         await redis.aclose()
 

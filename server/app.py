@@ -28,7 +28,7 @@ from infra.eventloop import run_loop
 from infra.liveness import LivenessLink
 from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
-from infra.redis_url import redact
+from infra.redis_url import is_cluster, redact
 from infra.redis_url import validate as parse_redis_url
 from server import settings as settings_module
 from server.admin import AdminEndpoint
@@ -53,6 +53,10 @@ from server.transport import Listener, TransportOptions, listen
 from server.watcher import FailoverWatcher
 
 log = logging.getLogger("stateroom.server")
+
+# Connections of the room server's main Redis pool, and how many are opened at start.
+POOL_SIZE = 96
+POOL_WARM = 48
 
 # Rooms listed in the registry's room_stats (the busiest first): the entry is rewritten
 # every heartbeat and read by every peer's watcher, so it stays ~20 KB at 1000 rooms.
@@ -84,10 +88,12 @@ class RoomServer:
             settings.redis_url,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
-            max_connections=256,
-            # A crowd joining at once (a whole server's players reconnecting after a
-            # failover) waits for a pooled connection instead of failing with "Too many
-            # connections" (1000 joins on one server failed ~1200 token checks without).
+            # Bounded, warmed at start (``_warm_pool``), and waited for: a crowd joining at
+            # once (a whole server's players reconnecting after a failover) queues for a
+            # connection for a few ms instead of failing with "Too many connections"
+            # (1000 joins on one server failed ~1200 token checks) or opening hundreds of
+            # new ones on the event loop (a connection costs ~1 ms of CPU to set up).
+            max_connections=POOL_SIZE,
             wait_for_connection=1.0,
             health_check_interval=0,
         )
@@ -169,6 +175,7 @@ class RoomServer:
             raise ConfigError(memory.fatal)
         if self.settings.admin_port:
             await self.admin.start(self.settings.admin_host, self.settings.admin_port)
+        await self._warm_pool()
         await self._heartbeat_once()
         options = self._options()
         self._ws_server = await listen(self.settings.transport, self.endpoint.handle, options)
@@ -317,6 +324,14 @@ class RoomServer:
             return True
         return now - self.liveness_since >= grace
 
+    async def _warm_pool(self) -> None:
+        """Open the pool's connections now, off the players' path (one Redis: a cluster
+        opens one pool per node as it goes)."""
+        if is_cluster(self.redis):
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.gather(*(self.redis.ping() for _ in range(POOL_WARM)))
+
     async def refresh_live(self) -> dict[str, dict[str, Any]]:
         """Read the server registry and which of its servers are alive; returns the registry."""
         servers = await self.store.servers()
@@ -408,9 +423,14 @@ class RoomServer:
             await self.store.release(claim.lease)
             raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
         try:
-            checkpoint, entries = await self.store.load(name)
-            meta = await self.store.meta(name)
-            room_options = await self.store.options(name)
+            # All four reads in one turn: one round trip, batched with the other rooms
+            # being rebuilt (server/store.py, CommandBatcher).
+            (checkpoint, entries), meta, room_options, recent_events = await asyncio.gather(
+                self.store.load(name),
+                self.store.meta(name),
+                self.store.options(name),
+                self.store.recent_events(name),
+            )
             if checkpoint is not None:
                 engine = RoomEngine.restore(game_class, checkpoint.snapshot, options=room_options)
             else:
@@ -421,7 +441,6 @@ class RoomServer:
                 engine = RoomEngine(game_instance, options=room_options)
             for entry in entries:
                 engine.apply(entry.tick, entry.events)
-            recent_events = await self.store.recent_events(name)
         except Exception:
             # A room that cannot be rebuilt must not sit behind our lease: give it back
             # so the error shows up (and is retried) instead of a silent hang.

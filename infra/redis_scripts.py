@@ -4,7 +4,8 @@ Why not redis-py's own: on a cluster its pipeline refuses ``EVALSHA`` (it cannot
 script a node lacks, and a node lacks every script after a failover or a restart). Here
 each call goes out as ``EVALSHA``; a call a node answers with ``NOSCRIPT`` (nothing ran)
 is run again alone through its ``AsyncScript``, which loads the script there first. On
-plain Redis the pipeline loads missing scripts itself before sending.
+plain Redis too (redis-py's pipeline would check every script with a ``SCRIPT EXISTS``
+round trip before each execute).
 
 On a cluster the calls go out as one pipeline per node, the nodes in parallel
 (infra/cluster_pipeline.py): one round trip per node, each call still atomic on its own
@@ -43,9 +44,12 @@ async def run_pipelined(redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> l
     if is_cluster(redis):
         results = await _per_node(redis, calls)  # type: ignore[arg-type]
     else:
+        # EVALSHA as is, like the cluster path: redis-py's scripts in a pipeline send a
+        # SCRIPT EXISTS round trip before every execute (a second round trip per tick
+        # for the journal batch); a NOSCRIPT reply is run again alone below.
         async with redis.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
     for index, result in enumerate(results):
         if isinstance(result, NoScriptError):

@@ -641,7 +641,8 @@ def mass_failover_on(
         busy = sum(cpu_busy_seconds().values()) - busy_before
         window = time.monotonic() - window_from
         log(f"mass {scenario.label}: the victim owned {len(owned)} rooms when killed")
-        victim.proc = None  # killed: the stack must not stop it again
+        if victim.proc is not None:
+            victim.proc.wait(10)  # SIGKILLed in _kill_all: reap it
         log(f"mass {scenario.label}: recovered in {recovered_s:.2f} s; players resuming")
         time.sleep(steady_s)  # the players back and playing on the survivors
         summary = crowd.result(timeout=60)

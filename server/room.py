@@ -54,6 +54,7 @@ from server.settings import ServerSettings
 from server.store import Lease, RoomStore, fenced_error
 from server.takeover import TakeoverTimeline
 from server.ticker import Ticker, ticker_for
+from server.transport.frames import HEADER_ROOM
 
 log = logging.getLogger("stateroom.room")
 
@@ -612,16 +613,27 @@ class Room:
         tick = outcome.tick
         v1: StateFrame | None = None
         v2: StateFrameV2 | None = None
+        # v1: one buffer per encoding, [header room][the tick's prefix][this player's
+        # ack]; each player's ack is written at its end and the buffer sent in place.
+        buffers: dict[bool, tuple[bytearray, int]] = {}
         for player_id, session in list(self.sessions.items()):
             seat = seats.get(player_id)
             # A session welcomed while this tick was being made durable was told this tick
             # already (welcome.tick); its first state is the next one, which seats it.
             if seat is None or tick <= session.welcome_tick:
                 continue
-            if session.codec.version < PROTOCOL_V2:
+            codec = session.codec
+            if codec.version < PROTOCOL_V2:
                 if v1 is None:
                     v1 = StateFrame(tick, outcome.state)
-                session.send_frame(v1.encode_for(session.codec, seat.ack))
+                entry = buffers.get(codec.text)
+                if entry is None:
+                    buffer = bytearray(HEADER_ROOM) + v1.prefix(codec)
+                    entry = buffers[codec.text] = (buffer, len(buffer))
+                buffer, end = entry
+                del buffer[end:]
+                buffer += v1.tail(codec, seat.ack)
+                session.send_in_place(buffer, HEADER_ROOM)
                 continue
             if v2 is None:
                 v2 = self._shared_frame(outcome)

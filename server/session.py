@@ -55,6 +55,7 @@ class Session:
         self.codec = codec
         self.metrics = metrics
         self._send = ws.send
+        self._send_in_place = ws.send_in_place
         self._text = codec.text
         self._traffic = metrics.traffic
         self.outbox_bytes = outbox_bytes
@@ -101,6 +102,18 @@ class Session:
         traffic = self._traffic
         traffic.messages_out += 1
         traffic.bytes_out += len(frame)
+        return True
+
+    def send_in_place(self, buffer: bytearray, offset: int) -> bool:
+        """Write ``buffer[offset:]`` as one frame (``Connection.send_in_place``): the
+        room's one buffer for a tick's states, each player's ack written at its end."""
+        if self.state is SessionState.CLOSING or not self._send_in_place(
+            buffer, offset, self._text
+        ):
+            return False
+        traffic = self._traffic
+        traffic.messages_out += 1
+        traffic.bytes_out += len(buffer) - offset
         return True
 
     def send(self, message: dict[str, Any]) -> bool:

@@ -55,6 +55,9 @@ class Seated:
         self.frames.append(frame)
         return True
 
+    def send_in_place(self, buffer: bytearray, offset: int) -> bool:
+        return self.send_frame(bytes(buffer[offset:]))
+
     def send(self, message: dict[str, Any]) -> bool:
         return self.send_frame(MSGPACK.encode(message))
 

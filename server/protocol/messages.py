@@ -341,9 +341,18 @@ class StateFrame:
 
     def encode_for(self, codec: Codec, ack: int) -> bytes:
         """The frame for a player whose last applied input is ``ack``."""
+        return self.prefix(codec) + self.tail(codec, ack)
+
+    def prefix(self, codec: Codec) -> bytes:
+        """What every player's frame of this tick starts with (encoded once)."""
         if codec.text:
-            return b"%b%d}" % (self._prefix(codec), ack)
-        return (self._msgpack_prefix or self._prefix(codec)) + pack_uint(ack)
+            return self._json_prefix or self._prefix(codec)
+        return self._msgpack_prefix or self._prefix(codec)
+
+    @staticmethod
+    def tail(codec: Codec, ack: int) -> bytes:
+        """The end of the frame of a player whose last applied input is ``ack``."""
+        return b"%d}" % ack if codec.text else pack_uint(ack)
 
 
 _FIXINTS = [bytes((n,)) for n in range(128)]

@@ -182,6 +182,14 @@ class Connection(ABC):
             return False
         return self._write(payload, text)
 
+    def send_in_place(self, buffer: bytearray, offset: int, text: bool) -> bool:
+        """Send ``buffer[offset:]`` as one data frame, like ``send``. ``offset`` is at
+        least ``frames.HEADER_ROOM``: a transport may write the frame's header into the
+        bytes before the payload and hand the whole to the socket without copying it
+        (the room reuses one buffer for every player's state of a tick); the buffer is
+        the caller's again when this returns. By default: a copy, then ``send``."""
+        return self.send(bytes(buffer[offset:]), text)
+
     def _evict(self) -> None:
         """The Overflow.EVICT policy: close with the overflow code, tell the owner."""
         self.close(self.options.overflow_code, self.options.overflow_reason)

@@ -9,6 +9,10 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
+# Room a caller of Connection.send_in_place leaves before the payload: the largest server
+# frame header (10 bytes) rounded up to what picows asks for.
+HEADER_ROOM = 14
+
 _FIN_BINARY = 0x80 | OP_BINARY
 _FIN_TEXT = 0x80 | OP_TEXT
 

@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - aiofastnet is a dependency of picows
 
 # Initial read buffer per connection (picows' default is 16 KiB; it doubles when a frame
 # needs more). Inputs are tens of bytes: 4 KiB keeps 10,000 connections at 40 MB.
-_READ_BUFFER_BYTES = 4096
+_READ_BUFFER_BYTES = 1024
 
 _BINARY = WSMsgType.BINARY
 _TEXT = WSMsgType.TEXT
@@ -87,6 +87,10 @@ def _nothing_buffered() -> int:
 
 
 def _not_connected(msg_type: WSMsgType, payload: bytes) -> None:
+    raise ConnectionClosed("not connected yet")
+
+
+def _not_connected_in_place(msg_type: WSMsgType, buffer: bytearray, offset: int) -> None:
     raise ConnectionClosed("not connected yet")
 
 
@@ -122,6 +126,7 @@ class PicowsConnection(Connection, WSListener):
         self._closing = True
         self._buffered: Callable[[], int] = _nothing_buffered
         self._send: Callable[[WSMsgType, bytes], None] = _not_connected
+        self._send_in_place: Callable[[WSMsgType, bytearray, int], None] = _not_connected_in_place
         self._close_sent = False
         self._gone = False
         self._parts: list[bytes] | None = None
@@ -171,6 +176,21 @@ class PicowsConnection(Connection, WSListener):
             return False
         return True
 
+    def send_in_place(self, buffer: bytearray, offset: int, text: bool) -> bool:
+        """picows writes the header before ``offset`` and sends buffer and header in one
+        ``send()`` (a part the socket does not take is copied): no copy into the
+        connection's own write buffer, which would grow to the largest state."""
+        if self._closing:
+            return False
+        if self._buffered() > self.outbox_bytes:
+            self._evict()
+            return False
+        try:
+            self._send_in_place(_TEXT if text else _BINARY, buffer, offset)
+        except Exception:  # the socket broke under us; on_ws_disconnected cleans up
+            return False
+        return True
+
     def _write(self, payload: bytes, text: bool) -> bool:
         transport = self._transport
         if transport is None:
@@ -214,6 +234,7 @@ class PicowsConnection(Connection, WSListener):
         self._transport = transport
         self._buffered = transport.underlying_transport.get_write_buffer_size
         self._send = transport.send
+        self._send_in_place = transport.send_reuse_external_bytearray
         self._closing = False
         self._fast = True
         sndbuf = self.options.socket_sndbuf

@@ -11,10 +11,13 @@ Three parts, one JSON object each, then a combined object:
    ``RoomStore`` and ``RoomEngine``: snapshot+pack time, checkpoint write latency, snapshot
    bytes, journal append latency per tick, and replay speed from checkpoint + journal.
 3. ``durability_cost``: what a tick's durability costs, ``--durability replica`` against
-   ``local`` against off (``--no-durable``), interleaved in one run on one stack (Valkey +
+   ``local``, interleaved in one run on one stack (Valkey +
    one replica): the room server's CPU and µs per input, the journal write (append, and
    WAIT under replica) and tick times from its metrics, the bots' input -> ack latency,
    Valkey's CPU (primary and replica).
+5. ``room_cost``: one room server with ``--cost`` rooms of raw players: Redis commands and
+   bytes per room and second, the server's and Valkey's CPU, memory per room (the inputs
+   of docs/operations.md's capacity model).
 4. ``mass_failover``: one room server owns every room (``--mass`` scenarios, e.g. 200 rooms
    of 2 bots, 1000 rooms of 1 bot at 2 inputs/s) while 2 survivors stand by; it is
    SIGKILLed and every room must run again on the survivors. Printed: from the rooms'
@@ -59,6 +62,7 @@ from bench.common import (
     metric_delta,
     placement,
     proc_cpu_seconds,
+    proc_rss_mb,
     scrape,
     summary_ms,
     wait_for,
@@ -286,7 +290,6 @@ async def world_cost(sizes: list[int], live_ticks: int, replay_ticks: int) -> di
 DURABILITY_MODES = {
     "replica": ["--durability", "replica"],
     "local": ["--durability", "local"],
-    "off": ["--no-durable"],
 }
 
 
@@ -706,6 +709,90 @@ async def _kill_and_wait(
         await redis.aclose()
 
 
+# -- part 5: what one room costs Redis and a room server (the capacity model's inputs) -------
+
+
+def room_cost(rooms: int, players: int, rate: float, seconds: float) -> dict[str, Any]:
+    """One room server (local durability) runs ``rooms`` rooms of ``players`` raw players
+    sending ``rate`` inputs/s; over ``seconds`` of steady play: Redis commands and bytes
+    per room and second (INFO commandstats / stats deltas), the room server's and Valkey's
+    CPU, per-room memory (room-server RSS before/after the rooms, Redis MEMORY USAGE of a
+    room's keys, Valkey used_memory delta)."""
+    started = time.monotonic()
+    stack = Stack(servers=1)
+    try:
+        stack.start()
+        server = stack.children[0]
+        assert stack.redis is not None and stack.redis.pid
+        client = sync_redis.Redis.from_url(stack.redis.url)
+        time.sleep(1.0)
+        rss_before, used_before = proc_rss_mb(server.pid), client.info("memory")["used_memory"]
+        crowd = CrowdProcess(stack.cluster_file, rooms, players, rate, room="cost")
+        try:
+            count = rooms * players
+            wait_for(
+                lambda: _players(stack.metrics_url(server)) >= count or not crowd.running,
+                max(60.0, count / 10),
+                f"{count} players to join",
+                step=0.2,
+            )
+            time.sleep(3.0)  # checkpoints written, journals at their steady length
+            pids = {"server": server.pid, "valkey": stack.redis.pid}
+            cmd0, net0 = client.info("commandstats"), client.info("stats")
+            cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            window = time.monotonic() - t0
+            cmd1, net1 = client.info("commandstats"), client.info("stats")
+            cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+            rss_after, used_after = proc_rss_mb(server.pid), client.info("memory")["used_memory"]
+            key_bytes: dict[str, list[int]] = {}
+            for name in [f"cost-{i}" for i in range(min(rooms, 20))]:
+                for kind, key in room_keys(name).items():
+                    used = client.memory_usage(key, samples=0)
+                    if used:
+                        key_bytes.setdefault(kind, []).append(int(used))
+            summary = crowd.result(timeout=60)
+        finally:
+            crowd.kill()
+        client.close()
+    finally:
+        stack.stop()
+    calls = {
+        name.removeprefix("cmdstat_"): int(stats["calls"]) - int(cmd0.get(name, {}).get("calls", 0))
+        for name, stats in cmd1.items()
+    }
+    calls = {name: n for name, n in sorted(calls.items(), key=lambda kv: -kv[1]) if n > 0}
+    total = sum(calls.values())
+    per_key = {kind: round(sum(v) / len(v)) for kind, v in sorted(key_bytes.items())}
+    net_in = net1["total_net_input_bytes"] - net0["total_net_input_bytes"]
+    net_out = net1["total_net_output_bytes"] - net0["total_net_output_bytes"]
+    return {
+        "part": "room_cost",
+        "rooms": rooms,
+        "players_per_room": players,
+        "inputs_per_s_per_player": rate,
+        "window_s": round(window, 2),
+        "redis_calls_per_s": round(total / window, 1),
+        "redis_calls_per_room_per_s": round(total / window / rooms, 2),
+        "redis_calls_per_s_by_command": {k: round(v / window, 1) for k, v in calls.items()},
+        "redis_bytes_in_per_room_per_s": round(net_in / window / rooms),
+        "redis_bytes_out_per_room_per_s": round(net_out / window / rooms),
+        "server_cpu_cores": round((cpu1["server"] - cpu0["server"]) / window, 3),
+        "valkey_cpu_cores": round((cpu1["valkey"] - cpu0["valkey"]) / window, 3),
+        "server_rss_mb_per_room": round((rss_after - rss_before) / rooms, 3),
+        "redis_used_memory_kb_per_room": round((used_after - used_before) / rooms / 1024, 1),
+        "redis_memory_usage_bytes_per_key": per_key,
+        "redis_memory_usage_kb_per_room": round(sum(per_key.values()) / 1024, 1),
+        "players_verdict": {
+            key: summary.get(key)
+            for key in ("players", "failed_players", "lost_acked_inputs", "latency_ms")
+        }
+        | {"loadgen_cpu_cores": summary.get("loadgen_cpu_cores")},
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -723,7 +810,10 @@ def main() -> int:
         help="part 4 scenarios: ROOMSxPLAYERS@RATE,... (rooms on the killed server, bots per"
         " room, inputs/s per bot)",
     )
-    parser.add_argument("--parts", default="kill_room,world_cost,durability_cost,mass_failover")
+    parser.add_argument("--cost", default="100x4@20", help="part 5: ROOMSxPLAYERS@RATE")
+    parser.add_argument(
+        "--parts", default="kill_room,world_cost,durability_cost,mass_failover,room_cost"
+    )
     parser.add_argument("--quick", action="store_true", help="3 kills, small worlds, short load")
     args = parser.parse_args()
     kills, entities = args.kills, [int(x) for x in args.entities.split(",") if x]
@@ -755,6 +845,14 @@ def main() -> int:
             log(f"part 3: durability cost at {overhead}")
             combined["durability_cost"] = durability_cost(overhead, seconds)
             emit(combined["durability_cost"])
+        if "room_cost" in parts:
+            shape, _, rate_text = args.cost.partition("@")
+            rooms_text, _, players_text = shape.partition("x")
+            log(f"part 5: room cost {args.cost}")
+            combined["room_cost"] = room_cost(
+                int(rooms_text), int(players_text or 1), float(rate_text or 20), seconds
+            )
+            emit(combined["room_cost"])
         if "mass_failover" in parts:
             rows = []
             for text in [m for m in args.mass.split(",") if m]:

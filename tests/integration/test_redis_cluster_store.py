@@ -4,11 +4,15 @@ shards' rooms still get (its own session cluster data, emptied first)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from infra.embedded_cluster import EmbeddedCluster
+from infra.embedded_redis import EmbeddedRedis, ping
 from infra.redis_url import connect
 from server.store import RoomStore, room_keys
 
@@ -43,3 +47,20 @@ async def test_a_dead_shard_fails_only_its_own_batched_appends(
         await client.aclose()
         valkey_cluster.restart(victim)  # from this thread: see EmbeddedRedis.spawn
         await asyncio.to_thread(valkey_cluster.wait_ok, 30)
+
+
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(tmp_path: Path) -> None:
+    """PDEATHSIG follows the thread that started a child: a Valkey (a cluster node
+    restarted through asyncio.to_thread, say) must not be SIGTERMed when that thread
+    ends."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    worker = threading.Thread(target=server.start)
+    worker.start()
+    worker.join(30)
+    try:
+        assert not worker.is_alive() and server.process is not None
+        time.sleep(1.0)  # a PDEATHSIG (SIGTERM) would have ended it by now
+        assert server.process.poll() is None
+        assert ping(server.host, server.port, password=server.password)
+    finally:
+        server.stop()

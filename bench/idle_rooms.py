@@ -59,6 +59,22 @@ SERVER_ARGS = [
 
 
 async def make_room(ws_url: str, token: str, room: str, leave: bool) -> None:
+    """``join_and_play``, retried while the server answers ``unavailable`` (a busy
+    server, e.g. an old one creating hundreds of rooms at once)."""
+    for attempt in range(20):
+        try:
+            await join_and_play(ws_url, token, room, leave)
+            return
+        except Unavailable:
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise RuntimeError(f"join {room}: still unavailable after 20 attempts")
+
+
+class Unavailable(Exception):
+    """The server answered the join with ``unavailable``: retry."""
+
+
+async def join_and_play(ws_url: str, token: str, room: str, leave: bool) -> None:
     """Join ``room``, get one input acked, then disconnect (or leave the room)."""
     async with websockets.connect(
         ws_url,
@@ -67,6 +83,8 @@ async def make_room(ws_url: str, token: str, room: str, leave: bool) -> None:
     ) as ws:
         await ws.send(msgpack.packb({"t": "join", "room": room, "token": token, "v": 1}))
         welcome = msgpack.unpackb(await ws.recv())
+        if welcome.get("t") == "error" and welcome.get("code") == "unavailable":
+            raise Unavailable(welcome.get("message"))
         if welcome.get("t") != "welcome":
             raise RuntimeError(f"join {room}: {welcome}")
         await ws.send(msgpack.packb({"t": "input", "seq": 1, "data": {"dx": 0.0, "dy": 0.0}}))

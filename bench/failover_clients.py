@@ -351,7 +351,11 @@ class Crowd:
             p.stopped = True
             if p.conn is not None and p.conn.transport is not None:
                 p.conn.transport.disconnect()
-        await asyncio.gather(*runners, return_exceptions=True)
+        # A player still in a handshake or a backoff ends with it; none is waited for
+        # longer than a few seconds.
+        _, stuck = await asyncio.wait(runners, timeout=5)
+        for task in stuck:
+            task.cancel()
         return self.summary(cpu_s, played_s)
 
     async def timer(self) -> None:

@@ -858,7 +858,10 @@ def main() -> int:
             for text in [m for m in args.mass.split(",") if m]:
                 scenario = MassScenario.parse(text)
                 log(f"part 4: mass failover {scenario.label}")
-                row = mass_failover(scenario)
+                try:
+                    row = mass_failover(scenario)
+                except (RuntimeError, TimeoutError) as exc:  # reported, the next one runs
+                    row = {"part": "mass_failover", "scenario": scenario.label, "error": str(exc)}
                 emit(row)
                 rows.append(row)
             combined["mass_failover"] = rows

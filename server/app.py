@@ -55,8 +55,8 @@ from server.watcher import FailoverWatcher
 log = logging.getLogger("stateroom.server")
 
 # Connections of the room server's main Redis pool, and how many are opened at start.
-POOL_SIZE = 96
-POOL_WARM = 48
+POOL_SIZE = 256
+POOL_WARM = 64
 
 # Rooms listed in the registry's room_stats (the busiest first): the entry is rewritten
 # every heartbeat and read by every peer's watcher, so it stays ~20 KB at 1000 rooms.

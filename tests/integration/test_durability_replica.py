@@ -231,7 +231,7 @@ async def test_a_script_the_primary_lacks_is_loaded_and_waited_for(
     primary, _ = pair
     client = aioredis.Redis.from_url(primary.url, socket_timeout=2)
     try:
-        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 150))
+        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 500))
         lease = await claim(store, "noscript")
         await client.script_flush()  # as after a failover to a node that never ran it
         await store.append(lease, 1, [["i", "p", 1, {}]])
@@ -243,7 +243,7 @@ async def test_a_script_the_primary_lacks_is_loaded_and_waited_for(
 async def test_on_a_cluster_each_node_waits_for_its_own_replica(cluster_url: str) -> None:
     client = connect(cluster_url, socket_timeout=2)
     try:
-        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 150))
+        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 500))
         # Rooms on every shard: one pipeline and one WAIT per node, in parallel.
         leases = [await claim(store, f"spread-{i}") for i in range(12)]
         started = time.monotonic()
@@ -260,7 +260,7 @@ async def test_on_a_cluster_a_frozen_replica_holds_only_its_shard(
 ) -> None:
     client = connect(cluster_url, socket_timeout=2)
     try:
-        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 150))
+        store = RoomStore(client, lease_ms=60_000, durability=Durability("replica", 500))
         leases = [await claim(store, f"shard-{i}") for i in range(12)]
         first = valkey_cluster.primary_of(room_keys(leases[0].room)["lease"])
         (replica,) = valkey_cluster.replicas_of(first)

@@ -104,14 +104,18 @@ class Durability:
     async def _run_per_node(self, cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
         """One pipeline (appends + WAIT) per node, on one connection of that node; the
         nodes in parallel."""
+        if not cluster.nodes_manager.slots_cache:
+            await cluster.initialize()  # a client's first command: no slot map yet
         groups: dict[str, tuple[ClusterNode, list[int]]] = {}
         results: list[Any] = [None] * len(calls)
         stale: list[Any] = []  # a key of each group whose node's slot map looked stale
         for index, (_, keys, _) in enumerate(calls):
             try:
                 node = cluster.get_node_from_key(keys[0])
-            except SlotNotCoveredError as exc:  # the slot map is empty or being refreshed
-                results[index] = exc
+            except SlotNotCoveredError:  # the slot map is being refreshed (a failover)
+                results[index] = RedisConnectionError(
+                    "no node serves this room's slot right now (a failover?); retry"
+                )
                 stale.append(keys[0])
                 continue
             assert node is not None  # a primary (replica=False) is always there

@@ -422,10 +422,18 @@ class CommandBatcher:
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for command, _ in batch:
-                    pipe.execute_command(*command)
-                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if is_cluster(self.redis):
+                # One pipeline per node: a dead node fails its own commands only (every
+                # command here names its key first: HGETALL, HGET, HSET, XRANGE).
+                results: list[Any] = await per_node(
+                    self.redis,  # type: ignore[arg-type]
+                    [(command[1], command) for command, _ in batch],
+                )
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for command, _ in batch:
+                        pipe.execute_command(*command)
+                    results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():

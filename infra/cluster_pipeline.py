@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = ["Command", "per_node"]
 
@@ -32,7 +32,7 @@ async def per_node(cluster: RedisCluster, commands: Sequence[Command]) -> list[A
     for index, (key, _) in enumerate(commands):
         try:
             node = cluster.get_node_from_key(key)
-        except RedisError:  # no node for the slot now
+        except (RedisError, RedisClusterException):  # no node for the slot now (or no map yet)
             node = None
         groups.setdefault(node.name if node is not None else "", []).append(index)
 

@@ -28,9 +28,10 @@ from redis.crc import key_slot
 
 from auth.ratelimit import RateLimiter
 from auth.refresh import RefreshStore
-from infra import directory
+from infra import directory, redis_scripts
 from infra.redis_url import connect
 from infra.room_keys import rooms_index_key, rooms_index_keys, server_key
+from server import durability
 from server import store as store_module
 from server.quotas import QuotaLimits, Quotas
 from server.store import Lease, RoomStore, placed_key
@@ -71,8 +72,17 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[Any], set[s
         calls.append((self.sha, list(keys or [])))
         return await original_call(self, keys=keys, args=args, client=client)
 
+    original_pipelined = redis_scripts.run_pipelined
+
+    async def pipelined(redis: Any, batch: Any) -> list[Any]:
+        # Batched calls go out as raw EVALSHA, not through AsyncScript.__call__.
+        calls.extend((script.sha, list(keys)) for script, keys, _ in batch)
+        return await original_pipelined(redis, batch)
+
     monkeypatch.setattr(AsyncScript, "__init__", init)
     monkeypatch.setattr(AsyncScript, "__call__", call)
+    for module in (redis_scripts, directory, durability):
+        monkeypatch.setattr(module, "run_pipelined", pipelined)
     yield calls, registered
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -173,6 +174,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--compare", metavar="REF", help="also measure REF's room server")
     opts = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the stacks and the worktree are stopped/removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if opts.rooms < 1 or opts.players < 1 or opts.seconds <= 0 or opts.settle < 0:
         parser.error("--rooms and --players must be >= 1, --seconds > 0, --settle >= 0")
     started = time.monotonic()

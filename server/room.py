@@ -232,7 +232,8 @@ class Room:
         if self.sessions.get(session.player_id) is session:
             del self.sessions[session.player_id]
             self.metrics.players.dec()
-            if session.player_id in self.engine.seats:
+            seat = self.engine.seats.get(session.player_id)
+            if seat is not None and not seat.leaving:  # a player who left waits for nothing
                 self.disconnected_at[session.player_id] = time.monotonic()
             if not self.sessions:
                 self.unwatched_since = time.monotonic()

@@ -29,9 +29,7 @@ from enum import Enum
 from typing import Any
 
 import msgpack
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.engine import RoomEngine, RoomFull, TickOutcome, Verdict
 from server.errors import IllegalInput, OwnershipLost
@@ -49,6 +47,7 @@ from server.protocol import (
     welcome_message,
 )
 from server.protocol.delta import DeltaEncoder
+from server.redis_errors import REDIS_DOWN
 from server.session import Session, SessionState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore, fenced_error
@@ -73,7 +72,8 @@ _TRANSITIONS = {
     RoomState.CLOSED: set(),
 }
 
-_REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# Transient: retried while the lease allows (a cluster shard's CLUSTERDOWN/TRYAGAIN too).
+_REDIS_TRANSIENT = (*REDIS_DOWN, asyncio.TimeoutError)
 
 # A room nobody has been connected to for this long pauses (see "idle rooms" below),
 # and paused rooms renew their leases on this grid (so their renewals go out together).

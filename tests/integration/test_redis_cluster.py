@@ -480,16 +480,7 @@ async def servers_live_on_primaries(store: RoomStore, nodes: EmbeddedCluster) ->
     [
         "sigkill",
         "cluster-failover",
-        pytest.param(
-            "restart-in-place",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known, open: under CPU load a room whose journal write meets the"
-                " restarting node's CLUSTERDOWN/TRYAGAIN stops (server/room.py counts them"
-                " as fatal, not transient) and is claimed again by the same server under a"
-                " new epoch; passes on a quiet machine",
-            ),
-        ),
+        "restart-in-place",
     ],
 )
 async def test_a_failover_of_a_servers_liveness_node_moves_none_of_its_rooms(

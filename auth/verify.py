@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import re
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import jwt
 import orjson
 from jwt.exceptions import (
@@ -44,9 +46,27 @@ from jwt.exceptions import (
 from auth.errors import AuthError, InvalidToken
 
 MAX_TOKEN_BYTES = 4096
+MAX_JWKS_BYTES = 1 << 20  # a key set is a few hundred bytes; refuse a runaway answer
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "aud", "iss"]
 
 __all__ = ["MAX_TOKEN_BYTES", "AuthError", "InvalidToken", "TokenVerifier", "VerifiedToken"]
+
+
+def _get_json(url: str, timeout: float) -> Any:
+    """GET a JSON document (blocking: run in the default executor, once a minute).
+
+    The standard library's client rather than httpx: a room server fetches one small
+    document a minute, and importing httpx cost every room server 4 MB of RSS."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"the JWKS URL must be http(s), not {url!r}")
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url, headers={"Accept": "application/json", "User-Agent": "stateroom-verifier"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+        body = response.read(MAX_JWKS_BYTES + 1)
+    if len(body) > MAX_JWKS_BYTES:
+        raise ValueError(f"the JWKS answer is over {MAX_JWKS_BYTES} bytes")
+    return orjson.loads(body)
 
 
 @dataclass(frozen=True)
@@ -119,7 +139,6 @@ class TokenVerifier:
         self._static = False
         self._closed = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._client: httpx.AsyncClient | None = None
         self.fetches = 0  # number of JWKS fetch attempts, for tests and metrics
 
     @classmethod
@@ -164,11 +183,8 @@ class TokenVerifier:
             delay = min(delay * 2, max_delay)
 
     async def aclose(self) -> None:
-        """Stop ``warm()`` and close the HTTP client."""
+        """Stop ``warm()`` (a fetch in flight ends by its own timeout)."""
         self._closed.set()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     def _due(self) -> bool:
         if self._static:
@@ -189,14 +205,11 @@ class TokenVerifier:
                 return self._last_ok
             self._fetched_at = time.monotonic()
             self.fetches += 1
-            if self._client is None:
-                self._client = httpx.AsyncClient(timeout=self.http_timeout)
             try:
-                response = await self._client.get(self.jwks_url)
-                response.raise_for_status()
-                keys = _keys_from_jwks(response.json())
-            except (httpx.HTTPError, ValueError, RuntimeError):
-                # RuntimeError: the client was closed under us by aclose().
+                loop = asyncio.get_running_loop()
+                jwks = await loop.run_in_executor(None, _get_json, self.jwks_url, self.http_timeout)
+                keys = _keys_from_jwks(jwks)
+            except (OSError, ValueError, http.client.HTTPException):
                 self._last_ok = False  # keep the keys we have; retried within 1 s
                 return False
             self._last_ok = bool(keys)  # an empty set is a broken answer, not "no keys"

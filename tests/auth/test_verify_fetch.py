@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from auth.errors import InvalidToken
 from auth.keys import Keyring, SigningKey
 from auth.tokens import TokenIssuer
-from auth.verify import TokenVerifier
+from auth.verify import MAX_JWKS_BYTES, TokenVerifier
 from infra.ports import free_port
 
 
@@ -169,3 +169,33 @@ async def test_an_answer_without_keys_is_not_a_successful_fetch(
     await jwks_server.start()
     assert await refused(verifier, token_for(keyring)) == "keys_unavailable"
     assert not verifier.keys_known
+
+
+@pytest.mark.parametrize("status", [404, 500, 503])
+async def test_an_http_error_answer_is_a_failed_fetch(
+    keyring: Keyring, jwks_server: JwksServer, verifier: TokenVerifier, status: int
+) -> None:
+    jwks_server.status = status
+    await jwks_server.start()
+    assert await refused(verifier, token_for(keyring)) == "keys_unavailable"
+    assert not verifier.keys_known
+    assert jwks_server.requests == 1
+
+
+async def test_a_runaway_or_non_json_answer_is_a_failed_fetch(
+    keyring: Keyring, jwks_server: JwksServer, verifier: TokenVerifier
+) -> None:
+    jwks_server.body = {"keys": [], "pad": "x" * MAX_JWKS_BYTES}
+    await jwks_server.start()
+    assert await refused(verifier, token_for(keyring)) == "keys_unavailable"
+    assert not verifier.keys_known
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/jwks.json"])
+async def test_a_jwks_url_that_is_not_http_is_never_fetched(keyring: Keyring, url: str) -> None:
+    verifier = TokenVerifier(url, http_timeout=1)
+    try:
+        assert await refused(verifier, token_for(keyring)) == "keys_unavailable"
+        assert not verifier.keys_known
+    finally:
+        await verifier.aclose()

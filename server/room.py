@@ -131,7 +131,17 @@ class Room:
         self._in_tick = False
         self._missed = False
         self._journal_pending: asyncio.Future[Any] | None = None
+        # The tick whose journal write is in flight (one at a time: ``_in_tick``), read
+        # by ``_journaled``, so the write's callback is a bound method, not a partial.
+        self._pending_outcome: TickOutcome | None = None
+        self._pending_started = 0.0
+        self._pending_sent_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        # Settings the tick reads every time, as plain attributes.
+        self._durable = settings.durable
+        self._lease_span_s = (settings.lease_ms - settings.lease_margin_ms) / 1000
+        self._renew_every_s = settings.lease_ms / 3000
+        self._checkpoint_every_s = settings.checkpoint_every_s
         # Idle rooms: since when nobody is connected (None: someone is), whether the room
         # is paused, when a paused room must next do something, its renewal in flight.
         self.unwatched_since: float | None = time.monotonic()
@@ -295,22 +305,24 @@ class Room:
         started = time.perf_counter()
         self._in_tick = True
         try:
-            self._expire_seats()
+            if self.disconnected_at:
+                self._expire_seats()
             outcome = self.engine.step()
-            if not self.settings.durable:
-                if time.monotonic() - self.lease_renewed_at >= self.settings.lease_ms / 3000:
+            sent_at = time.monotonic()
+            if not self._durable:
+                if sent_at - self.lease_renewed_at >= self._renew_every_s:
                     self._slow(self._renew_then_finish(outcome, started))
                 else:
                     self._finish(outcome, started)
                 return
-            sent_at = time.monotonic()
-            if sent_at >= self._lease_deadline():
+            if sent_at >= self.lease_renewed_at + self._lease_span_s:
                 raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
+            emitted = outcome.emitted
             future = self.store.append_soon(
                 self.lease,
                 outcome.tick,
                 outcome.events,
-                packed(outcome.emitted),
+                packed(emitted) if emitted else [],
                 self.event_log.keep_ticks,
             )
         except OwnershipLost as exc:
@@ -321,17 +333,20 @@ class Room:
             self._failed()
             return
         self._journal_pending = future
-        future.add_done_callback(functools.partial(self._journaled, outcome, started, sent_at))
+        self._pending_outcome = outcome
+        self._pending_started = started
+        self._pending_sent_at = sent_at
+        future.add_done_callback(self._journaled)
 
-    def _journaled(
-        self, outcome: TickOutcome, started: float, sent_at: float, future: asyncio.Future[Any]
-    ) -> None:
+    def _journaled(self, future: asyncio.Future[Any]) -> None:
         """The tick's journal write answered: publish it, or hand the error to the slow
         path (which retries as long as the lease allows)."""
-        self._journal_pending = None
-        if self.state is not RoomState.RUNNING or future.cancelled():
+        outcome = self._pending_outcome
+        self._journal_pending = self._pending_outcome = None
+        if self.state is not RoomState.RUNNING or future.cancelled() or outcome is None:
             self._in_tick = False
             return
+        started, sent_at = self._pending_started, self._pending_sent_at
         error = future.exception()
         if error is None:
             self.metrics.journal_seconds.observe(time.monotonic() - sent_at)
@@ -366,9 +381,14 @@ class Room:
                 self.event_log.record(outcome.tick, outcome.emitted)
                 if self.timeline is not None:
                     self.timeline.first_tick(outcome.tick)  # durable now, published next
-                self._publish(outcome)
-                self._maybe_checkpoint()
-                if self._is_abandoned():
+                if self.sessions:
+                    self._publish(outcome)
+                now = time.monotonic()
+                if self._durable and now - self.last_checkpoint_at >= self._checkpoint_every_s:
+                    self._maybe_checkpoint()
+                if self.sessions or self.engine.seats:
+                    self.empty_since = None  # (what _is_abandoned would say, without a call)
+                elif self._is_abandoned():
                     self._in_tick = False
                     self._slow(self.close_empty())
                     return
@@ -382,7 +402,7 @@ class Room:
         self._in_tick = False
         if self.state is not RoomState.RUNNING:
             return
-        if self._idle():
+        if self.unwatched_since is not None and self._idle():
             self._pause()
         elif self._missed:
             self._missed = False  # late: the next tick now rather than at the next slot
@@ -584,9 +604,7 @@ class Room:
     def _lease_deadline(self) -> float:
         """When this owner must consider its lease lost: lease_ms - margin after the last
         successful write was *sent* (Redis extended it later than that, never earlier)."""
-        return (
-            self.lease_renewed_at + (self.settings.lease_ms - self.settings.lease_margin_ms) / 1000
-        )
+        return self.lease_renewed_at + self._lease_span_s
 
     async def _already_journaled(self, tick: int) -> bool:
         """A retried append whose first attempt did land (the reply was lost)."""

@@ -8,7 +8,9 @@
              such pipeline per node that got appends). ``WAIT`` counts the replicas that
              have every write this connection made, so a tick is published only once a
              replica holds it, and a failover that promotes that replica loses nothing
-             anyone saw. Still one round trip per tick.
+             anyone saw. Still one round trip per tick. Given the batcher's
+             ``RespPipeline`` (plain Redis and Sentinel), the pipeline and its WAIT go
+             out on that one connection (infra/resp_pipeline.py).
 
 Why ``WAIT`` and not ``WAITAOF 0 1``: ``WAITAOF`` also waits for the replica's fsync,
 which a failover does not need (the promoted replica serves from memory), and it costs a
@@ -44,8 +46,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from infra.redis_scripts import ScriptCall, run_pipelined
+from infra.redis_scripts import ScriptCall, evalsha, run_pipelined
 from infra.redis_url import is_cluster
+from infra.resp_pipeline import RespPipeline
 
 LOCAL = "local"
 REPLICA = "replica"
@@ -89,16 +92,20 @@ class Durability:
     def replicated(self) -> bool:
         return self.level == REPLICA
 
-    async def run(self, redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run(
+        self, redis: aioredis.Redis, calls: Sequence[ScriptCall], fast: RespPipeline | None = None
+    ) -> list[Any]:
         """Each call's result, or the exception it ended with, in order. Under ``replica``
         a call that succeeded on a node whose ``WAIT`` fell short ends with
-        ``ReplicaTimeout``. Errors of the whole batch (Redis unreachable) are raised."""
+        ``ReplicaTimeout``. Errors of the whole batch (Redis unreachable) are raised.
+        ``fast``: the lean path to ``redis`` (plain Redis and Sentinel; see the module
+        docstring)."""
         if not self.replicated:
-            return await run_pipelined(redis, calls)
+            return await run_pipelined(redis, calls, fast)
         if not calls:
             return []
         if not is_cluster(redis):
-            return await self._run_on(redis, None, calls)
+            return await self._run_on(redis, None, calls, fast)
         return await self._run_per_node(redis, calls)  # type: ignore[arg-type]
 
     async def _run_per_node(self, cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -137,28 +144,37 @@ class Durability:
         return results
 
     async def _run_on(
-        self, redis: aioredis.Redis | None, node: ClusterNode | None, calls: Sequence[ScriptCall]
+        self,
+        redis: aioredis.Redis | None,
+        node: ClusterNode | None,
+        calls: Sequence[ScriptCall],
+        fast: RespPipeline | None = None,
     ) -> list[Any]:
-        """``calls`` then WAIT, on one connection of ``redis`` (plain) or ``node``; a
-        script the server lacks is loaded and the whole group sent again (the WAIT must
-        follow every write it vouches for)."""
+        """``calls`` then WAIT, on one connection of ``redis`` (plain; ``fast``'s, if
+        given) or ``node``; a script the server lacks is loaded and the whole group sent
+        again (the WAIT must follow every write it vouches for)."""
         for _attempt in range(2):
-            replies = await self._send(redis, node, calls)
+            replies = await self._send(redis, node, calls, fast)
             results, acked = replies[:-1], replies[-1]
             missing = {calls[i][0] for i, r in enumerate(results) if isinstance(r, NoScriptError)}
             if not missing:
                 return _vouch(results, acked, self.wait_ms)
             for script in missing:
-                await _load(redis, node, script)
+                await _load(redis, node, script, fast)
         return _vouch(results, acked, self.wait_ms)
 
     async def _send(
-        self, redis: aioredis.Redis | None, node: ClusterNode | None, calls: Sequence[ScriptCall]
+        self,
+        redis: aioredis.Redis | None,
+        node: ClusterNode | None,
+        calls: Sequence[ScriptCall],
+        fast: RespPipeline | None = None,
     ) -> list[Any]:
-        commands = [
-            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
-        ]
+        commands = [evalsha(call) for call in calls]
         commands.append(("WAIT", REPLICAS, self.wait_ms))
+        if fast is not None and node is None:
+            # The WAIT may take its whole timeout before it answers.
+            return await fast.execute(commands, grace=self.wait_ms / 1000)
         if node is not None:
             stack = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
             await node.execute_pipeline(stack)
@@ -170,13 +186,17 @@ class Durability:
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    async def confirm(self, redis: aioredis.Redis, renew: ScriptCall) -> None:
+    async def confirm(
+        self, redis: aioredis.Redis, renew: ScriptCall, fast: RespPipeline | None = None
+    ) -> None:
         """Confirm that a replica holds everything written so far for a room: ``renew``
         (the room's fenced lease renewal: a write on the room's node) and WAIT. No-op
-        under ``local``. Raises the renewal's own error (FENCED) or ReplicaTimeout."""
+        under ``local``. Raises the renewal's own error (FENCED) or ReplicaTimeout.
+        ``fast``: the connection the room's appends went out on (WAIT counts that
+        connection's writes; the renewal is one of them either way)."""
         if not self.replicated:
             return
-        (result,) = await self.run(redis, [renew])
+        (result,) = await self.run(redis, [renew], fast)
         if isinstance(result, BaseException):
             raise result
 
@@ -198,8 +218,16 @@ async def _refresh_slots(cluster: RedisCluster, key: Any) -> None:
 
 
 async def _load(
-    redis: aioredis.Redis | None, node: ClusterNode | None, script: AsyncScript
+    redis: aioredis.Redis | None,
+    node: ClusterNode | None,
+    script: AsyncScript,
+    fast: RespPipeline | None = None,
 ) -> None:
+    if fast is not None and node is None:
+        (reply,) = await fast.execute([("SCRIPT", "LOAD", script.script)])
+        if isinstance(reply, Exception):
+            raise reply
+        return
     if node is not None:
         await node.execute_command("SCRIPT", "LOAD", script.script)
     else:

@@ -74,10 +74,10 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[Any], set[s
 
     original_pipelined = redis_scripts.run_pipelined
 
-    async def pipelined(redis: Any, batch: Any) -> list[Any]:
+    async def pipelined(redis: Any, batch: Any, *fast: Any) -> list[Any]:
         # Batched calls go out as raw EVALSHA, not through AsyncScript.__call__.
         calls.extend((script.sha, list(keys)) for script, keys, _ in batch)
-        return await original_pipelined(redis, batch)
+        return await original_pipelined(redis, batch, *fast)
 
     monkeypatch.setattr(AsyncScript, "__init__", init)
     monkeypatch.setattr(AsyncScript, "__call__", call)

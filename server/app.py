@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from auth.verify import TokenVerifier
 from infra.errors import RedisUrlError
-from infra.eventloop import run_loop
+from infra.eventloop import run_loop, tune_gc_for_serving
 from infra.liveness import LivenessLink
 from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
@@ -556,6 +556,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RedisUrlError) as exc:
         log.error("%s", exc)
         return 2
+    tune_gc_for_serving()
     try:
         run_loop(serve_forever(settings))
     except ConfigError as exc:

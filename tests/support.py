@@ -6,6 +6,8 @@ killed by PID at teardown even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
@@ -15,8 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.embedded_redis import die_with_parent
 
@@ -155,3 +159,81 @@ def children_of(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def stop_up(proc: subprocess.Popen[bytes], children: Sequence[int]) -> None:
+    """SIGTERM `up` by PID and wait; SIGKILL it (and the children it left) past the bound."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # up stops its children, then itself
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for child in children:  # normally gone already (stopped by up, or PDEATHSIG)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class RunningUp:
+    """A `stateroom up` a test started: its process, files and first-level children."""
+
+    proc: subprocess.Popen[bytes]
+    data: Path
+    output: Path  # what `up` printed (stdout and stderr, or stderr alone: see stateroom_up)
+    base: int
+    children: list[int]
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.data / "cluster.json"
+
+    def cluster(self) -> dict[str, Any]:
+        return dict(json.loads(self.cluster_file.read_text()))
+
+
+@contextlib.contextmanager
+def stateroom_up(
+    tmp: Path,
+    *up_args: str,
+    servers: int = 2,
+    before: Sequence[str] = (),
+    ready: Callable[[RunningUp], bool] | None = None,
+    env: dict[str, str] | None = None,
+    stdout_too: bool = True,
+) -> Iterator[RunningUp]:
+    """Run ``stateroom [before...] up --data tmp/data --port BASE --servers N [up_args...]``
+    in its own process group (PDEATHSIG) until ``ready`` (default: cluster.json written),
+    and always stop it and its children by PID afterwards, also when the test fails.
+
+    ``stdout_too=False``: only stderr goes to ``tmp/up.out`` (stdout is dropped)."""
+    data, output = tmp / "data", tmp / "up.out"
+    base = free_base(servers)
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                *STATEROOM,
+                *before,
+                *("up", "--data", str(data), "--port", str(base), "--servers", str(servers)),
+                *up_args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out if stdout_too else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if stdout_too else out,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: a terminal's ^C never reaches it
+            preexec_fn=die_with_parent,
+        )
+    up = RunningUp(proc, data, output, base, [])
+    is_ready = ready or (lambda running: running.cluster_file.exists())
+    try:
+        wait_until(lambda: proc.poll() is not None or is_ready(up), 60, "stateroom up")
+        assert proc.poll() is None, output.read_text(errors="replace")
+        up.children = children_of(proc.pid)
+        yield up
+    finally:
+        live = children_of(proc.pid) if proc.poll() is None else []
+        stop_up(proc, list({*up.children, *live}))

@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,7 +48,7 @@ from typing import Any
 import pytest
 
 from infra.embedded_redis import die_with_parent
-from tests.support import children_of, free_base, http_ok, wait_until
+from tests.support import http_ok, stateroom_up, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "browser"
@@ -120,55 +119,16 @@ def _is_chromium_leader(pid: int) -> bool:
 
 @dataclass
 class Up:
-    proc: subprocess.Popen[bytes]
-    data: Path
     output: Path
     auth_url: str
-    cluster_file: Path
 
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    data = tmp_path / "data"
-    output = tmp_path / "up.out"
-    base = free_base(SERVERS)
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "up", "--data", str(data)),
-                *("--port", str(base), "--servers", str(SERVERS)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    children: list[int] = []
-    try:
-        cluster_file = data / "cluster.json"
-        wait_until(lambda: proc.poll() is not None or cluster_file.exists(), 60, "cluster.json")
-        assert proc.poll() is None, output.read_text(errors="replace")
-        children = children_of(proc.pid)
-        cluster = json.loads(cluster_file.read_text())
-        auth_url = str(cluster["auth_url"])
+    with stateroom_up(tmp_path, servers=SERVERS) as running:
+        auth_url = str(running.cluster()["auth_url"])
         wait_until(lambda: http_ok(f"{auth_url}/healthz"), 20, "the login service")
-        yield Up(proc, data, output, auth_url, cluster_file)
-    finally:
-        children = children or children_of(proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # up stops its children, then itself
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for child in children:  # normally gone already (stopped by up, or PDEATHSIG)
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        yield Up(running.output, auth_url)
 
 
 # -- the tests ----------------------------------------------------------------------------

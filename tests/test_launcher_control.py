@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,13 +26,12 @@ import redis
 import redis.asyncio as aioredis
 
 from client.sdk import AuthClient, RoomClient
-from infra.embedded_redis import die_with_parent
 from infra.ports import free_port
 from server.control import ControlEndpoint
 from server.store import RoomStore
 from tests.integration.faults import wait_for
-from tests.support import Processes, children_of, free_base, wait_until
-from tests.test_secrets import cmdline, stop_up
+from tests.support import Processes, children_of, stateroom_up, wait_until
+from tests.test_secrets import cmdline
 
 SERVERS = 2
 
@@ -72,47 +69,24 @@ def environ(pid: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    tmp = tmp_path_factory.mktemp("up-control")
-    data, output = tmp / "data", tmp / "up.out"
-    base = free_base(SERVERS)
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "up", "--data", str(data)),
-                *("--port", str(base), "--servers", str(SERVERS)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    children: list[int] = []
-    try:
-        banner = "Ctrl-C stops everything"
-        wait_until(
-            lambda: proc.poll() is not None or banner in output.read_text(errors="replace"),
-            60,
-            "stateroom up's banner",
-        )
-        assert proc.poll() is None, output.read_text(errors="replace")
-        children = children_of(proc.pid)
-        auth_pid = next(p for p in children if b"\0auth\0" in cmdline(p))
+    banner = "Ctrl-C stops everything"
+    with stateroom_up(
+        tmp_path_factory.mktemp("up-control"),
+        servers=SERVERS,
+        ready=lambda running: banner in running.output.read_text(errors="replace"),
+    ) as running:
+        auth_pid = next(p for p in running.children if b"\0auth\0" in cmdline(p))
         env = environ(auth_pid)
         yield Up(
-            proc,
-            data,
-            output,
-            base,
+            running.proc,
+            running.data,
+            running.output,
+            running.base,
             env["STATEROOM_AUTH_LAUNCHER_CONTROL"],
             env["STATEROOM_LAUNCHER_TOKEN"],
             env,
             auth_pid,
         )
-    finally:
-        children = list({*children, *(children_of(proc.pid) if proc.poll() is None else [])})
-        stop_up(proc, children)
 
 
 def test_the_login_service_gets_the_endpoint_in_its_environment(up: Up) -> None:

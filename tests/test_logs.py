@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 from websockets.sync.client import connect
 
-from infra.embedded_redis import EmbeddedRedis, die_with_parent
+from infra.embedded_redis import EmbeddedRedis
 from infra.logs import (
     FORMAT_ENV,
     LEVEL_ENV,
@@ -42,8 +42,7 @@ from infra.logs import (
 from server.cli import build_parser
 from server.protocol import SUBPROTOCOLS
 from tests.cluster import start_cluster
-from tests.support import Processes, children_of, free_base, wait_until
-from tests.test_secrets import stop_up
+from tests.support import Processes, stateroom_up
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FIXED = ("ts", "level", "logger", "component", "msg")
@@ -315,33 +314,11 @@ def test_a_cluster_logs_json_lines(
 @pytest.fixture
 def json_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     """``stateroom --log-format json up --servers 1`` in its own process group."""
-    data = tmp_path / "data"
-    errors = tmp_path / "up.err"
-    base = free_base(1)
     env = {k: v for k, v in os.environ.items() if k not in (FORMAT_ENV, LEVEL_ENV)}
-    with open(errors, "wb") as err:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "--log-format", "json", "up"),
-                *("--data", str(data), "--port", str(base), "--servers", "1"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**env, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    children: list[int] = []
-    try:
-        cluster_file = data / "cluster.json"
-        wait_until(lambda: proc.poll() is not None or cluster_file.exists(), 60, "cluster.json")
-        assert proc.poll() is None, errors.read_text(errors="replace")
-        children = children_of(proc.pid)
-        yield proc, data, errors
-    finally:
-        children = children or (children_of(proc.pid) if proc.poll() is None else [])
-        stop_up(proc, children)
+    with stateroom_up(
+        tmp_path, servers=1, before=("--log-format", "json"), env=env, stdout_too=False
+    ) as running:
+        yield running.proc, running.data, running.output
 
 
 def test_up_and_its_children_log_json(
@@ -359,5 +336,5 @@ def test_up_and_its_children_log_json(
         for raw in lines:
             line = json.loads(raw)
             components.setdefault(path.name, set()).add(line["component"])
-    assert components.pop("up.err") == {"up"}
+    assert components.pop(errors.name) == {"up"}
     assert set().union(*components.values()) == {"auth", "server"}, components

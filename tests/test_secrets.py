@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -25,10 +24,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from infra.embedded_redis import die_with_parent
 from infra.redis_url import redact
 from server.launcher import Cluster
-from tests.support import children_of, free_base, wait_until
+from tests.support import children_of, stateroom_up, wait_until
 
 SERVERS = 1
 
@@ -57,51 +55,10 @@ class Up:
         return (self.data / "redis" / "valkey.password").read_text().strip()
 
 
-def stop_up(proc: subprocess.Popen[bytes], children: list[int]) -> None:
-    """SIGTERM `up` by PID and wait; SIGKILL it (and the children it left) past the bound."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for child in children:  # normally gone already (stopped by up, or PDEATHSIG)
-        try:
-            os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    tmp = tmp_path_factory.mktemp("up")
-    data = tmp / "data"
-    output = tmp / "up.out"
-    base = free_base(SERVERS)
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "up", "--data", str(data)),
-                *("--port", str(base), "--servers", str(SERVERS)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # its own process group: a terminal's ^C never reaches it
-            preexec_fn=die_with_parent,
-        )
-    children: list[int] = []
-    try:
-        cluster_file = data / "cluster.json"
-        wait_until(lambda: proc.poll() is not None or cluster_file.exists(), 60, "cluster.json")
-        assert proc.poll() is None, output.read_text(errors="replace")
-        children = children_of(proc.pid)
-        yield Up(proc, data, output, json.loads(cluster_file.read_text()))
-    finally:
-        children = children or (children_of(proc.pid) if proc.poll() is None else [])
-        stop_up(proc, children)
+    with stateroom_up(tmp_path_factory.mktemp("up"), servers=SERVERS) as running:
+        yield Up(running.proc, running.data, running.output, running.cluster())
 
 
 def test_redis_refuses_the_url_without_its_password(up: Up) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,35 +13,16 @@ import pytest
 
 from client.bots import run_bots
 from infra.cluster_file import load_cluster
-from infra.embedded_redis import die_with_parent
 from infra.redis_url import redact
 from tests.integration.test_failover import assert_clean
-from tests.support import children_of, free_base, wait_until
+from tests.support import stateroom_up, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 async def test_stateroom_up_on_a_redis_cluster(cluster_url: str, tmp_path: Path) -> None:
-    data, output = tmp_path / "data", tmp_path / "up.out"
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "up", "--data", str(data)),
-                *("--port", str(free_base(2)), "--servers", "2", "--redis", cluster_url),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    children: list[int] = []
-    try:
-        cluster_file = data / "cluster.json"
-        wait_until(lambda: proc.poll() is not None or cluster_file.exists(), 60, "cluster.json")
-        assert proc.poll() is None, output.read_text(errors="replace")
-        children = children_of(proc.pid)
+    with stateroom_up(tmp_path, "--redis", cluster_url, servers=2) as running:
+        data, output, cluster_file = running.data, running.output, running.cluster_file
         info = load_cluster(cluster_file)
         assert info.redis_url == cluster_url
         assert not (data / "redis").exists()  # no embedded Redis
@@ -72,17 +51,3 @@ async def test_stateroom_up_on_a_redis_cluster(cluster_url: str, tmp_path: Path)
             30,
             "up to restart the killed server",
         )
-    finally:
-        children = children or (children_of(proc.pid) if proc.poll() is None else [])
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for child in children:
-            try:
-                os.kill(child, 9)
-            except ProcessLookupError:
-                pass

@@ -25,8 +25,12 @@ A batch always ends: a lost connection, or no reply within the client's socket t
 redis-py's ``ConnectionError``/``TimeoutError`` and drops the connection; the next batch
 reconnects. Batches in flight share the connection and are answered in order.
 
-Not for a Redis Cluster (per-node routing stays on redis-py: infra/cluster_pipeline.py)
-nor a RESP3 client (``supports``).
+Replies are in the protocol redis-py negotiated on the connection (RESP3 by default
+since redis-py 8, RESP2 with ``protocol=2``): the raw replies redis-py would give before
+its per-command callbacks, which the script calls and WAIT do not have. A RESP3 push
+message (nothing here asks for any) is skipped, never taken for a reply.
+
+Not for a Redis Cluster (per-node routing stays on redis-py: infra/cluster_pipeline.py).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = ["DEFAULT_TIMEOUT_S", "RespPipeline"]
 DEFAULT_TIMEOUT_S = 10.0
 _READ_SIZE = 1 << 16
 _MORE = object()  # hiredis: no complete reply buffered yet
+_PUSH = hiredis.PushNotification
 
 
 class _Batch:
@@ -138,6 +143,8 @@ class _Link:
                 reply = gets()
                 if reply is _MORE:
                     return
+                if reply.__class__ is _PUSH:
+                    continue
                 results.append(reply)
             pending.popleft()
             if head.timer is not None:
@@ -147,7 +154,10 @@ class _Link:
                 return
             if not head.future.done():
                 head.future.set_result(results)
-        if gets() is not _MORE:
+        extra = gets()
+        while extra.__class__ is _PUSH:
+            extra = gets()
+        if extra is not _MORE:
             self.fail(InvalidResponse(f"a reply from {self.where} that nothing asked for"))
 
     def expire(self, batch: _Batch) -> None:
@@ -175,7 +185,7 @@ class RespPipeline:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         if not self.supports(redis):
-            raise ValueError("RespPipeline needs a plain or Sentinel RESP2 client")
+            raise ValueError("RespPipeline needs a plain or Sentinel redis.asyncio client")
         self.pool = redis.connection_pool
         kwargs = self.pool.connection_kwargs
         self.timeout: float = kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
@@ -191,10 +201,8 @@ class RespPipeline:
 
     @staticmethod
     def supports(redis: Any) -> bool:
-        """Whether ``redis`` can use this path: not a cluster, not RESP3."""
-        if is_cluster(redis) or not isinstance(redis, aioredis.Redis):
-            return False
-        return str(redis.connection_pool.connection_kwargs.get("protocol") or 2) == "2"
+        """Whether ``redis`` can use this path: a plain or Sentinel client, not a cluster."""
+        return isinstance(redis, aioredis.Redis) and not is_cluster(redis)
 
     async def execute(self, commands: Sequence[Sequence[Any]], grace: float = 0.0) -> list[Any]:
         """Each command's reply, or its error reply as redis-py's exception, in order.

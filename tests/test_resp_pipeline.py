@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -59,23 +58,31 @@ COMMANDS: list[tuple[Any, ...]] = [
     ("EVAL", "return redis.error_reply('FENCED 7|s1')", 0),
     ("EVAL", "return redis.call('INCR', KEYS[1])", 1, "n"),
     ("NOSUCHCOMMAND", 1),
+    ("HSET", "h", "f", "v"),
+    ("HGETALL", "h"),  # a map in RESP3
     ("WAIT", 0, 0),
 ]
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("decode", [False, True])
-async def test_replies_and_errors_are_redis_pys(redis_url: str, decode: bool) -> None:
-    client = connect(redis_url, socket_timeout=1.0, decode_responses=decode)
+async def test_replies_and_errors_are_redis_pys(
+    redis_url: str, decode: bool, protocol: int
+) -> None:
+    client = connect(redis_url, socket_timeout=1.0, decode_responses=decode, protocol=protocol)
     try:
         pipe = RespPipeline(client)
         ours = await pipe.execute(COMMANDS)
-        await client.delete("k", "n")
+        await client.delete("k", "n", "h")
         async with client.pipeline(transaction=False) as theirs:
             for command in COMMANDS:
                 theirs.execute_command(*command)
             expected = await theirs.execute(raise_on_error=False)
         # redis-py's SET reply callback turns OK into True; the rest have none.
         expected[0] = "OK" if decode else b"OK"
+        # HGETALL's reply callback makes a dict of RESP2's flat list; RESP3 sends a map.
+        f, v = ("f", "v") if decode else (b"f", b"v")
+        expected[11] = [f, v] if protocol == 2 else {f: v}
         assert shape(ours) == shape(expected)
         assert isinstance(ours[5], NoScriptError)
         assert type(ours[7]) is ResponseError and str(ours[7]) == "FENCED 7|s1"
@@ -278,12 +285,10 @@ async def test_auth_acl_user_and_db(own_redis: EmbeddedRedis) -> None:
         admin.close()
 
 
-def test_not_for_a_cluster_or_resp3(tmp_path: Path) -> None:
-    resp3 = aioredis.Redis(port=1, protocol=3)
-    assert not RespPipeline.supports(resp3)
-    assert ScriptBatcher(resp3).pipe is None
-    with pytest.raises(ValueError, match="RESP2"):
-        RespPipeline(resp3)
+def test_not_for_a_cluster() -> None:
     assert RespPipeline.supports(aioredis.Redis(port=1))
     cluster = connect("redis+cluster://127.0.0.1:1")
     assert not RespPipeline.supports(cluster)
+    assert ScriptBatcher(cluster).pipe is None  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="plain or Sentinel"):
+        RespPipeline(cluster)  # type: ignore[arg-type]

@@ -42,10 +42,12 @@ readers ignore an entry past it, and every write script first prunes what has ex
 
 Lifetimes (defaults):
 
-- a published entry: ``ENTRY_TTL_MS`` = 5 s. The owner republishes every
-  ``REFRESH_EVERY_S`` = 1 s, so a room whose owner died leaves the listing within 5 s,
-  and comes back within a second of a new owner taking it over; a room that closes is
-  ``remove``\\ d at once;
+- a published entry: ``ENTRY_TTL_MS`` = 5 s. The owner looks at its rooms every
+  ``REFRESH_EVERY_S`` = 1 s and publishes those whose entry changed; an unchanged entry
+  only has its expiry extended (``refresh_many``: one script call per game, not one per
+  room) once ``TTL_REFRESH_EVERY_S`` = 2 s old. So a room whose owner died leaves the
+  listing within 5 s, and comes back within a second of a new owner taking it over; a
+  room that closes is ``remove``\\ d at once;
 - a seat reservation: ``RESERVATION_TTL_MS`` = 10 s;
 - a pending quick-join room (a name quick-join handed out, no owner yet): as long as its
   newest reservation;
@@ -84,8 +86,9 @@ price of an atomic least-full pick over all its rooms. What keeps that slot cool
 - reads that need no atomicity (listing, private lookups) run in the login service,
   which scales out: a page is one ``ZREVRANGE``, then ``HMGET`` and ``ZMSCORE`` in
   one pipeline (no Lua);
-- ``publish`` is one short script per room per second; ``publish_many`` sends a
-  server's rooms in one pipeline (one round trip, each room still atomic); key TTLs are
+- ``publish`` is one short script per room that changed; ``publish_many`` sends a
+  server's rooms in one pipeline (one round trip, each room still atomic); an unchanged
+  room's expiry is extended by one ``refresh_many`` call per game; key TTLs are
   renewed only once half spent (or set on a key just created), and seated players are
   only looked up when the room holds reservations;
 - quick-join examines only rooms with a free seat (``open``), 16 at a time, stops at
@@ -125,6 +128,7 @@ __all__ = [
     "REFRESH_EVERY_S",
     "RESERVATION_TTL_MS",
     "SERVERS_KEY",
+    "TTL_REFRESH_EVERY_S",
     "DirectoryError",
     "Entry",
     "GameInfo",
@@ -145,12 +149,14 @@ __all__ = [
     "publish",
     "publish_many",
     "quick_join",
+    "refresh_many",
     "remove",
     "server_ws_url",
 ]
 
 ENTRY_TTL_MS = 5_000
 REFRESH_EVERY_S = 1.0
+TTL_REFRESH_EVERY_S = 2.0  # an unchanged entry's expiry is extended this often
 RESERVATION_TTL_MS = 10_000
 PRIVATE_PENDING_TTL_MS = 600_000
 KEY_TTL_MS = 900_000  # the game's keys, renewed on every write
@@ -518,6 +524,28 @@ return 1
 """
 )
 
+# ARGV: ttl ms, key ttl ms, then room, epoch pairs -> the rooms NOT refreshed (absent,
+# expired, or published by a newer owner): their owner publishes them in full instead.
+_REFRESH = (
+    _COMMON
+    + """
+prune()
+local ttl = tonumber(ARGV[1])
+local missed = {}
+for i = 3, #ARGV, 2 do
+  local room = ARGV[i]
+  local _, _, stored_epoch = seats_of(room)
+  if stored_epoch == tonumber(ARGV[i + 1]) and alive(room) then
+    redis.call('ZADD', K_EXP, now + ttl, room)
+  else
+    missed[#missed + 1] = room
+  end
+end
+keep(ARGV[2])
+return missed
+"""
+)
+
 # ARGV: room, epoch (-1: any) -> {1, entry json} | {0, ''}
 _REMOVE = (
     _COMMON
@@ -643,6 +671,7 @@ return 1
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     publish: AsyncScript
+    refresh: AsyncScript
     remove: AsyncScript
     quick_join: AsyncScript
     pending_private: AsyncScript
@@ -657,6 +686,7 @@ def _scripts_of(redis: aioredis.Redis) -> _Scripts:
     if found is None:
         found = _Scripts(
             publish=redis.register_script(_PUBLISH),
+            refresh=redis.register_script(_REFRESH),
             remove=redis.register_script(_REMOVE),
             quick_join=redis.register_script(_QUICK_JOIN),
             pending_private=redis.register_script(_PENDING_PRIVATE),
@@ -769,6 +799,43 @@ async def publish_many(
         out.append(bool(results[index]))
         index += 2 if entry.private and entry.join_code else 1
     return out
+
+
+REFRESH_CHUNK = 500  # rooms per refresh script call: each call holds Redis ~1 ms at most
+
+
+async def refresh_many(
+    redis: aioredis.Redis,
+    rooms: Sequence[tuple[str, str, int]],
+    *,
+    ttl_ms: int = ENTRY_TTL_MS,
+) -> set[str]:
+    """Extend the expiry of published entries whose content did not change, given as
+    (room, game, epoch): one script call per game (and per ``REFRESH_CHUNK`` rooms)
+    instead of a publish per room. Only an entry still alive and published at exactly
+    that epoch is extended. Returns the rooms that were not (absent, expired, or taken
+    by a newer owner): publish them in full. A private room's join code has its own TTL:
+    refresh such rooms with ``publish_many``."""
+    if not rooms:
+        return set()
+    by_game: dict[str, list[tuple[str, int]]] = {}
+    for room, game, epoch in rooms:
+        by_game.setdefault(game, []).append((room, epoch))
+    scripts = _scripts_of(redis)
+    calls: list[ScriptCall] = []
+    for game, members in sorted(by_game.items()):
+        for start in range(0, len(members), REFRESH_CHUNK):
+            args: list[Any] = [ttl_ms, KEY_TTL_MS]
+            for room, epoch in members[start : start + REFRESH_CHUNK]:
+                args += [room, epoch]
+            calls.append((scripts.refresh, game_keys(game), args))
+    results = await run_pipelined(redis, calls)
+    missed: set[str] = set()
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+        missed.update(_s(room) for room in result)
+    return missed
 
 
 async def remove(redis: aioredis.Redis, room: str, game: str, *, epoch: int = -1) -> bool:

@@ -28,6 +28,13 @@ A server that really died then is still replaced within its lease time (its leas
 not renewed, and the watcher claims every expired lease), so a failover never makes the
 servers of a shard look dead, and never delays a takeover past the lease. A server missing
 from a healthy primary is dead at once, as on a single Redis.
+
+A live server's liveness connection sends a command 4 times a second (the heartbeat
+loop), so Redis's ``idle`` for it stays 0. A connection idle ``QUIET_IDLE_S`` seconds or
+more (``CLIENT LIST`` counts whole seconds) belongs to a server that is frozen, cut off,
+or stalled: it is still live (its leases are the truth), but ``LivenessCheck.quiet``
+names it, and the failover watcher then reads its rooms' leases every poll, so they are
+claimed the moment they expire instead of at the next full scan.
 """
 
 from __future__ import annotations
@@ -50,8 +57,19 @@ UNSURE_S = 10.0  # longest a server on a troubled node counts as live
 # A node that could not answer stays troubled this long after it answers again (restarted
 # in place: its clients need a heartbeat or two to reconnect).
 RECOVERED_S = 5.0
+# Idle seconds of a liveness connection (whole seconds, as Redis reports them) that make
+# its server quiet: 2, because a healthy one's last command can be up to 0.25 s old and
+# the count can tick to 1 across a second boundary.
+QUIET_IDLE_S = 2
 
-__all__ = ["RECOVERED_S", "UNSURE_S", "LivenessCheck", "LivenessLink", "live_server_ids"]
+__all__ = [
+    "QUIET_IDLE_S",
+    "RECOVERED_S",
+    "UNSURE_S",
+    "LivenessCheck",
+    "LivenessLink",
+    "live_server_ids",
+]
 
 _NODE_KWARGS = ("username", "password", "socket_timeout", "socket_connect_timeout")
 
@@ -155,12 +173,26 @@ class LivenessLink:
                 await self._topology.aclose()
 
 
-def _names(clients: Any) -> set[str]:
-    return {
-        c["name"][len(LIVENESS_PREFIX) :]
-        for c in clients
-        if c.get("name", "").startswith(LIVENESS_PREFIX)
-    }
+def _names(clients: Any, quiet: set[str] | None = None) -> set[str]:
+    """The servers of the liveness connections among ``clients``; those idle
+    ``QUIET_IDLE_S`` or more are also added to ``quiet``."""
+    names: set[str] = set()
+    for c in clients:
+        name = c.get("name", "")
+        if not name.startswith(LIVENESS_PREFIX):
+            continue
+        server = name[len(LIVENESS_PREFIX) :]
+        names.add(server)
+        if quiet is not None and _idle(c) >= QUIET_IDLE_S:
+            quiet.add(server)
+    return names
+
+
+def _idle(client: Mapping[str, Any]) -> int:
+    try:
+        return int(client.get("idle", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _ids(servers: Mapping[str, Mapping[str, Any]]) -> list[Any]:
@@ -180,6 +212,7 @@ class LivenessCheck:
         self.recovered_s = recovered_s
         self._unsure_since: dict[str, float] = {}
         self._node_back_at: dict[str, float] = {}  # node -> until when it counts as troubled
+        self.quiet: set[str] = set()  # live at the last check, connection idle (module doc)
 
     async def live(
         self, redis: aioredis.Redis, servers: Mapping[str, Mapping[str, Any]] | None = None
@@ -188,21 +221,25 @@ class LivenessCheck:
         unsure ones still within ``unsure_s``). With the registry at hand only the
         registered connections are listed, so the cost does not grow with every other
         client of Redis."""
+        quiet: set[str] = set()
         if not is_cluster(redis):
             ids = _ids(servers or {})
             clients = await (redis.client_list(client_id=ids) if ids else redis.client_list())
-            return _names(clients)
-        return await self._live_on_cluster(redis, servers or {})  # type: ignore[arg-type]
+            live = _names(clients, quiet)
+        else:
+            live = await self._live_on_cluster(redis, servers or {}, quiet)  # type: ignore[arg-type]
+        self.quiet = quiet
+        return live
 
     async def _live_on_cluster(
-        self, cluster: RedisCluster, servers: Mapping[str, Mapping[str, Any]]
+        self, cluster: RedisCluster, servers: Mapping[str, Mapping[str, Any]], quiet: set[str]
     ) -> set[str]:
         by_node: dict[str, dict[str, Mapping[str, Any]]] = {}
         for sid, info in servers.items():
             node = info.get("liveness_node")
             by_node.setdefault(node if isinstance(node, str) else "", {})[sid] = info
         answers = await asyncio.gather(
-            *(self._ask(cluster, node, group) for node, group in by_node.items() if node)
+            *(self._ask(cluster, node, group, quiet) for node, group in by_node.items() if node)
         )
         live: set[str] = set()
         troubled: set[str] = set(by_node.get("", {}))  # entries that name no node
@@ -232,7 +269,11 @@ class LivenessCheck:
         return live
 
     async def _ask(
-        self, cluster: RedisCluster, node: str, group: Mapping[str, Mapping[str, Any]]
+        self,
+        cluster: RedisCluster,
+        node: str,
+        group: Mapping[str, Mapping[str, Any]],
+        quiet: set[str],
     ) -> set[str] | None:
         """The liveness names on ``node`` among ``group``'s ids; None when the node cannot
         answer for them (unreachable, unknown to the cluster, or not a primary any more).
@@ -247,7 +288,7 @@ class LivenessCheck:
                 return None
             if not ids:
                 return set()
-            return _names(await cluster.client_list(client_id=ids, target_nodes=target))
+            return _names(await cluster.client_list(client_id=ids, target_nodes=target), quiet)
         except (RedisError, OSError):
             return None
 

@@ -6,6 +6,18 @@ dead peers (liveness connection gone two polls in a row) and of expired leases
 entries of servers gone for three polls are removed. Orphaned rooms are spread over the
 live servers (server/succession.py): each claims at once the ones it is the successor of,
 and the others only if they are still orphaned a few polls later.
+
+What a poll reads is chosen by ``server.watched_rooms``: only the leases of rooms whose
+owner is not live, has no lease or is quiet, plus the whole index and every lease every
+``lease_ms / 4`` and the index again when a peer stops being live. So a poll with
+nothing to do costs the same with 10 rooms or 10,000 (the registry and one
+``CLIENT LIST``). Bounds, with the defaults (poll 50 ms, lease 3 s): a killed owner's
+rooms are claimed two polls after its liveness connection drops (~100-150 ms); a frozen
+or cut-off owner's, at most ``lease_ms + lease_ms / 4 + 2 polls`` after its last
+renewal, and ``lease_ms + 2 polls`` once it has been quiet for a second before its
+leases run out (always, with a 3 s lease); a lease released by a draining owner, two polls
+after the owner leaves the registry (which it does before releasing); non-successors
+``FALLBACK_POLLS`` polls later.
 """
 
 from __future__ import annotations
@@ -18,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from server.errors import OwnershipLost
-from server.games import DEFAULT_GAME
 from server.redis_errors import REDIS_DOWN
 from server.store import Lease
 from server.succession import FALLBACK_POLLS, successor
+from server.watched_rooms import WatchedRooms
 
 if TYPE_CHECKING:
     from server.app import RoomServer
@@ -40,6 +52,8 @@ class FailoverWatcher:
         self._gone_polls: dict[str, int] = {}
         self._broken_until: dict[str, float] = {}
         self._orphaned: dict[str, int] = {}  # room -> polls seen orphaned in a row
+        self.watched = WatchedRooms(scan_s=server.settings.lease_ms / 4000)
+        self._was_live: set[str] = set()  # the live servers of the last settled poll
 
     async def run(self) -> None:
         failing = False
@@ -62,11 +76,24 @@ class FailoverWatcher:
         if not server.settled():
             return
         await self._forget_dead_servers(servers, live)
-        index = await server.store.rooms_index()
-        names = [name for name in index if name not in server.rooms and name not in server.claiming]
+        me = server.server_id
+        watched = self.watched
+        full = watched.scan_due()
+        stopped = self._was_live - live  # died, or left the registry (a drain)
+        self._was_live = set(live)
+        if full or stopped:
+            # Rooms a peer created since the last read are in the same poll's suspects.
+            await watched.read_index(server.redis)
+        quiet = server.store.liveness.quiet & live
+        names = [
+            name
+            for name in watched.to_read(live, quiet, me, full)
+            if name not in server.rooms and name not in server.claiming
+        ]
         # Redis's clock of this read: when a claim decided on it was detected. On a Redis
         # Cluster a shard that cannot answer now leaves its rooms out of this poll only.
         leases, now_ms = await server.store.readable_leases(names) if names else ({}, 0)
+        watched.learn(names, leases)
         missing_now: set[str] = set()
         unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned
         orphans: list[tuple[str, Lease | None]] = []
@@ -76,7 +103,7 @@ class FailoverWatcher:
                 # Released by a draining owner, or expired (frozen/partitioned owner).
                 orphans.append((name, None))
                 continue
-            if lease.server_id == server.server_id or lease.server_id in live:
+            if lease.server_id == me or lease.server_id in live:
                 continue
             unowned += 1
             missing_now.add(lease.server_id)
@@ -84,14 +111,13 @@ class FailoverWatcher:
             if self._missing.get(lease.server_id, 0) >= 1:
                 orphans.append((name, lease))
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
-        self._claim_share(orphans, index, live, now_ms)
+        self._claim_share(orphans, live, now_ms)
         server.metrics.rooms_unowned.set(unowned)
         await server.metrics.sample_redis_memory(server.redis)  # every 5 s at most
 
     def _claim_share(
         self,
         orphans: list[tuple[str, Lease | None]],
-        index: dict[str, dict[str, Any]],
         live: set[str],
         now_ms: int,
     ) -> None:
@@ -105,7 +131,7 @@ class FailoverWatcher:
         for name, lease in orphans:
             if successor(name, candidates) != me and seen[name] <= FALLBACK_POLLS:
                 continue
-            self._spawn_claim(name, index[name].get("game", DEFAULT_GAME), lease, now_ms)
+            self._spawn_claim(name, self.watched.game_of(name), lease, now_ms)
             owner = lease.server_id if lease is not None else "(no lease)"
             claimed[owner] = claimed.get(owner, 0) + 1
         for owner, count in claimed.items():

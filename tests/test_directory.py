@@ -142,6 +142,25 @@ async def test_an_entry_nobody_refreshes_expires_within_its_ttl(r: aioredis.Redi
     assert await r.zscore(keys[3], "orphan") is None
 
 
+async def test_refresh_extends_unchanged_entries_of_their_owner_only(r: aioredis.Redis) -> None:
+    await d.publish(r, room("kept", 1, epoch=2), ttl_ms=400)
+    await d.publish(r, room("moved", 1, epoch=5), ttl_ms=400)
+    before = await d.lookup(r, "arena", "kept")
+    assert before is not None
+    missed = await d.refresh_many(
+        r, [("kept", "arena", 2), ("moved", "arena", 4), ("never", "arena", 1)], ttl_ms=60_000
+    )
+    assert missed == {"moved", "never"}  # a newer owner's entry, and no entry at all
+    after = await d.lookup(r, "arena", "kept")
+    assert after is not None
+    assert after.updated_at == before.updated_at  # the content was not rewritten
+    assert after.expires_at >= before.expires_at + 59
+    await wait_until_gone(r, "moved", deadline_s=3)  # its TTL was left alone
+    assert [e.room for e in await d.list_public(r, "arena")] == ["kept"]
+    # an expired entry is not brought back by a refresh: its owner publishes it in full
+    assert await d.refresh_many(r, [("moved", "arena", 5)]) == {"moved"}
+
+
 async def test_a_new_owner_republishes_and_a_stale_one_is_refused(r: aioredis.Redis) -> None:
     await d.publish(r, room("moved", 2, owner="s1", epoch=3))
     assert await d.publish(r, room("moved", 3, owner="s2", epoch=4))

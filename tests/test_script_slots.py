@@ -127,6 +127,7 @@ async def _exercise(redis: aioredis.Redis, name: str) -> None:
     game = "g" + str(abs(hash(name)) % 1000)
     entry = directory.Entry(room="r1", game=game, players=1, max_players=4, owner="s1", epoch=1)
     await directory.publish(redis, entry)
+    await directory.refresh_many(redis, [("r1", game, 1)])
     await directory.quick_join(redis, game, {}, player=f"p-{name}", max_players_default=4)
     private = await directory.create_private(redis, game, {}, max_players=2)
     await directory.publish(

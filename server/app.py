@@ -377,6 +377,11 @@ class RoomServer:
         existing = self.rooms.get(name)
         if existing is not None and existing.state is RoomState.RUNNING:
             return existing
+        if not for_client and self.placement.shedding():
+            # Overloaded: leave the takeover to a peer (the watcher's fallback claims it
+            # a few polls later) rather than make this loop later still.
+            self.metrics.shed.labels("claim").inc()
+            return None
         future: asyncio.Future[Room | None] = asyncio.get_running_loop().create_future()
         self.claiming[name] = future
         try:

@@ -97,6 +97,20 @@ class ServerMetrics:
         self.redirects = Counter(
             "stateroom_redirects_total", "Joins redirected to the owner", registry=r
         )
+        # Load shedding (server/overload.py): whether the event loop is overloaded now
+        # (set when scraped) and the work refused because it was.
+        self.overloaded = Gauge(
+            "stateroom_overloaded",
+            "1 while this server's event loop is overloaded and it sheds new work",
+            registry=r,
+        )
+        self.shed = Counter(
+            "stateroom_shed_total",
+            "Work refused because the event loop was overloaded: join (a client's claim or"
+            " new room, answered 'unavailable') or claim (a failover watcher's takeover)",
+            ["work"],
+            registry=r,
+        )
         self.rooms_unowned = Gauge(
             "stateroom_rooms_unowned",
             "Rooms in the directory with no live owner at this server's last watcher pass"

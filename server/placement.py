@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from infra import directory
 from server.options import room_options
+from server.overload import LoadGauge, load_gauge
 from server.protocol import ErrorCode
 from server.quotas import QuotaExceeded
 from server.room import Room, RoomState
@@ -47,6 +48,27 @@ class Placement:
 
     def __init__(self, server: RoomServer) -> None:
         self.server = server
+        self._load: LoadGauge | None = None
+
+    def load(self) -> LoadGauge:
+        """The event loop's load gauge, with this server's threshold (made on first use)."""
+        if self._load is None:
+            self._load = load_gauge(self.server.settings.overload_lag_ms / 1000)
+            self.server.metrics.overloaded.set_function(lambda: float(self.shedding()))
+        return self._load
+
+    def shedding(self) -> bool:
+        """Whether this server refuses new claims right now (its event loop is overloaded)."""
+        return self.load().overloaded
+
+    def _shed_join(self) -> Unavailable | None:
+        """The answer to a join that would claim or create a room here while overloaded:
+        'unavailable' (the client retries with backoff, on any server), so the rooms
+        this server already runs keep their ticks, and their leases, on time."""
+        if not self.shedding():
+            return None
+        self.server.metrics.shed.labels("join").inc()
+        return Unavailable("this server is overloaded")
 
     async def successors(self) -> list[tuple[str, str]]:
         """Live peers, least loaded first, to hand rooms to when this server stops."""
@@ -117,6 +139,9 @@ class Placement:
                     return Redirect(url, lease.server_id) if url else Unavailable("owner unknown")
                 if not server.settled():
                     return Unavailable("this server just reconnected to Redis")
+                shed = None if name in server.claiming else self._shed_join()
+                if shed is not None:
+                    return shed
                 log.info("room=%s owner %s is gone: claiming for a client", name, lease.server_id)
                 taken = await server.take_room(name, game, lease, detected_ms=now_ms)
             else:
@@ -126,8 +151,14 @@ class Placement:
                         target = await self._place_new_room(name)
                         if target is not None:
                             return Redirect(target[1] + "?placed=1", target[0])
+                    shed = self._shed_join()
+                    if shed is not None:
+                        return shed
                     taken = await self._create_room(name, game, player_id, address, options)
                 else:
+                    shed = None if name in server.claiming else self._shed_join()
+                    if shed is not None:
+                        return shed
                     taken = await server.take_room(name, game, lease, detected_ms=now_ms)
             if taken is not None:
                 return taken

@@ -36,6 +36,7 @@ from server.errors import IllegalInput, OwnershipLost
 from server.eventlog import EventLog, packed
 from server.game import Game
 from server.metrics import ServerMetrics
+from server.overload import LoadGauge, load_gauge
 from server.protocol import (
     PROTOCOL_V2,
     CloseCode,
@@ -142,6 +143,7 @@ class Room:
         self._lease_span_s = (settings.lease_ms - settings.lease_margin_ms) / 1000
         self._renew_every_s = settings.lease_ms / 3000
         self._checkpoint_every_s = settings.checkpoint_every_s
+        self._load: LoadGauge | None = None  # the event loop's (set by start)
         # Idle rooms: since when nobody is connected (None: someone is), whether the room
         # is paused, when a paused room must next do something, its renewal in flight.
         self.unwatched_since: float | None = time.monotonic()
@@ -181,6 +183,7 @@ class Room:
 
     def start(self) -> None:
         self.transition(RoomState.RUNNING)
+        self._load = load_gauge(self.settings.overload_lag_ms / 1000)
         self._ticker = ticker_for(self.tick_rate)
         self._ticker.add(self)
 
@@ -296,10 +299,26 @@ class Room:
                 self._missed = True
                 self.metrics.tick_overruns.inc()
             if self._journal_pending is not None and time.monotonic() >= self._lease_deadline():
+                if self._overloaded_until() > time.monotonic():
+                    return  # our own loop is late: the write's answer decides (see below)
                 self._journal_pending.cancel()
                 self.fence(f"room {self.name}: could not renew the lease in time")
             return
         self._begin_tick()
+
+    def _overloaded_until(self) -> float:
+        """How long past the lease margin this room waits for its journal write while the
+        event loop is overloaded (0: it is not): a loop that is merely late must not stop
+        its rooms, or they move to peers that may be just as busy (a storm).
+
+        Safe because every write is fenced in Redis: a write that lands is proof the lease
+        was ours (and renews it), one that comes too late is refused (FENCED), and nothing
+        is published until the answer is read. The wait is bounded by one more lease, for
+        an answer that never comes."""
+        load = self._load
+        if load is None or not load.overloaded:
+            return 0.0
+        return self._lease_deadline() + self.settings.lease_ms / 1000
 
     def _begin_tick(self) -> None:
         started = time.perf_counter()
@@ -315,7 +334,9 @@ class Room:
                 else:
                     self._finish(outcome, started)
                 return
-            if sent_at >= self.lease_renewed_at + self._lease_span_s:
+            if sent_at >= self.lease_renewed_at + self._lease_span_s and (
+                sent_at >= self._overloaded_until()
+            ):
                 raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
             emitted = outcome.emitted
             future = self.store.append_soon(
@@ -483,7 +504,7 @@ class Room:
             self._resume()
             self._begin_tick()
             return
-        deadline = self._lease_deadline()
+        deadline = max(self._lease_deadline(), self._overloaded_until())
         if now >= deadline:
             if self._renewing is not None:
                 self._renewing.cancel()
@@ -570,8 +591,10 @@ class Room:
         Under ``replica`` durability a write no replica confirmed in time (ReplicaTimeout,
         transient) is retried the same way: the tick stays unpublished, and a room whose
         replicas stay away past its lease margin stops as when Redis is unreachable."""
-        deadline = self._lease_deadline()
         while True:
+            # (An overloaded loop's late answers, or its socket timeouts that fired before
+            # it read the answer, get the longer wait of _overloaded_until.)
+            deadline = max(self._lease_deadline(), self._overloaded_until())
             sent_at = time.monotonic()
             remaining = deadline - sent_at
             if remaining <= 0:

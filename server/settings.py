@@ -81,6 +81,9 @@ class ServerSettings:
     sessions_per_player: int = 4
     # Rooms this process may run; new rooms go to servers below it (takeovers still land).
     max_rooms: int = 1000
+    # Event-loop lateness over which this process sheds new work (server/overload.py): it
+    # refuses claims and new rooms ("unavailable") and keeps the rooms it has. 0: never.
+    overload_lag_ms: int = 250
     # Connection budgets of this process (IPv6 addresses counted by /64).
     connections_per_address: int = 256
     pending_per_address: int = 16
@@ -151,6 +154,9 @@ SETTINGS_HELP: dict[str, str] = {
     "rooms_per_address_per_minute": "rooms one client address (IPv6: /64) may create per minute",
     "sessions_per_player": "rooms one player may be connected to at a time",
     "max_rooms": "rooms this server runs at most (new rooms are placed elsewhere beyond it)",
+    "overload_lag_ms": "event-loop lateness in ms over which this server sheds new work: joins"
+    " that would claim or create a room get 'unavailable', its watcher claims nothing, and"
+    " its rooms wait for their journal answers instead of stopping at the lease margin (0: never)",
     "connections_per_address": "open connections per client address (IPv6: /64)",
     "pending_per_address": "connections per client address that have not joined yet",
     "max_connections": "open connections of this server in total",
@@ -254,6 +260,8 @@ def validate(settings: ServerSettings) -> None:
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if settings.overload_lag_ms < 0:
+        raise ConfigError("--overload-lag-ms must be >= 0 (0: never shed load)")
     if settings.token_leeway_s < 0 or settings.revocation_check_s <= 0:
         raise ConfigError("--token-leeway-s must be >= 0 and --revocation-check-s > 0")
     if settings.player_message_rate <= 0 or settings.player_byte_rate < 1024:

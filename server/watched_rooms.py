@@ -56,6 +56,7 @@ class WatchedRooms:
     def __init__(self, scan_s: float) -> None:
         self.scan_s = scan_s
         self.rooms: dict[str, Known] = {}
+        self._by_owner: dict[str, set[str]] = {}  # owner ("" = none) -> its rooms
         self.index_reads = 0  # whole-index reads (tests and the bench look at them)
         self.full_scans = 0
         self._scan_at = float("-inf")  # monotonic start of the last full scan
@@ -87,6 +88,10 @@ class WatchedRooms:
             for name, entry in (bucket or {}).items():
                 seen[name] = self._merged(name, entry)
         self.rooms = seen
+        by_owner: dict[str, set[str]] = {}
+        for name, known in seen.items():
+            by_owner.setdefault(known.owner, set()).add(name)
+        self._by_owner = by_owner
 
     def _merged(self, name: str, entry: dict[str, Any]) -> Known:
         game = entry.get("game")
@@ -105,17 +110,16 @@ class WatchedRooms:
         return fresh
 
     def to_read(self, live: set[str], quiet: set[str], me: str, full: bool) -> list[str]:
-        """The rooms whose leases this poll reads (ours excluded by the caller)."""
+        """The rooms whose leases this poll reads (ours excluded by the caller). Not a
+        full scan: found through the rooms of each suspect owner, so the cost is that of
+        the suspects, not of every room."""
         if full:
-            names = list(self.rooms)
-        else:
-            names = [
-                name
-                for name, known in self.rooms.items()
-                if known.owner != me
-                and (known.owner not in live or known.owner in quiet or not known.owner)
-            ]
-            names.extend(name for name in self._unread if name in self.rooms)
+            return list(self.rooms)
+        names: list[str] = []
+        for owner, rooms in self._by_owner.items():
+            if owner != me and (not owner or owner not in live or owner in quiet):
+                names.extend(rooms)
+        names.extend(name for name in self._unread if name in self.rooms)
         return names
 
     def learn(self, asked: list[str], leases: dict[str, Lease | None]) -> None:
@@ -126,13 +130,19 @@ class WatchedRooms:
             if known is None:
                 continue
             if lease is None:
-                known.owner = ""
+                self._move(name, known, "", known.epoch)
             elif lease.epoch >= known.epoch:
-                known.owner, known.epoch = lease.server_id, lease.epoch
+                self._move(name, known, lease.server_id, lease.epoch)
 
-    def owners(self) -> set[str]:
-        """Every server some room is known to be owned by."""
-        return {known.owner for known in self.rooms.values() if known.owner}
+    def _move(self, name: str, known: Known, owner: str, epoch: int) -> None:
+        if owner != known.owner:
+            rooms = self._by_owner.get(known.owner)
+            if rooms is not None:
+                rooms.discard(name)
+                if not rooms:
+                    del self._by_owner[known.owner]
+            self._by_owner.setdefault(owner, set()).add(name)
+        known.owner, known.epoch = owner, epoch
 
     def game_of(self, name: str) -> str:
         known = self.rooms.get(name)

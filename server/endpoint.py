@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from auth.clientaddr import address_bucket
@@ -100,11 +101,53 @@ def _bearer(request: HttpRequest) -> str | None:
     return None
 
 
+class RevocationChecks:
+    """The revocation checks of the joins of one event-loop turn, in one round trip.
+
+    A dead server's players reconnect to the survivors all at once (hundreds in the same
+    few hundred ms); each join's check was a pipeline of its own (a pooled connection,
+    a round trip and redis-py's overhead per player). Checks made in the same turn now
+    share one ``revoked`` call; an error goes to every check of that batch."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._queue: list[tuple[str, asyncio.Future[bool]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def check(self, session_id: str) -> asyncio.Future[bool]:
+        """True when ``session_id`` was logged out."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((session_id, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
+        try:
+            gone = await revoked(self.redis, [sid for sid, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for sid, future in batch:
+            if not future.done():  # (a join that gave up meanwhile)
+                future.set_result(sid in gone)
+
+
 class Endpoint:
     """The player port of the server it belongs to: one ``handle`` per connection."""
 
     def __init__(self, server: RoomServer) -> None:
         self.server = server
+        self.revocations = RevocationChecks(server.redis)
 
     # -- the handshake -----------------------------------------------------------------
 
@@ -282,7 +325,7 @@ class Endpoint:
         session was refused (an error was sent and the close started)."""
         try:
             verified = await self.server.verifier.verify(token)
-            if verified.session_id and await revoked(self.server.redis, [verified.session_id]):
+            if verified.session_id and await self.revocations.check(verified.session_id):
                 session.send_error(
                     ErrorCode.SESSION_REVOKED, "this session was logged out; log in again"
                 )

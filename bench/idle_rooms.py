@@ -11,6 +11,12 @@ seconds the server's CPU (utime + stime from /proc) is measured over ``--seconds
 ``--compare REF`` measures REF's room server the same way in the same run (a git
 worktree, as ``bench/arena.py --compare``), first REF then this tree.
 
+``--servers 2`` runs two room servers (both on CPU 0 with Valkey) and lets placement
+spread the rooms over them: then each server's failover watcher also watches the
+other's rooms, which is where the cost of reading every peer's lease on every poll
+showed. ``server_cpu_cores`` is then the sum of the servers' CPU (what the deployment
+pays for its idle rooms), ``per_server_cores`` each one's.
+
 Prints ONE JSON object: per tree the rooms made, the server's CPU in cores over the
 window, Valkey's, the ticks journaled per second (the server's tick counter), RSS, and
 the paused-rooms gauge where the server has one; with ``--compare`` the ratio.
@@ -75,17 +81,35 @@ class Unavailable(Exception):
     """The server answered the join with ``unavailable``: retry."""
 
 
+class Redirected(Exception):
+    """The server sent the join to the room's (or placement's) server: go there."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 async def join_and_play(ws_url: str, token: str, room: str, leave: bool) -> None:
-    """Join ``room``, get one input acked, then disconnect (or leave the room)."""
+    """Join ``room`` (following one redirect), get one input acked, then disconnect (or
+    leave the room)."""
+    try:
+        await _join_and_play(ws_url, token, room, leave)
+    except Redirected as redirect:
+        await _join_and_play(redirect.url, token, room, leave)
+
+
+async def _join_and_play(ws_url: str, token: str, room: str, leave: bool) -> None:
     async with websockets.connect(
         ws_url,
-        subprotocols=["stateroom.v1.msgpack"],
-        open_timeout=30,  # type: ignore[list-item]
+        subprotocols=["stateroom.v1.msgpack"],  # type: ignore[list-item]
+        open_timeout=30,
     ) as ws:
         await ws.send(msgpack.packb({"t": "join", "room": room, "token": token, "v": 1}))
         welcome = msgpack.unpackb(await ws.recv())
         if welcome.get("t") == "error" and welcome.get("code") == "unavailable":
             raise Unavailable(welcome.get("message"))
+        if welcome.get("t") == "redirect" and welcome.get("url"):
+            raise Redirected(str(welcome["url"]))
         if welcome.get("t") != "welcome":
             raise RuntimeError(f"join {room}: {welcome}")
         await ws.send(msgpack.packb({"t": "input", "seq": 1, "data": {"dx": 0.0, "dy": 0.0}}))
@@ -120,7 +144,7 @@ async def make_rooms(stack: Stack, count: int, players: int) -> float:
 def measure(tree: Tree, opts: argparse.Namespace) -> dict[str, Any]:
     two = cpu_count() >= 2
     stack = Stack(
-        servers=1,
+        servers=opts.servers,
         server_args=list(SERVER_ARGS),
         server_cpus={0} if two else None,
         redis_cpus={0} if two else None,
@@ -129,33 +153,42 @@ def measure(tree: Tree, opts: argparse.Namespace) -> dict[str, Any]:
     )
     stack.start()
     try:
-        server = stack.children[0]
-        assert server.pid is not None and stack.redis is not None and stack.redis.pid
-        log(f"{tree.name}: making {opts.rooms} idle rooms")
+        servers = stack.children
+        assert all(c.pid for c in servers) and stack.redis is not None and stack.redis.pid
+        log(f"{tree.name}: making {opts.rooms} idle rooms on {len(servers)} server(s)")
         made_s = asyncio.run(make_rooms(stack, opts.rooms, opts.players))
         time.sleep(opts.settle)
-        metrics_url = stack.metrics_url(server)
-        before = scrape(metrics_url)
-        window = CpuWindow({"server": server.pid, "redis": stack.redis.pid})
+        metrics_urls = [stack.metrics_url(c) for c in servers]
+        before = [scrape(url) for url in metrics_urls]
+        pids: dict[str, int] = {c.name: c.pid for c in servers if c.pid is not None}
+        window = CpuWindow({**pids, "redis": stack.redis.pid})
         window.start()
         time.sleep(opts.seconds)
         window.stop()
-        after = scrape(metrics_url)
-        rooms = after.get("stateroom_rooms", 0.0)
-        ticks = metric_delta(after, before, "stateroom_tick_seconds_count")
+        after = [scrape(url) for url in metrics_urls]
+
+        def total(name: str) -> float:
+            return sum(a.get(name, 0.0) for a in after)
+
+        ticks = sum(
+            metric_delta(a, b, "stateroom_tick_seconds_count")
+            for a, b in zip(after, before, strict=True)
+        )
+        paused = all("stateroom_rooms_paused" in a for a in after)
+        per_server = {name: round(window.cores(name), 4) for name in pids}
         point: dict[str, Any] = {
             "tree": tree.name,
             "commit": tree.commit[:10],
+            "servers": len(servers),
             "rooms_made": opts.rooms,
-            "rooms_running": int(rooms),
-            "rooms_paused": (
-                int(after["stateroom_rooms_paused"]) if "stateroom_rooms_paused" in after else None
-            ),
+            "rooms_running": int(total("stateroom_rooms")),
+            "rooms_paused": int(total("stateroom_rooms_paused")) if paused else None,
             "make_s": round(made_s, 1),
-            "server_cpu_cores": round(window.cores("server"), 4),
+            "server_cpu_cores": round(sum(window.cores(name) for name in pids), 4),
+            "per_server_cores": per_server,
             "redis_cpu_cores": round(window.cores("redis"), 4),
             "ticks_per_s": round(ticks / opts.seconds, 1),
-            "rss_mb": round(proc_rss_mb(server.pid), 1),
+            "rss_mb": round(sum(proc_rss_mb(pid) for pid in pids.values()), 1),
         }
         log(
             f"{tree.name}: {point['rooms_running']} rooms, server {point['server_cpu_cores']}"
@@ -173,11 +206,16 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before the window")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
     parser.add_argument("--compare", metavar="REF", help="also measure REF's room server")
+    parser.add_argument(
+        "--servers", type=int, default=1, help="room servers (placement spreads the rooms)"
+    )
     opts = parser.parse_args()
     # SIGTERM ends the run like Ctrl-C: the stacks and the worktree are stopped/removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if opts.rooms < 1 or opts.players < 1 or opts.seconds <= 0 or opts.settle < 0:
         parser.error("--rooms and --players must be >= 1, --seconds > 0, --settle >= 0")
+    if opts.servers < 1:
+        parser.error("--servers must be >= 1")
     started = time.monotonic()
     trees = [current_tree()]
     with tempfile.TemporaryDirectory(prefix="stateroom-idle-") as parent:

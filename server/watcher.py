@@ -14,8 +14,9 @@ nothing to do costs the same with 10 rooms or 10,000 (the registry and one
 ``CLIENT LIST``). Bounds, with the defaults (poll 50 ms, lease 3 s): a killed owner's
 rooms are claimed two polls after its liveness connection drops (~100-150 ms); a frozen
 or cut-off owner's, at most ``lease_ms + lease_ms / 4 + 2 polls`` after its last
-renewal, and ``lease_ms + 2 polls`` once it has been quiet for a second before its
-leases run out (always, with a 3 s lease); a lease released by a draining owner, two polls
+renewal, and ``lease_ms + 2 polls`` when it turned quiet (infra/liveness.py: 1-2 s
+after it froze) before its leases ran out (a ticking room, with a 3 s lease: its lease
+was renewed at the freeze); a lease released by a draining owner, two polls
 after the owner leaves the registry (which it does before releasing); non-successors
 ``FALLBACK_POLLS`` polls later.
 """

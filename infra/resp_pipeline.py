@@ -158,7 +158,8 @@ class _Link:
         while extra.__class__ is _PUSH:
             extra = gets()
         if extra is not _MORE:
-            self.fail(InvalidResponse(f"a reply from {self.where} that nothing asked for"))
+            # Out of step with the server: drop the connection, as for a lost one.
+            self.fail(RedisConnectionError(f"a reply from {self.where} that nothing asked for"))
 
     def expire(self, batch: _Batch) -> None:
         if not batch.future.done():
@@ -190,7 +191,7 @@ class RespPipeline:
         kwargs = self.pool.connection_kwargs
         self.timeout: float = kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S
         self.connect_timeout: float = kwargs.get("socket_connect_timeout") or self.timeout
-        self.sentinel = isinstance(self.pool, SentinelConnectionPool)
+        self.sentinel = isinstance(self.pool, SentinelConnectionPool) and self.pool.is_master
         self._encoding: str | None = (
             kwargs.get("encoding", "utf-8") if kwargs.get("decode_responses") else None
         )

@@ -77,6 +77,7 @@ class WatchedRooms:
         """Re-read the whole index: add new rooms, drop deleted ones, learn newer owners.
         The buckets of a shard that cannot answer keep what they had."""
         sharded = is_cluster(redis)
+        self._index_ok = False  # until this read succeeds: a failed one is retried next poll
         buckets = await rooms_index.read_buckets(redis, self._parsed)
         self.index_reads += 1
         self._index_ok = all(bucket is not None for bucket in buckets)
@@ -121,6 +122,10 @@ class WatchedRooms:
                 names.extend(rooms)
         names.extend(name for name in self._unread if name in self.rooms)
         return names
+
+    def scan_failed(self) -> None:
+        """The full scan's lease read failed: the next poll scans again."""
+        self._index_ok = False
 
     def learn(self, asked: list[str], leases: dict[str, Lease | None]) -> None:
         """Record what a lease read found; rooms left out of it are read next poll."""

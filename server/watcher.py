@@ -93,7 +93,12 @@ class FailoverWatcher:
         ]
         # Redis's clock of this read: when a claim decided on it was detected. On a Redis
         # Cluster a shard that cannot answer now leaves its rooms out of this poll only.
-        leases, now_ms = await server.store.readable_leases(names) if names else ({}, 0)
+        try:
+            leases, now_ms = await server.store.readable_leases(names) if names else ({}, 0)
+        except BaseException:
+            if full:
+                watched.scan_failed()
+            raise
         watched.learn(names, leases)
         missing_now: set[str] = set()
         unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned

@@ -199,3 +199,22 @@ async def test_a_newer_owner_seen_in_a_lease_wins_over_an_older_index_entry(
     await watcher.read_index(watched.server.redis)  # still says PEER at the old epoch
     known: Any = watcher.rooms["moved"]
     assert (known.owner, known.epoch) == ("peer-2", epoch + 1)
+
+
+async def test_a_failed_full_scan_is_retried_at_the_next_poll(watched: Watched) -> None:
+    await watched.create(["a", "b"])
+    watcher = watched.server.watcher
+    watcher.watched.scan_s = 3600
+    reads = watched.server.store.readable_leases
+
+    async def failing(rooms: list[str]) -> tuple[dict[str, Lease | None], int]:
+        raise ConnectionError("Redis went away")
+
+    watched.server.store.readable_leases = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await watched.poll()
+    watched.server.store.readable_leases = reads  # type: ignore[method-assign]
+    await watched.poll()
+    assert watched.asked[-1] == 2  # scanned again, not an hour later
+    await watched.poll()
+    assert watched.asked[-1] == 0

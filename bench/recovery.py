@@ -74,6 +74,7 @@ from infra.cluster_view import parse_takeover
 from infra.embedded_redis import EmbeddedRedis, config_string
 from server.engine import RoomEngine
 from server.killroom import KillRoomError, kill_room
+from server.settings import ServerSettings
 from server.store import RoomStore, room_keys
 
 STEADY_S = 1.5
@@ -460,8 +461,12 @@ def _median(values: list[Any]) -> float | None:
 # -- part 4: a whole room server's rooms failing over at once ----------------------------------
 
 MASS_ROOM = "mass"
-# Room-server flags of the mass scenarios (the production defaults otherwise).
-MASS_SERVER_ARGS = ["--max-rooms", "2000"]
+# Room-server flags of the mass scenarios (the production defaults otherwise). The victim
+# must own every room, however far beyond its core (1,000 rooms of 1 need ~2.4 cores): it
+# never sheds joins (--overload-lag-ms 0); the survivors shed at the default (SURVIVOR_ARGS,
+# added when they start).
+MASS_SERVER_ARGS = ["--max-rooms", "2000", "--overload-lag-ms", "0"]
+SURVIVOR_ARGS = ["--overload-lag-ms", str(ServerSettings().overload_lag_ms)]
 
 
 @dataclass(frozen=True)
@@ -625,6 +630,8 @@ def mass_failover_on(
         )
         log(f"mass {scenario.label}: {count} players joined; starting the survivors")
         for child in spare:
+            if child.args[-len(SURVIVOR_ARGS) :] != SURVIVOR_ARGS:
+                child.args.extend(SURVIVOR_ARGS)  # (the last of a repeated flag wins)
             child.start()
         for child in spare:
             child.wait_ready()
@@ -649,6 +656,7 @@ def mass_failover_on(
         log(f"mass {scenario.label}: recovered in {recovered_s:.2f} s; players resuming")
         time.sleep(steady_s)  # the players back and playing on the survivors
         summary = crowd.result(timeout=60)
+        survivors_metrics = {c.name: _shed_and_fenced(stack.metrics_url(c)) for c in spare}
     finally:
         crowd.kill()
     return {
@@ -669,8 +677,24 @@ def mass_failover_on(
             max(0.0, busy - sum(cpu_after[n] - cpu_before[n] for n in cpu_before)) / window, 2
         ),
         "players_verdict": summary,
+        # Per survivor: joins and claims it shed while overloaded, rooms it fenced.
+        "survivors_shed_fenced": survivors_metrics,
         # The crowd shares the machine: above ~0.85 cores it is the limit, not the servers.
         "loadgen_saturated": (summary.get("loadgen_cpu_cores") or 0) > 0.85,
+    }
+
+
+def _shed_and_fenced(url: str) -> dict[str, float]:
+    """A survivor's load shedding and fencing counters (server/overload.py)."""
+    try:
+        metrics = scrape(url)
+    except OSError:
+        return {}
+    return {
+        "shed_joins": metrics.get('stateroom_shed_total{work="join"}', 0.0),
+        "shed_claims": metrics.get('stateroom_shed_total{work="claim"}', 0.0),
+        "fenced": metrics.get("stateroom_rooms_fenced_total", 0.0),
+        "overload_episodes": metrics.get("stateroom_overload_episodes", 0.0),
     }
 
 

@@ -104,6 +104,11 @@ class ServerMetrics:
             "1 while this server's event loop is overloaded and it sheds new work",
             registry=r,
         )
+        self.overload_episodes = Gauge(
+            "stateroom_overload_episodes",
+            "Times this server's event loop became overloaded since it started",
+            registry=r,
+        )
         self.shed = Counter(
             "stateroom_shed_total",
             "Work refused because the event loop was overloaded: join (a client's claim or"

@@ -10,7 +10,9 @@ backoff) and keeps serving, and renewing, the rooms it has.
 The gauge is one timer per event loop (like ``server.ticker``): a probe every
 ``PROBE_S`` measures how late it runs. The loop counts as overloaded while the probe's
 lateness (a moving average, or the probe that is late right now) is over the
-threshold, until the average falls below half of it (hysteresis: no flapping).
+threshold, until the average falls below half of it (hysteresis: no flapping). A loop
+later than ``LATE_S`` is *late*: its rooms wait for their journal answers instead of
+stopping at the lease margin (``server.room``), even with shedding off.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import weakref
 
 PROBE_S = 0.05
 _ALPHA = 0.3  # weight of the newest probe in the moving average
+# Later than this, the loop is "late": its rooms wait for their journal answers past the
+# lease margin (server/room.py), whatever the shedding threshold (even with it off).
+LATE_S = 0.1
 
 
 class LoadGauge:
@@ -46,6 +51,11 @@ class LoadGauge:
         if late > self.threshold_s and not self._over:
             self._enter()
         return self._over
+
+    @property
+    def late(self) -> bool:
+        """Later than LATE_S now (the moving average, or the probe that is late now)."""
+        return max(self.lag_s, time.monotonic() - self._due) > LATE_S
 
     def _schedule(self) -> None:
         self._due = time.monotonic() + PROBE_S

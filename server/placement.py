@@ -54,7 +54,10 @@ class Placement:
         """The event loop's load gauge, with this server's threshold (made on first use)."""
         if self._load is None:
             self._load = load_gauge(self.server.settings.overload_lag_ms / 1000)
-            self.server.metrics.overloaded.set_function(lambda: float(self.shedding()))
+            load = self._load
+            metrics = self.server.metrics
+            metrics.overloaded.set_function(lambda: float(load.overloaded))
+            metrics.overload_episodes.set_function(lambda: float(load.episodes))
         return self._load
 
     def shedding(self) -> bool:

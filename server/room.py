@@ -308,15 +308,15 @@ class Room:
 
     def _overloaded_until(self) -> float:
         """How long past the lease margin this room waits for its journal write while the
-        event loop is overloaded (0: it is not): a loop that is merely late must not stop
-        its rooms, or they move to peers that may be just as busy (a storm).
+        event loop is late (0: it is not; ``server.overload``): a loop that is merely late
+        must not stop its rooms, or they move to peers that may be just as busy (a storm).
 
         Safe because every write is fenced in Redis: a write that lands is proof the lease
         was ours (and renews it), one that comes too late is refused (FENCED), and nothing
         is published until the answer is read. The wait is bounded by one more lease, for
         an answer that never comes."""
         load = self._load
-        if load is None or not load.overloaded:
+        if load is None or not load.late:
             return 0.0
         return self._lease_deadline() + self.settings.lease_ms / 1000
 

@@ -66,15 +66,25 @@ SERVER_ARGS = [
 
 
 async def make_room(ws_url: str, token: str, room: str, leave: bool) -> None:
-    """``join_and_play``, retried while the server answers ``unavailable`` (a busy
-    server, e.g. an old one creating hundreds of rooms at once)."""
+    """``join_and_play``, retried while the server answers ``unavailable`` or closes the
+    connection with a reconnect code (a busy server, e.g. an old one creating hundreds
+    of rooms at once, or a room that moved meanwhile on a loaded machine)."""
     for attempt in range(20):
         try:
             await join_and_play(ws_url, token, room, leave)
             return
         except Unavailable:
-            await asyncio.sleep(0.1 * (attempt + 1))
+            pass
+        except websockets.ConnectionClosedError as exc:
+            if exc.rcvd is None or exc.rcvd.code not in RECONNECT_CODES:
+                raise
+        await asyncio.sleep(0.1 * (attempt + 1))
     raise RuntimeError(f"join {room}: still unavailable after 20 attempts")
+
+
+# Close codes that tell a client to reconnect (docs/protocol.md): the room moved (4020,
+# 4021) or closed before it was played (4030: a new join makes it again).
+RECONNECT_CODES = {4020, 4021, 4030}
 
 
 class Unavailable(Exception):

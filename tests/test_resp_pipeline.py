@@ -110,8 +110,13 @@ async def test_batches_in_flight_are_answered_in_order(client: aioredis.Redis) -
     await pipe.aclose()
 
 
-async def test_the_connection_is_one_of_the_pools_and_closes_with_it(redis_url: str) -> None:
-    client = connect(redis_url, socket_timeout=1.0)
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_the_connection_is_one_of_the_pools_and_closes_with_it(
+    redis_url: str, blocking: bool
+) -> None:
+    """Plain pool (the journal client) and blocking pool (the room server's main one)."""
+    waits = {"wait_for_connection": 1.0} if blocking else {}
+    client = connect(redis_url, socket_timeout=1.0, max_connections=4, **waits)
     pipe = RespPipeline(client)
     (ours,) = await pipe.execute([("CLIENT", "ID")])
     watcher = redis.Redis.from_url(redis_url)

@@ -70,6 +70,14 @@ def replica_of(
     ).start()
 
 
+def acked_once(primary: EmbeddedRedis) -> bool:
+    """The replica has acknowledged a write (a freshly linked replica may not have yet,
+    and then the first WAIT of a test on a loaded machine could time out)."""
+    with redis.Redis.from_url(primary.url, socket_timeout=5) as client:
+        client.set("replication-warmup", 1)
+        return int(client.execute_command("WAIT", 1, 1000)) >= 1
+
+
 def linked(replica: EmbeddedRedis) -> bool:
     """Replicating, and done with the AOF rewrite that follows a full sync (a replica in
     it refuses SIGTERM: "Writing initial AOF, can't exit")."""
@@ -168,6 +176,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedRedis, EmbeddedRed
     replica = replica_of(tmp_path / "r", primary)
     try:
         wait_until(lambda: linked(replica), 10, "replica linked")
+        wait_until(lambda: acked_once(primary), 10, "the replica's first ack")
         yield primary, replica
     finally:
         replica.stop()

@@ -172,7 +172,11 @@ class Room:
     def transition(self, new: RoomState) -> None:
         if new not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"room {self.name} cannot go from {self.state.value} to {new.value}")
-        log.info(
+        # A room starting is logged by its claim ("claimed room=..."); one line less per
+        # room when a survivor rebuilds hundreds at once.
+        level = logging.DEBUG if new is RoomState.RUNNING else logging.INFO
+        log.log(
+            level,
             "room=%s state %s -> %s epoch=%d",
             self.name,
             self.state.value,
@@ -182,10 +186,16 @@ class Room:
         self.state = new
 
     def start(self) -> None:
+        """Run on the common clock. A room taken over ticks once at once: its players are
+        on their way back and its first tick (journaled, so the lease is renewed) need
+        not wait for the next slot; the rooms rebuilt in the same turn journal it in one
+        pipeline."""
         self.transition(RoomState.RUNNING)
         self._load = load_gauge(self.settings.overload_lag_ms / 1000)
         self._ticker = ticker_for(self.tick_rate)
         self._ticker.add(self)
+        if self.timeline is not None:
+            self._begin_tick()
 
     @property
     def running(self) -> bool:
@@ -297,7 +307,8 @@ class Room:
         if self._in_tick:
             if not self._missed:
                 self._missed = True
-                self.metrics.tick_overruns.inc()
+                if self.ticks_timed:  # (not the first tick, started off the clock: start)
+                    self.metrics.tick_overruns.inc()
             if self._journal_pending is not None and time.monotonic() >= self._lease_deadline():
                 if self._overloaded_until() > time.monotonic():
                     return  # our own loop is late: the write's answer decides (see below)

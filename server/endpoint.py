@@ -142,12 +142,52 @@ class RevocationChecks:
                 future.set_result(sid in gone)
 
 
+class TokenCache:
+    """Tokens this server verified lately: a player back within a minute with the same
+    token (after a redirect, a refused join, a dropped connection; a mass failover's
+    players come back two or three times) costs no signature check (~0.3 ms each).
+
+    Only successes are kept, each until its token's ``exp`` (the verifier's leeway after
+    it is left to the verifier) and at most ``MAX_AGE_S``, so a key withdrawn from the
+    JWKS stops being honoured within that time; at most ``MAX_ENTRIES`` (oldest out).
+    Revocation is checked at every join regardless."""
+
+    MAX_AGE_S = 60.0
+    MAX_ENTRIES = 20_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, VerifiedToken]] = {}  # token -> (until, it)
+
+    def get(self, token: str, now: float) -> VerifiedToken | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if now >= entry[0]:
+            del self._entries[token]
+            return None
+        return entry[1]
+
+    def put(self, token: str, verified: VerifiedToken, now: float) -> None:
+        until = min(verified.expires_at, now + self.MAX_AGE_S)
+        if until <= now:
+            return
+        entries = self._entries
+        entries.pop(token, None)
+        entries[token] = (until, verified)
+        while len(entries) > self.MAX_ENTRIES:
+            del entries[next(iter(entries))]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Endpoint:
     """The player port of the server it belongs to: one ``handle`` per connection."""
 
     def __init__(self, server: RoomServer) -> None:
         self.server = server
         self.revocations = RevocationChecks(server.redis)
+        self.tokens = TokenCache()
 
     # -- the handshake -----------------------------------------------------------------
 
@@ -324,7 +364,11 @@ class Endpoint:
         """Verify a token (at join or re-auth) and check it is not revoked; None when the
         session was refused (an error was sent and the close started)."""
         try:
-            verified = await self.server.verifier.verify(token)
+            now = time.time()
+            verified = self.tokens.get(token, now)
+            if verified is None:
+                verified = await self.server.verifier.verify(token)
+                self.tokens.put(token, verified, now)
             if verified.session_id and await self.revocations.check(verified.session_id):
                 session.send_error(
                     ErrorCode.SESSION_REVOKED, "this session was logged out; log in again"

@@ -69,6 +69,7 @@ __all__ = [
     "LivenessCheck",
     "LivenessLink",
     "live_server_ids",
+    "liveness_ids",
 ]
 
 _NODE_KWARGS = ("username", "password", "socket_timeout", "socket_connect_timeout")
@@ -195,6 +196,11 @@ def _idle(client: Mapping[str, Any]) -> int:
         return 0
 
 
+def liveness_ids(servers: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """The registered liveness connection ids (what ``CLIENT LIST ID`` is asked for)."""
+    return _ids(servers)
+
+
 def _ids(servers: Mapping[str, Mapping[str, Any]]) -> list[Any]:
     return [
         str(info["liveness_id"])
@@ -228,6 +234,15 @@ class LivenessCheck:
             live = _names(clients, quiet)
         else:
             live = await self._live_on_cluster(redis, servers or {}, quiet)  # type: ignore[arg-type]
+        self.quiet = quiet
+        return live
+
+    def judge(self, clients: Any) -> set[str]:
+        """``live`` on one Redis from a ``CLIENT LIST ID …`` answer the caller already has
+        (read in the same round trip as the registry): the servers whose liveness
+        connection is listed, and ``quiet`` updated."""
+        quiet: set[str] = set()
+        live = _names(clients, quiet)
         self.quiet = quiet
         return live
 

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from auth.verify import TokenVerifier
 from infra.errors import RedisUrlError
 from infra.eventloop import run_loop, tune_gc_for_serving
-from infra.liveness import LivenessLink
+from infra.liveness import LivenessLink, liveness_ids
 from infra.redis_health import check_redis_memory
 from infra.redis_url import connect as connect_redis
 from infra.redis_url import is_cluster, redact
@@ -354,9 +354,15 @@ class RoomServer:
             await asyncio.gather(*(self.redis.ping() for _ in range(POOL_WARM)))
 
     async def refresh_live(self) -> dict[str, dict[str, Any]]:
-        """Read the server registry and which of its servers are alive; returns the registry."""
-        servers = await self.store.servers()
-        self.live = await self.store.live_server_ids(servers)
+        """Read the server registry and which of its servers are alive; returns the registry.
+        On one Redis both in one round trip: ``CLIENT LIST`` asks for the liveness ids of
+        the last registry read, and is asked again only if the new read changed them."""
+        asked = liveness_ids(self.registry)
+        servers, clients = await self.store.servers_and_clients(asked)
+        if clients is not None and set(liveness_ids(servers)) == set(asked):
+            self.live = self.store.liveness.judge(clients)
+        else:
+            self.live = await self.store.live_server_ids(servers)
         self.live_at = time.monotonic()
         self.registry = servers
         return servers

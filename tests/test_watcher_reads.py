@@ -218,3 +218,30 @@ async def test_a_failed_full_scan_is_retried_at_the_next_poll(watched: Watched) 
     assert watched.asked[-1] == 2  # scanned again, not an hour later
     await watched.poll()
     assert watched.asked[-1] == 0
+
+
+async def test_a_peer_that_reconnected_its_liveness_connection_stays_live(
+    watched: Watched, redis_url: str
+) -> None:
+    """The poll's CLIENT LIST goes out with the registry read, for the ids of the previous
+    read: a peer registered with a new id since is asked about again at once, never
+    judged dead on its old id's absence."""
+    await watched.create(["kept"])
+    await watched.poll()
+    await watched.poll()
+    assert PEER in watched.server.live
+    again = aioredis.Redis.from_url(
+        redis_url, single_connection_client=True, client_name=liveness_name(PEER)
+    )
+    try:
+        new_id = int(await again.client_id())
+        await watched.peer_store.register_server(
+            PEER, {"id": PEER, "ws_url": "ws://peer", "liveness_id": new_id}
+        )
+        await watched.peer.aclose()  # the old connection is gone
+        for _ in range(FALLBACK_POLLS + 2):
+            await watched.poll()
+            assert PEER in watched.server.live
+        assert watched.claimed == []
+    finally:
+        await again.aclose()

@@ -10,6 +10,7 @@ append, the client's only: Valkey's own CPU is the same for both and not counted
 
     .venv/bin/python bench/journal_batch.py                 # batches of 50 and 200
     .venv/bin/python bench/journal_batch.py --sizes 1,50,200 --rounds 40 --batches 50
+    .venv/bin/python bench/journal_batch.py --hz 20     # one batch per 50 ms, as rooms tick
 
 Prints one JSON object: per size, each path's median µs per append over the rounds, and
 the ratio fast / redis-py (< 1: the lean path is cheaper).
@@ -40,16 +41,22 @@ PATHS = ("redis_py", "fast")
 
 
 async def _round(
-    store: RoomStore, batcher: ScriptBatcher, leases: list[Lease], ticks: range
+    store: RoomStore, batcher: ScriptBatcher, leases: list[Lease], ticks: range, hz: float = 0
 ) -> float:
-    """CPU seconds for ``len(ticks)`` batches of one append per room."""
+    """CPU seconds for ``len(ticks)`` batches of one append per room (``hz`` > 0: one
+    batch per 1/hz s, as the rooms' common tick clock sends them; 0: back to back)."""
+    loop = asyncio.get_running_loop()
     started = time.process_time()
+    next_at = loop.time()
     for tick in ticks:
         futures = []
         for lease in leases:
             # What append_soon submits, on the batcher under test.
             futures.append(_submit(store, batcher, lease, tick))
         await asyncio.gather(*futures)
+        if hz > 0:
+            next_at += 1 / hz
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
     return time.process_time() - started
 
 
@@ -62,7 +69,9 @@ def _submit(store: RoomStore, batcher: ScriptBatcher, lease: Lease, tick: int) -
         store._batcher = real
 
 
-async def measure(url: str, sizes: list[int], rounds: int, batches: int) -> dict[str, Any]:
+async def measure(
+    url: str, sizes: list[int], rounds: int, batches: int, hz: float = 0
+) -> dict[str, Any]:
     client = connect(url, socket_timeout=1.0, socket_connect_timeout=1.0, max_connections=8)
     out: dict[str, Any] = {}
     try:
@@ -84,7 +93,8 @@ async def measure(url: str, sizes: list[int], rounds: int, batches: int) -> dict
             for index in range(rounds):
                 order = PATHS if index % 2 == 0 else PATHS[::-1]
                 for name in order:
-                    cpu = await _round(store, batchers[name], leases, range(tick, tick + batches))
+                    ticks = range(tick, tick + batches)
+                    cpu = await _round(store, batchers[name], leases, ticks, hz)
                     tick += batches
                     per_append[name].append(cpu / (batches * size) * 1e6)
             for batcher in batchers.values():
@@ -95,6 +105,7 @@ async def measure(url: str, sizes: list[int], rounds: int, batches: int) -> dict
                 "ratio_fast_vs_redis_py": round(medians["fast"] / medians["redis_py"], 3),
                 "rounds": rounds,
                 "batches_per_round": batches,
+                "hz": hz,
             }
         await store.aclose()
     finally:
@@ -109,10 +120,13 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per path")
     parser.add_argument("--batches", type=int, default=40, help="batches per round")
+    parser.add_argument(
+        "--hz", type=float, default=0.0, help="batches per second (0: back to back)"
+    )
     opts = parser.parse_args()
     sizes = [int(s) for s in opts.sizes.split(",") if s]
-    if not sizes or min(sizes) < 1 or opts.rounds < 1 or opts.batches < 1:
-        parser.error("--sizes, --rounds and --batches must be positive")
+    if not sizes or min(sizes) < 1 or opts.rounds < 1 or opts.batches < 1 or opts.hz < 0:
+        parser.error("--sizes, --rounds and --batches must be positive, --hz >= 0")
     result: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="journal-batch-") as tmp,
@@ -120,7 +134,9 @@ def main() -> int:
     ):
 
         async def run() -> None:
-            result.update(await measure(redis_server.url, sizes, opts.rounds, opts.batches))
+            result.update(
+                await measure(redis_server.url, sizes, opts.rounds, opts.batches, opts.hz)
+            )
 
         run_loop(run())
     print(json.dumps({"bench": "journal_batch", "sizes": result}, indent=2))

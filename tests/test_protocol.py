@@ -577,6 +577,21 @@ def test_v2_state_frames_share_the_shared_part_and_add_each_players_own(codec: C
     assert list(full) == ["t", "tick", "shared", "ack", "private", "events"]
 
 
+@pytest.mark.parametrize("tick", [0, 127, 128, 70000, 2**32 + 5])
+@pytest.mark.parametrize("ack", [0, 255, 65536, MAX_SEQ])
+def test_v2_msgpack_frames_are_the_bytes_msgpack_packs(tick: int, ack: int) -> None:
+    """The frame built from pre-packed parts is byte for byte what packing the message
+    dict gives (smallest int forms, key order), with and without private and events."""
+    delta = {"base": 4, "tick": tick, "s": {"x": 1.5, "name": "é"}}
+    frame = StateFrameV2(tick, delta, lambda: {"tick": tick, "k": {}})
+    for extra in ({}, {"private": {"hand": [1, 2]}}, {"events": [["hit", 3]]}):
+        message = {"t": "state", "tick": tick, "shared": delta, "ack": ack, **extra}
+        want = msgpack.packb(message, use_bin_type=True)
+        assert frame.encode_for(MSGPACK, ack, **extra) == want  # type: ignore[arg-type]
+    message = {"t": "state", "tick": tick, "state": delta, "ack": ack}
+    assert StateFrame(tick, delta).encode_for(MSGPACK, ack) == msgpack.packb(message)
+
+
 def test_v2_join_and_sync_parse() -> None:
     join = parse_client_message(
         {"t": "join", "v": 2, "room": "r", "options": {"mode": "fast"}, "since": 41}

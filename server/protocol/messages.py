@@ -330,7 +330,7 @@ class StateFrame:
                     _V1_HEAD,
                     pack_uint(self.tick),
                     _STATE_KEY,
-                    msgpack.packb(self._state, use_bin_type=True),
+                    _pack(self._state),
                     _ACK_KEY,
                 )
             )
@@ -354,8 +354,19 @@ class StateFrame:
 
 # The constant parts of a state frame, packed once (msgpack.packb builds a Packer a call).
 _V1_HEAD = b"\x84" + msgpack.packb("t") + msgpack.packb("state") + msgpack.packb("tick")
+_V2_HEAD = (
+    msgpack.packb("t") + msgpack.packb("state") + msgpack.packb("tick")
+)  # map header: per player
 _STATE_KEY = msgpack.packb("state")
+_SHARED_KEY = msgpack.packb("shared")
 _ACK_KEY = msgpack.packb("ack")
+_PRIVATE_KEY = msgpack.packb("private")
+_EVENTS_KEY = msgpack.packb("events")
+_FIXMAPS = [bytes((0x80 | n,)) for n in range(16)]
+# One Packer for the state frames (``msgpack.packb`` builds one per call: 1.4-3.6 us of a
+# 3-12 us pack of a small state). Not thread-safe: frames are built on the room server's
+# event-loop thread only.
+_pack = msgpack.Packer(use_bin_type=True).pack
 _FIXINTS = [bytes((n,)) for n in range(128)]
 _U8, _U16, _U32 = struct.Struct(">BB"), struct.Struct(">BH"), struct.Struct(">BI")
 
@@ -401,16 +412,7 @@ class StateFrameV2:
             if codec.text:
                 part = b'{"t":"state","tick":%d,"shared":%b' % (self.tick, orjson.dumps(payload))
             else:
-                part = b"".join(
-                    (
-                        msgpack.packb("t"),
-                        msgpack.packb("state"),
-                        msgpack.packb("tick"),
-                        msgpack.packb(self.tick),
-                        msgpack.packb("shared"),
-                        msgpack.packb(payload, use_bin_type=True),
-                    )
-                )
+                part = b"".join((_V2_HEAD, pack_uint(self.tick), _SHARED_KEY, _pack(payload)))
             self._parts[key] = part
         return part
 
@@ -432,9 +434,9 @@ class StateFrameV2:
                 tail += b',"events":' + orjson.dumps(events)
             return shared + tail + b"}"
         count = 4 + (private is not None) + bool(events)
-        out = [bytes((0x80 | count,)), shared, msgpack.packb("ack"), msgpack.packb(ack)]
+        out = [_FIXMAPS[count], shared, _ACK_KEY, pack_uint(ack)]
         if private is not None:
-            out += [msgpack.packb("private"), msgpack.packb(private, use_bin_type=True)]
+            out += [_PRIVATE_KEY, _pack(private)]
         if events:
-            out += [msgpack.packb("events"), msgpack.packb(events, use_bin_type=True)]
+            out += [_EVENTS_KEY, _pack(events)]
         return b"".join(out)

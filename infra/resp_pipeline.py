@@ -100,7 +100,11 @@ class _Link:
             options["encoding"] = encoding
             options["errors"] = errors
         self.parser = hiredis.Reader(**options)
-        self.task = asyncio.get_running_loop().create_task(self._read(reader))
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._read(reader))
+
+    def usable(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return not self.closed and self.loop is loop and not self.writer.transport.is_closing()
 
     def _reply_error(self, message: str) -> Exception:
         error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
@@ -211,22 +215,28 @@ class RespPipeline:
         commands may have run). ``grace``: seconds on top of the reply timeout (a WAIT)."""
         if not commands:
             return []
+        loop = asyncio.get_running_loop()
         link = self._link
-        if link is None or link.closed or link.writer.transport.is_closing():
-            link = await self._connect()
+        if link is None or not link.usable(loop):
+            link = await self._connect(loop)
         pack = hiredis.pack_command
         data = b"".join([pack(tuple(command)) for command in commands])
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         batch = _Batch(len(commands), future)
         batch.timer = loop.call_later(self.timeout + grace, link.expire, batch)
         link.send(data, batch)
         return await future
 
-    async def _connect(self) -> _Link:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Link:
+        link = self._link
+        if link is not None and link.loop is not loop:
+            # Used from a new event loop (the old one is gone): its socket, and the lock,
+            # belonged to that one; start afresh.
+            self._link = self._conn = None
+            self._lock = asyncio.Lock()
         async with self._lock:
             link = self._link
-            if link is not None and not link.closed and not link.writer.transport.is_closing():
+            if link is not None and link.usable(loop):
                 return link  # another batch reconnected meanwhile
             if link is not None:
                 link.fail(RedisConnectionError("connection dropped"))

@@ -473,6 +473,13 @@ class RoomServer:
                 engine = RoomEngine(game_instance, options=room_options)
             for entry in entries:
                 engine.apply(entry.tick, entry.events)
+        except REDIS_DOWN as exc:
+            # Redis went away between the claim and the reads (an outage): not a broken
+            # room. Give the lease back; the watcher or the next join retries.
+            log.warning("room=%s: Redis did not answer the rebuild reads (%s)", name, exc)
+            with contextlib.suppress(Exception):
+                await self.store.release(claim.lease)
+            raise
         except Exception:
             # A room that cannot be rebuilt must not sit behind our lease: give it back
             # so the error shows up (and is retried) instead of a silent hang.

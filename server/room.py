@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Coroutine
 from enum import Enum
@@ -143,6 +144,12 @@ class Room:
         self._lease_span_s = (settings.lease_ms - settings.lease_margin_ms) / 1000
         self._renew_every_s = settings.lease_ms / 3000
         self._checkpoint_every_s = settings.checkpoint_every_s
+        # The first checkpoint comes after a random half to whole interval: the rooms a
+        # survivor rebuilt in one turn (or a crowd created at once) would otherwise all
+        # checkpoint in the same tick, every interval (500 packs and writes in one turn).
+        self._checkpoint_due = self.last_checkpoint_at + settings.checkpoint_every_s * (
+            0.5 + random.random() / 2
+        )
         self._load: LoadGauge | None = None  # the event loop's (set by start)
         # Idle rooms: since when nobody is connected (None: someone is), whether the room
         # is paused, when a paused room must next do something, its renewal in flight.
@@ -416,7 +423,7 @@ class Room:
                 if self.sessions:
                     self._publish(outcome)
                 now = time.monotonic()
-                if self._durable and now - self.last_checkpoint_at >= self._checkpoint_every_s:
+                if self._durable and now >= self._checkpoint_due:
                     self._maybe_checkpoint()
                 if self.sessions or self.engine.seats:
                     self.empty_since = None  # (what _is_abandoned would say, without a call)
@@ -770,13 +777,14 @@ class Room:
     def _maybe_checkpoint(self) -> None:
         if not self.settings.durable:
             return
-        if time.monotonic() - self.last_checkpoint_at < self.settings.checkpoint_every_s:
+        if time.monotonic() < self._checkpoint_due:
             return
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
         data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
         self.state_bytes = len(data)
         self.last_checkpoint_at = time.monotonic()
+        self._checkpoint_due = self.last_checkpoint_at + self._checkpoint_every_s
         self._checkpoint_task = asyncio.get_running_loop().create_task(
             self._write_checkpoint(self.engine.tick, data)
         )

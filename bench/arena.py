@@ -917,8 +917,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         if p["tree"] == tree.name and p["scenario"] == scenario and p["n"] == n
                     ]  # fmt: skip
                     # In rooms of 4, N grows until the server's core is full: stop there.
-                    if scenario == "rooms_of_4" and any(
-                        p.get("server_core_full") or p.get("error") for p in mine
+                    if (
+                        scenario == "rooms_of_4"
+                        and not args.past_full
+                        and any(p.get("server_core_full") or p.get("error") for p in mine)
                     ):
                         stopped.add(tree.name)
                 if len(stopped) == len(trees):
@@ -1042,6 +1044,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.9,
         help="server CPU (cores) at which its core counts as full",
+    )
+    parser.add_argument(
+        "--past-full",
+        action="store_true",
+        help="measure every listed N in rooms of 4 even after a tree's core was full"
+        " (a target point of a compare: the saturated tree's figure is the 'before')",
     )
     parser.add_argument(
         "--standin",

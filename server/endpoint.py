@@ -57,6 +57,7 @@ from server.transport import (
     HttpRequest,
     HttpResponse,
 )
+from server.turn_batch import TurnBatch
 
 if TYPE_CHECKING:
     from server.app import RoomServer
@@ -101,7 +102,7 @@ def _bearer(request: HttpRequest) -> str | None:
     return None
 
 
-class RevocationChecks:
+class RevocationChecks(TurnBatch[str, bool]):
     """The revocation checks of the joins of one event-loop turn, in one round trip.
 
     A dead server's players reconnect to the survivors all at once (hundreds in the same
@@ -110,36 +111,16 @@ class RevocationChecks:
     share one ``revoked`` call; an error goes to every check of that batch."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__()
         self.redis = redis
-        self._queue: list[tuple[str, asyncio.Future[bool]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def check(self, session_id: str) -> asyncio.Future[bool]:
         """True when ``session_id`` was logged out."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._flush)
-        self._queue.append((session_id, future))
-        return future
+        return self._enqueue(session_id)
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
-        try:
-            gone = await revoked(self.redis, [sid for sid, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for sid, future in batch:
-            if not future.done():  # (a join that gave up meanwhile)
-                future.set_result(sid in gone)
+    async def _send(self, session_ids: list[str]) -> list[bool]:
+        gone = await revoked(self.redis, session_ids)
+        return [sid in gone for sid in session_ids]
 
 
 class TokenCache:

@@ -84,6 +84,7 @@ from infra.room_keys import room_keys as room_keys
 from infra.room_keys import rooms_index_key
 from server.durability import Durability
 from server.errors import OwnershipLost
+from server.turn_batch import TurnBatch
 
 # How often ``servers()`` re-reads the full registry entries (several KB each); the
 # compact liveness records are read on every call.
@@ -333,18 +334,7 @@ def fenced_error(lease: Lease, exc: BaseException) -> BaseException:
     return exc
 
 
-def running_loop(owner: ScriptBatcher | CommandBatcher) -> asyncio.AbstractEventLoop:
-    """The running loop, remembered by ``owner``: on Python 3.11
-    ``asyncio.get_running_loop()`` makes a ``getpid`` system call (fork check), and a
-    batcher is asked once per room per tick (measured ~1.6 % of a busy server's CPU).
-    A remembered loop that is not running is not the caller's: ask again."""
-    loop = owner._loop
-    if loop is None or not loop.is_running():
-        loop = owner._loop = asyncio.get_running_loop()
-    return loop
-
-
-class ScriptBatcher:
+class ScriptBatcher(TurnBatch[ScriptCall, Any]):
     """Sends the script calls made in one event-loop turn as one pipeline.
 
     Rooms of a server tick on a common clock, so their journal appends of one tick
@@ -361,54 +351,20 @@ class ScriptBatcher:
     def __init__(
         self, redis: aioredis.Redis, durability: Durability | None = None, fast: bool = True
     ) -> None:
+        super().__init__()
         self.redis = redis
         self.durability = durability or Durability()
         self.pipe = RespPipeline(redis) if fast and RespPipeline.supports(redis) else None
-        self._queue: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        loop = running_loop(self)
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._flush)
-        self._queue.append((script, keys, args, future))
-        return future
+        return self._enqueue((script, keys, args))
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(
-        self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]
-    ) -> None:
-        try:
-            if self.pipe is None and len(batch) == 1 and not self.durability.replicated:
-                script, keys, args, future = batch[0]
-                results: list[Any] = [await script(keys=keys, args=args, client=self.redis)]
-            else:
-                # One round trip (per node on a cluster); each call keeps its own error.
-                calls: list[ScriptCall] = [(script, keys, args) for script, keys, args, _ in batch]
-                results = await self.durability.run(self.redis, calls, self.pipe)
-        except BaseException as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(
-                        exc if isinstance(exc, Exception) else RedisError(str(exc))
-                    )
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # its caller gave up (timeout)
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+    async def _send(self, calls: list[ScriptCall]) -> list[Any]:
+        if self.pipe is None and len(calls) == 1 and not self.durability.replicated:
+            script, keys, args = calls[0]
+            return [await script(keys=keys, args=args, client=self.redis)]
+        # One round trip (per node on a cluster); each call keeps its own error.
+        return await self.durability.run(self.redis, calls, self.pipe)
 
     async def aclose(self) -> None:
         """Give the fast path's connection back (``redis.aclose()`` closes it too)."""
@@ -416,7 +372,7 @@ class ScriptBatcher:
             await self.pipe.aclose()
 
 
-class CommandBatcher:
+class CommandBatcher(TurnBatch[tuple[Any, ...], Any]):
     """Sends the plain commands made in one event-loop turn as one pipeline.
 
     A server taking over a dead peer's rooms runs one task per room, all started in the
@@ -428,55 +384,24 @@ class CommandBatcher:
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__()
         self.redis = redis
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, *command: Any) -> asyncio.Future[Any]:
-        loop = running_loop(self)
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._flush)
-        self._queue.append((command, future))
-        return future
+        return self._enqueue(command)
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        try:
-            if is_cluster(self.redis):
-                # One pipeline per node: a dead node fails its own commands only (every
-                # command here names its key first: HGETALL, HGET, HSET, XRANGE).
-                results: list[Any] = await per_node(
-                    self.redis,  # type: ignore[arg-type]
-                    [(command[1], command) for command, _ in batch],
-                )
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for command, _ in batch:
-                        pipe.execute_command(*command)
-                    results = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(
-                        exc if isinstance(exc, Exception) else RedisError(str(exc))
-                    )
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if is_cluster(self.redis):
+            # One pipeline per node: a dead node fails its own commands only (every
+            # command here names its key first: HGETALL, HGET, HSET, XRANGE).
+            return await per_node(
+                self.redis,  # type: ignore[arg-type]
+                [(command[1], command) for command in commands],
+            )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
 
 
 class RoomStore:

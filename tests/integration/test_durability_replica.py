@@ -70,12 +70,13 @@ def replica_of(
     ).start()
 
 
-def acked_once(primary: EmbeddedRedis) -> bool:
-    """The replica has acknowledged a write (a freshly linked replica may not have yet,
-    and then the first WAIT of a test on a loaded machine could time out)."""
+def acked_once(primary: EmbeddedRedis, replicas: int = 1) -> bool:
+    """``replicas`` replicas have acknowledged a write (a freshly linked replica may not
+    have yet, and then the first WAIT of a test, or a room's first claims under
+    ``replica`` durability, could time out: seen as 41 'unavailable' joins on CI)."""
     with redis.Redis.from_url(primary.url, socket_timeout=5) as client:
         client.set("replication-warmup", 1)
-        return int(client.execute_command("WAIT", 1, 1000)) >= 1
+        return int(client.execute_command("WAIT", replicas, 1000)) >= replicas
 
 
 def linked(replica: EmbeddedRedis) -> bool:
@@ -106,6 +107,7 @@ class SentinelGroup:
         self.tmp_path = tmp_path
         self.processes = processes
         self.primary = EmbeddedRedis(tmp_path / "primary", extra_config=REPLICATION).start()
+        self._replicas_of: dict[int, int] = {}  # primary port -> replicas added to it
         self.replicas: list[EmbeddedRedis] = []
         self.port = 0
 
@@ -113,6 +115,8 @@ class SentinelGroup:
         node = replica_of(self.tmp_path / name, of, via)
         self.replicas.append(node)
         wait_until(lambda: linked(node), 10, f"replica {name} linked")
+        self._replicas_of[of.port] = count = self._replicas_of.get(of.port, 0) + 1
+        wait_until(lambda: acked_once(of, count), 10, f"replica {name}'s first ack")
         return node
 
     def start_sentinel(self) -> None:

@@ -887,14 +887,7 @@ class RoomStore:
             if not self.clustered or now - self._live_at > STALE_REGISTRY_S:
                 raise
             return {sid: dict(info) for sid, info in self._merged.items()}
-        if full:
-            self._registry = _json_hash(replies[1])
-            self._registry_at = now
-        merged = {sid: dict(info) for sid, info in self._registry.items()}
-        for sid, compact in _json_hash(replies[0]).items():
-            merged[sid] = {**merged.get(sid, {}), **compact}
-        self._merged, self._live_at = merged, now
-        return {sid: dict(info) for sid, info in merged.items()}
+        return self._merge_registry(replies, full, now)
 
     async def rooms_index(self) -> dict[str, dict[str, Any]]:
         return await rooms_index.read(self.redis)
@@ -922,6 +915,13 @@ class RoomStore:
                 pipe.hgetall(SERVERS_KEY)
             pipe.client_list(client_id=ids)
             replies = await pipe.execute()
+        return self._merge_registry(replies, full, now), list(replies[-1])
+
+    def _merge_registry(
+        self, replies: list[Any], full: bool, now: float
+    ) -> dict[str, dict[str, Any]]:
+        """The compact records (``replies[0]``) over the full entries (``replies[1]`` when
+        ``full`` was read, else the last ones read); kept for a shard failing over."""
         if full:
             self._registry = _json_hash(replies[1])
             self._registry_at = now
@@ -929,7 +929,7 @@ class RoomStore:
         for sid, compact in _json_hash(replies[0]).items():
             merged[sid] = {**merged.get(sid, {}), **compact}
         self._merged, self._live_at = merged, now
-        return {sid: dict(info) for sid, info in merged.items()}, list(replies[-1])
+        return {sid: dict(info) for sid, info in merged.items()}
 
 
 def _json_hash(raw: dict[Any, Any]) -> dict[str, dict[str, Any]]:

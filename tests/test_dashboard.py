@@ -413,7 +413,10 @@ async def test_a_kill_from_the_dashboard_and_its_recovery(
         # the real login service (admin mode, loopback): servers and the room, live
         view = await poll(
             lambda: real.get(API),
-            lambda v: any(r["room"] == room and r["players"] == 1 for r in v["rooms"]),
+            # (the heartbeat can list the player before the room's first tick is journaled)
+            lambda v: any(
+                r["room"] == room and r["players"] == 1 and r["tick"] > 0 for r in v["rooms"]
+            ),
         )
         by_pid = {s["pid"]: s for s in view["servers"]}  # ids are the names + a suffix
         assert set(by_pid) == {s.pid for s in live.servers.values()}

@@ -139,6 +139,7 @@ class RoomServer:
                 rooms_per_address_per_minute=settings.rooms_per_address_per_minute,
                 sessions_per_player=settings.sessions_per_player,
             ),
+            scripts=self.store.scripts,
         )
         self.connections = ConnectionBudget(
             ConnectionLimits(
@@ -367,8 +368,12 @@ class RoomServer:
         self.registry = servers
         return servers
 
-    async def is_live(self, server_id: str) -> bool:
-        if time.monotonic() - self.live_at > 2 * self.settings.failover_poll_ms / 1000:
+    async def is_live(self, server_id: str, max_age_s: float | None = None) -> bool:
+        """Whether ``server_id`` is live, as seen at most ``max_age_s`` ago (default: two
+        watcher polls); an older view is read again first."""
+        if max_age_s is None:
+            max_age_s = 2 * self.settings.failover_poll_ms / 1000
+        if time.monotonic() - self.live_at > max_age_s:
             # One refresh for every join that needs it at the same moment (a whole dead
             # server's players arrive at once), not one registry read and CLIENT LIST each.
             refresh = self._live_refresh
@@ -447,17 +452,22 @@ class RoomServer:
             options=options,
             join_code=join_code,
             detected_ms=detected_ms,
+            index_later=True,
         )
         if not claim.won:
             return None
+        indexed = claim.indexed
+        assert indexed is not None
         game_class = self.games.get(claim.game)
         if game_class is None:
+            await asyncio.gather(indexed, return_exceptions=True)
             await self.store.release(claim.lease)
             raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
         try:
-            # All four reads in one turn: one round trip, batched with the other rooms
-            # being rebuilt (server/store.py, CommandBatcher).
-            (checkpoint, entries), meta, room_options, recent_events = await asyncio.gather(
+            # The index write and all four reads in one turn: one round trip, batched
+            # with the other rooms being rebuilt (server/store.py, CommandBatcher).
+            _, (checkpoint, entries), meta, room_options, recent_events = await asyncio.gather(
+                indexed,
                 self.store.load(name),
                 self.store.meta(name),
                 self.store.options(name),

@@ -290,7 +290,11 @@ class Endpoint:
                 message.room, game, placed, session.player_id, session.address, message.options
             )
             if isinstance(located, Room):
-                await server.quotas.take_session(session.player_id, message.room)
+                located.joining += 1  # a new room's first tick must not close it meanwhile
+                try:
+                    await server.quotas.take_session(session.player_id, message.room)
+                finally:
+                    located.joining -= 1
         except InvalidOptions as exc:
             session.send_error(ErrorCode.INVALID_OPTIONS, str(exc))
             session.close(CloseCode.INVALID_ROOM, "invalid_options")

@@ -31,6 +31,13 @@ log = logging.getLogger("stateroom.server")
 # 3 s lease the wait always ends at the expiry; below the SDK's 2 s wait for a welcome.
 STALE_OWNER_HOLD_MS = 1500
 
+# A join is redirected only to an owner seen live this recently. When a server is killed,
+# its players are back at the survivors within ~50 ms, before a watcher poll has seen it
+# die; with the watcher's view (up to two polls old) they were sent to the dead server,
+# failed to connect, and came back again. A fresh read (one for all the joins of that
+# moment) claims the room for them at once instead.
+REDIRECT_LIVENESS_AGE_S = 0.02
+
 
 @dataclass(frozen=True)
 class Redirect:
@@ -128,7 +135,7 @@ class Placement:
             # now_ms: Redis's clock of this read, when a takeover decided on it was detected.
             lease, ttl_ms, now_ms = await server.store.owner_and_ttl(name)
             if lease is not None and lease.server_id != server.server_id:
-                if await server.is_live(lease.server_id):
+                if await server.is_live(lease.server_id, REDIRECT_LIVENESS_AGE_S):
                     if 0 <= ttl_ms < server.settings.lease_ms // 2:
                         # Hold the join until the lease runs out (within what a client
                         # waits for its first frame), then claim: the client is served

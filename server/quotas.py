@@ -23,10 +23,13 @@ Redis Cluster safe.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from server.protocol import ErrorCode
 
@@ -86,22 +89,34 @@ def _created_key(who: str, minute: int) -> str:
     return f"sr:quota:created:{{{who}}}:{minute}"
 
 
+class ScriptSubmitter(Protocol):
+    """What batches script calls (server/store.py's ScriptBatcher)."""
+
+    def submit(
+        self, script: AsyncScript, keys: list[str], args: list[Any]
+    ) -> asyncio.Future[Any]: ...
+
+
 class Quotas:
     """The quotas of one room server, on its Redis pool."""
 
-    def __init__(self, redis: aioredis.Redis, limits: QuotaLimits) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limits: QuotaLimits, scripts: ScriptSubmitter | None = None
+    ) -> None:
         self.redis = redis
         self.limits = limits
+        # The room store's script batcher: a dead server's players take their session
+        # slots on the survivors all at once, in one round trip per event-loop turn.
+        self.scripts = scripts
         self._take = redis.register_script(_TAKE_SLOT)
         self._count = redis.register_script(_COUNT)
 
     async def _take_slot(self, key: str, member: str, limit: int) -> bool:
         now = int(time.time() * 1000)
-        return bool(
-            await self._take(
-                keys=[key], args=[now, now + SLOT_TTL_MS, limit, member, SLOT_TTL_MS + 1000]
-            )
-        )
+        args: list[Any] = [now, now + SLOT_TTL_MS, limit, member, SLOT_TTL_MS + 1000]
+        if self.scripts is not None:
+            return bool(await self.scripts.submit(self._take, [key], args))
+        return bool(await self._take(keys=[key], args=args))
 
     async def reserve_room(self, creator: str, address_bucket: str, room: str) -> None:
         """Charge the creation of ``room`` to its creator and address, or raise."""

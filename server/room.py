@@ -111,6 +111,9 @@ class Room:
         self.sessions: dict[str, Session] = {}
         self.disconnected_at: dict[str, float] = {}
         self.empty_since: float | None = None
+        # Joins placed here and not seated yet (their quota slot is being taken): a room
+        # nobody played in closes as soon as it is empty, but not under its creator.
+        self.joining = 0
         self.creator = ""  # the player charged for this room's creation (quotas)
         self.join_code = ""  # a private room's code in the directory (from its meta)
         self.deleted = False  # closed for good and its keys deleted (not a move)
@@ -762,8 +765,8 @@ class Room:
 
     def _is_abandoned(self) -> bool:
         """Empty (no seat, no connection) for ``empty_room_s``; at once for a room in which
-        nobody ever played."""
-        if self.engine.seats or self.sessions:
+        nobody ever played (a join on its way to a seat counts as not empty)."""
+        if self.engine.seats or self.sessions or self.joining:
             self.empty_since = None
             return False
         now = time.monotonic()

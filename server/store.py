@@ -283,6 +283,9 @@ class Claim:
     game: str
     creator: str = ""  # the player whose join created the room (quota owner)
     takeover: bool = False  # an existing room claimed anew: its takeover record was written
+    # ``claim(index_later=True)``: the room index's write, for the caller to await with
+    # its next reads (one round trip for both).
+    indexed: asyncio.Future[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,9 +435,10 @@ class RoomStore:
         # ``fast_scripts``: the script batches on infra/resp_pipeline.py (one connection
         # held from each of the two pools) instead of redis-py's pipeline.
         self._batcher = ScriptBatcher(self.journal, self.durability, fast=fast_scripts)
-        # Claims, takeover stamps and the reads of a rebuild: many rooms at once after a
-        # peer's death (never waited for under replica durability: see durability.py).
-        self._scripts = ScriptBatcher(redis, fast=fast_scripts)
+        # Claims, takeover stamps, the joins' lease reads and quota slots: many rooms and
+        # players at once after a peer's death (never waited for under replica
+        # durability: see durability.py). Shared with server/quotas.py.
+        self.scripts = ScriptBatcher(redis, fast=fast_scripts)
         self._commands = CommandBatcher(redis)
         self._lease_and_time = redis.register_script(_LEASE_AND_TIME)
         self._leases_on_node = redis.register_script(_LEASES_ON_NODE) if self.clustered else None
@@ -452,7 +456,7 @@ class RoomStore:
         """Give the script batches' held connections back to their pools (closing the
         clients closes them too)."""
         await self._batcher.aclose()
-        await self._scripts.aclose()
+        await self.scripts.aclose()
 
     # -- ownership ------------------------------------------------------------
 
@@ -464,8 +468,9 @@ class RoomStore:
         """The lease, its remaining milliseconds (-2: no lease) and Redis's clock (ms, what a
         takeover decided on this read records as ``detected_ms``). A ticking owner renews
         its lease every tick, so a lease well below ``lease_ms`` means a stalled owner."""
-        value, ttl, seconds, micros = await self._lease_and_time(
-            keys=[room_keys(room)["lease"]], args=[]
+        # Batched with this turn's other scripts: a dead server's players all ask at once.
+        value, ttl, seconds, micros = await self.scripts.submit(
+            self._lease_and_time, [room_keys(room)["lease"]], []
         )
         lease = Lease.parse(room, _s(value)) if _s(value) else None
         return lease, int(ttl), _time_ms((seconds, micros))
@@ -575,6 +580,7 @@ class RoomStore:
         options: dict[str, Any] | None = None,
         join_code: str = "",
         detected_ms: int = 0,
+        index_later: bool = False,
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -585,9 +591,13 @@ class RoomStore:
         Claiming an existing room anew is a takeover: the script replaces the room's
         takeover record (``detected_ms``: Redis's clock when this server decided to take
         the room; 0 means at the claim).
+
+        A won claim also writes the room's entry in the room index (a second command:
+        on a cluster the index lives in other slots). ``index_later``: that write is not
+        awaited but handed back in ``Claim.indexed``.
         """
         keys = room_keys(room)
-        won, value, stored_game, *rest = await self._scripts.submit(
+        won, value, stored_game, *rest = await self.scripts.submit(
             self._claim,
             [keys["lease"], keys["epoch"], keys["meta"], keys["takeover"]],
             [
@@ -610,16 +620,20 @@ class RoomStore:
             await rooms_index.forget(self.redis, room)
             return Claim(False, Lease(room, 0, ""), "")
         lease = Lease.parse(room, _s(value))
+        indexed = None
         if won:
-            await self._commands.submit(
+            indexed = self._commands.submit(
                 "HSET",
                 rooms_index_key(room, self.clustered),
                 room,
                 rooms_index.entry(server_id, lease.epoch, _s(stored_game)),
             )
+            if not index_later:
+                await indexed
+                indexed = None
         creator = _s(rest[0]) if rest else ""
         takeover = len(rest) > 1 and int(rest[1]) == 1
-        return Claim(bool(won), lease, _s(stored_game), creator, takeover)
+        return Claim(bool(won), lease, _s(stored_game), creator, takeover, indexed)
 
     async def renew(self, lease: Lease) -> None:
         with _fenced(lease):
@@ -668,7 +682,7 @@ class RoomStore:
         args: list[Any] = [lease.epoch]
         for name, value in stamps.items():
             args += [name, value]
-        now = await self._scripts.submit(self._stamp, [room_keys(lease.room)["takeover"]], args)
+        now = await self.scripts.submit(self._stamp, [room_keys(lease.room)["takeover"]], args)
         return int(_s(now)) if _s(now) else 0
 
     async def takeover_record(self, room: str) -> dict[str, str]:
@@ -770,7 +784,7 @@ class RoomStore:
         with _fenced(lease):
             # Batched with the other rooms' checkpoints of this turn: 1000 rooms writing
             # one each second must not take a pooled connection each.
-            await self._scripts.submit(
+            await self.scripts.submit(
                 self._checkpoint,
                 [keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
                 [lease.token, tick, lease.epoch, data, int(time.time() * 1000)],

@@ -168,3 +168,24 @@ async def test_rooms_share_one_clock_that_stops_when_they_are_gone(store: RoomSt
     fired = ticker.fired
     await asyncio.sleep(0.2)
     assert ticker.fired == fired
+
+
+async def test_a_new_room_is_not_closed_while_its_creators_join_is_on_its_way(
+    store: RoomStore,
+) -> None:
+    """A room nobody played in closes once empty, but not while a join placed there is
+    still taking its quota slot (the room ticks meanwhile: seen as 4030 under load)."""
+    claim = await store.claim("new-r", "s1", "ws://127.0.0.1:1/v1/ws", Arena.name, None)
+    assert claim.won
+    config = ServerSettings(lease_ms=1500, lease_margin_ms=500)
+    engine = RoomEngine(Arena.create(7))
+    room = Room("new-r", Arena, engine, claim.lease, store, config, ServerMetrics(), "s1", _closed)
+    room.joining += 1  # what the endpoint does before awaiting the slot
+    room.start()
+    try:
+        await wait(lambda: room.engine.tick >= 5, 2.0, "ticks of the new room")
+        assert room.state is RoomState.RUNNING
+        room.joining -= 1  # the join was refused after all: nobody will come
+        await wait(lambda: room.state is RoomState.CLOSED, 2.0, "the empty room to close")
+    finally:
+        room.fence("test over")

@@ -125,8 +125,11 @@ class Player:
         self.next_input = 0.0
         self.url_index = index
         self.redirect_to = ""
+        self.fallback = ""  # the welcome's fallback: asked first after a drop (as the SDK)
+        self.welcomed = False
+        self.rejoining = False  # dropped on purpose (Crowd.rejoin): back to the same server
         self.lost = self.duplicates = self.rollbacks = 0
-        self.reconnects = self.redirects = self.seat_resets = 0
+        self.reconnects = self.redirects = self.seat_resets = self.fallbacks = 0
 
     # -- the connection loop ----------------------------------------------------------
 
@@ -136,6 +139,7 @@ class Player:
         while not self.over():
             url = self.redirect_to or crowd.urls[self.url_index % len(crowd.urls)]
             self.redirect_to = ""
+            self.welcomed = False
             code = 1006
             try:
                 _, listener = await ws_connect(
@@ -152,6 +156,10 @@ class Player:
                 crowd.connect_errors[why] = crowd.connect_errors.get(why, 0) + 1
             self.conn = None
             self.seated = False
+            if self.rejoining:
+                self.rejoining = False
+                self.redirect_to = url
+                continue
             crowd.closes[code] = crowd.closes.get(code, 0) + 1
             if self.over():
                 return
@@ -164,6 +172,15 @@ class Player:
                 self.stopped = True
                 return
             self.reconnects += 1
+            if self.welcomed and self.fallback and self.fallback != url:
+                # A seated connection dropped: the server the welcome named takes the
+                # room over (the SDK does the same).
+                self.redirect_to = self.fallback
+                self.fallbacks += 1
+                attempt += 1
+                cap = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+                await asyncio.sleep(random.uniform(cap / 2, cap))
+                continue
             # Another known server at random: the SDK's rotation starts at a random server
             # per client, so a dead server's players spread over the others. (Here the
             # survivors were down while the crowd joined, which would otherwise leave
@@ -197,6 +214,8 @@ class Player:
 
     def on_welcome(self, conn: Connection, msg: dict[str, Any], now: float) -> None:
         self.player_id = str(msg["player_id"])
+        self.welcomed = True
+        self.fallback = str(msg.get("fallback") or "")
         ack = int(msg["ack"])
         if msg.get("resumed"):
             if ack < self.acked:
@@ -271,6 +290,7 @@ class Crowd:
         self.rate = args.rate
         self.seconds = args.seconds
         self.until_file = Path(args.until_file) if args.until_file else None
+        self.rejoin_file = Path(args.rejoin_file) if args.rejoin_file else None
         self.join_wave = args.join_wave
         self.players = [Player(self, i) for i in range(args.rooms * args.players)]
         self.stopping = False
@@ -341,6 +361,9 @@ class Crowd:
         while time.monotonic() < end:
             if self.until_file is not None and self.until_file.exists():
                 break
+            if self.rejoin_file is not None and self.rejoin_file.exists():
+                self.rejoin_file.unlink()
+                await self.rejoin()
             await asyncio.sleep(0.1)
         self.sending = False
         await asyncio.sleep(2.0)  # the last inputs' acks
@@ -357,6 +380,24 @@ class Crowd:
         for task in stuck:
             task.cancel()
         return self.summary(cpu_s, played_s)
+
+    async def rejoin(self) -> None:
+        """Every seated player reconnects to its server once (a resume), then the file
+        ``<rejoin-file>.done`` appears: their welcomes are fresh, and name the fallback
+        of the servers live now (the failover benches start the survivors after the
+        crowd has joined, so that one server owns every room)."""
+        for p in self.players:
+            if p.seated and p.conn is not None and p.conn.transport is not None:
+                p.rejoining = True
+                p.conn.transport.disconnect()
+        deadline = time.monotonic() + 30
+        await asyncio.sleep(0.1)
+        while time.monotonic() < deadline and not all(
+            p.seated or p.failed or p.stopped for p in self.players
+        ):
+            await asyncio.sleep(0.05)
+        assert self.rejoin_file is not None
+        await asyncio.to_thread(Path(f"{self.rejoin_file}.done").touch)
 
     async def timer(self) -> None:
         """Inputs at ``rate`` per player (phases spread), and stall checks."""
@@ -403,6 +444,8 @@ class Crowd:
             "rollbacks": sum(p.rollbacks for p in players),
             "reconnects": sum(p.reconnects for p in players),
             "redirects": sum(p.redirects for p in players),
+            # Reconnects that went first to the welcome's fallback server (as the SDK).
+            "fallbacks": sum(p.fallbacks for p in players),
             "seat_resets": sum(p.seat_resets for p in players),
             "latency_ms": spread(self.latencies),
             "longest_gap_ms": spread([p.longest_gap * 1000 for p in players]),
@@ -429,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="inputs/s per player")
     parser.add_argument("--seconds", type=float, required=True, help="play time once joined")
     parser.add_argument("--until-file", default="", help="stop early once this file exists")
+    parser.add_argument(
+        "--rejoin-file", default="", help="when it appears: every player resumes once"
+    )
     parser.add_argument(
         "--join-wave", type=int, default=50, help="players that join together (then the next)"
     )
@@ -468,6 +514,7 @@ class CrowdProcess:
         from infra.embedded_redis import die_with_parent
 
         self.until = cluster_file.parent / f"crowd-{os.getpid()}-{id(self)}.stop"
+        self.rejoin_file = cluster_file.parent / f"crowd-{os.getpid()}-{id(self)}.rejoin"
         args = [
             sys.executable, str(Path(__file__).resolve()),
             "--cluster", str(cluster_file),
@@ -477,6 +524,7 @@ class CrowdProcess:
             "--rate", str(rate),
             "--seconds", str(seconds),
             "--until-file", str(self.until),
+            "--rejoin-file", str(self.rejoin_file),
         ]  # fmt: skip
         self.log_path = log_path or cluster_file.parent / "crowd.log"
         err = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -498,6 +546,17 @@ class CrowdProcess:
 
     def stop(self) -> None:
         self.until.touch()
+
+    def rejoin(self, timeout: float = 40.0) -> None:
+        """Every seated player resumes once on its server (see ``Crowd.rejoin``)."""
+        done = Path(f"{self.rejoin_file}.done")
+        done.unlink(missing_ok=True)
+        self.rejoin_file.touch()
+        deadline = time.monotonic() + timeout
+        while not done.exists():
+            if time.monotonic() > deadline or not self.running:
+                raise RuntimeError("the crowd did not rejoin in time")
+            time.sleep(0.05)
 
     def result(self, timeout: float = 60.0) -> dict[str, Any]:
         import subprocess

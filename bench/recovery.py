@@ -636,6 +636,10 @@ def mass_failover_on(
         for child in spare:
             child.wait_ready()
         time.sleep(2.5)  # survivors settled (liveness grace 1.5 s)
+        # Every player resumes once: its welcome now names the fallback among the
+        # survivors, as it would have had they been up when it joined.
+        crowd.rejoin()
+        time.sleep(1.0)
         ours = {c.name: c.pid for c in spare}
         ours["crowd"] = crowd.proc.pid
         if stack.redis is not None and stack.redis.pid:

@@ -61,6 +61,12 @@ counted in ``ClientStats.redirects_refused``, logged at WARNING with the URL
 cut to scheme, host, port and path (``redact_url``), and the client reconnects
 to one of its own URLs with backoff.
 
+Fallback. A ``welcome`` may name a ``fallback``: the server that would take the
+room over if its owner died. After a seated connection drops, the first reconnect
+goes there (when the redirect rules trust it and it is not suspect;
+``ClientStats.fallbacks``), so the join meets the room where it is being rebuilt
+instead of a redirect; later attempts follow the rotation.
+
 Token renewal. When the token source is a callable (``AuthClient.token_source``
 makes one from a ``Tokens`` pair), the client presents a fresh token on the open
 connection (``{"t": "auth", "token": ...}``) before ``welcome.token_exp``: at the
@@ -874,6 +880,7 @@ class ClientStats:
     redirects: int = 0
     redirects_refused: int = 0  # redirects outside the cluster or downgrading wss: not followed
     redirects_deferred: int = 0  # redirects to a suspect server: retried elsewhere first
+    fallbacks: int = 0  # reconnects that went first to the welcome's fallback server
     reauths: int = 0  # fresh tokens accepted on an open connection (authed)
     reauth_failures: int = 0  # renewals that failed (token source, refusal or no reply)
     token_resumes: int = 0  # reconnects after a 4001 token_expired, with a fresh token
@@ -1069,6 +1076,9 @@ class RoomClient:
         self._stalled = False  # ... and then went silent
         self._last_error: str | None = None  # code of the last error message on it
         self._next_url: str | None = None
+        # The welcome's ``fallback``: the server that takes the room over if its owner
+        # dies, asked first after a dropped connection (None: the rotation decides).
+        self._fallback_url: str | None = None
         self._rotation = ServerRotation(self.urls, random.randrange(len(self.urls)), suspect_s)
         self._presented_token = ""  # the token the server holds for this connection
         self._auth_in_flight = ""
@@ -1256,6 +1266,8 @@ class RoomClient:
             if code not in _RETRYABLE_CLOSES:
                 await self._fail(code, reason, error_code)
                 return
+            if self._welcomed_this_session and self._next_url is None:
+                self._next_url = self._fallback_target(url, now)
             self.connection_state = ConnectionState.RECONNECTING
             attempt += 1
             if outage_since is None:
@@ -1263,6 +1275,20 @@ class RoomClient:
             fast = now - outage_since < self.fast_retry_window
             cap = min(self.backoff_max, self.retry_backoff_max) if fast else self.backoff_max
             await asyncio.sleep(backoff_delay(attempt, self.backoff_base, cap))
+
+    def _fallback_target(self, url: str, now: float) -> str | None:
+        """Where to reconnect first after the seated connection to ``url`` dropped: the
+        welcome's fallback, when it is another server this client trusts (the redirect
+        rules) and not suspect; else None (the rotation's next server)."""
+        target = self._fallback_url
+        if not target or _endpoint(target) == _endpoint(url):
+            return None
+        if self.redirect_policy.refusal(target, url) is not None:
+            return None
+        if self._rotation.is_suspect(target, now):
+            return None
+        self.stats.fallbacks += 1
+        return target
 
     async def _session(self, url: str) -> tuple[int, str]:
         """One WebSocket connection; returns its close code and reason."""
@@ -1508,6 +1534,8 @@ class RoomClient:
         if self._joined.is_set():
             self.stats.reconnects += 1  # a resumed session, not a failed attempt
         self._welcomed_this_session = True
+        fallback = message.get("fallback")
+        self._fallback_url = fallback if isinstance(fallback, str) and fallback else None
         self.player_id = message["player_id"]
         self.server = message["server"]
         self.epoch = int(message["epoch"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -49,6 +50,7 @@ from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.settings import ServerSettings
 from server.store import Lease, RoomStore
+from server.succession import successor
 from server.takeover import TakeoverTimeline
 from server.transport import Listener, TransportOptions, listen
 from server.watcher import FailoverWatcher
@@ -383,6 +385,14 @@ class RoomServer:
             await asyncio.shield(refresh)
         return server_id in self.live
 
+    def fallback_url(self, room: str) -> str:
+        """The URL of the live peer whose watcher would claim ``room`` if this server died
+        (server/succession.py, from this server's last view of who is live), or "".
+        Sent in the welcome, so that a client whose connection drops goes straight to
+        the server that takes its room over instead of to a random one (and a redirect)."""
+        heir = successor(room, self.live - {self.server_id})
+        return str(self.registry.get(heir, {}).get("ws_url", "")) if heir else ""
+
     # -- rooms ------------------------------------------------------------------------------
 
     async def take_room(
@@ -520,6 +530,7 @@ class RoomServer:
         )
         room.creator = claim.creator
         room.join_code = meta.get("code", "")
+        room.fallback_url = functools.partial(self.fallback_url, name)
         room.event_log.load(recent_events)
         if claim.takeover:
             seated = [pid for pid, seat in engine.seats.items() if not seat.leaving]

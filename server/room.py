@@ -83,6 +83,10 @@ PAUSE_AFTER_S = 1.0
 RENEW_GRID_S = 0.25
 
 
+def _no_fallback() -> str:
+    return ""
+
+
 class Room:
     """One room owned by this process under one lease."""
 
@@ -114,6 +118,9 @@ class Room:
         # Joins placed here and not seated yet (their quota slot is being taken): a room
         # nobody played in closes as soon as it is empty, but not under its creator.
         self.joining = 0
+        # Where this room goes if this server dies (set by the server: its successor's
+        # URL among the live peers, "" when none): the welcome's ``fallback``.
+        self.fallback_url: Callable[[], str] = _no_fallback
         self.creator = ""  # the player charged for this room's creation (quotas)
         self.join_code = ""  # a private room's code in the directory (from its meta)
         self.deleted = False  # closed for good and its keys deleted (not a move)
@@ -248,6 +255,7 @@ class Room:
                 token_exp=session.token_exp,
                 version=session.codec.version,
                 options=self.engine.options,
+                fallback=self.fallback_url(),
             )
         )
         session.needs_keyframe = True  # v2: the first state carries keyframes

@@ -1,7 +1,8 @@
 """The failover watcher: rooms whose owner is gone are claimed without waiting for a client.
 
 Every ``failover_poll_ms`` it reads which servers are alive and claims the rooms of
-dead peers (liveness connection gone two polls in a row) and of expired leases
+dead peers (liveness connection gone from two reads in a row: the poll's, and
+one more made at once) and of expired leases
 (frozen or partitioned peers, or a draining owner that released them). Registry
 entries of servers gone for three polls are removed. Orphaned rooms are spread over the
 live servers (server/succession.py): each claims at once the ones it is the successor of,
@@ -12,7 +13,8 @@ owner is not live, has no lease or is quiet, plus the whole index and every leas
 ``lease_ms / 4`` and the index again when a peer stops being live. So a poll with
 nothing to do costs the same with 10 rooms or 10,000 (the registry and one
 ``CLIENT LIST``). Bounds, with the defaults (poll 50 ms, lease 3 s): a killed owner's
-rooms are claimed two polls after its liveness connection drops (~100-150 ms); a frozen
+rooms are claimed at the first poll after its liveness connection drops, once a second
+read right away confirms it (~5-60 ms); a frozen
 or cut-off owner's, at most ``lease_ms + lease_ms / 4 + 2 polls`` after its last
 renewal, and ``lease_ms + 2 polls`` when it turned quiet (infra/liveness.py: 1-2 s
 after it froze) before its leases ran out (a ticking room, with a 3 s lease: its lease
@@ -103,6 +105,7 @@ class FailoverWatcher:
         missing_now: set[str] = set()
         unowned = 0  # no lease, or its owner not live: stateroom_rooms_unowned
         orphans: list[tuple[str, Lease | None]] = []
+        held: list[tuple[str, Lease]] = []  # leases whose holder is not live
         for name, lease in leases.items():
             if lease is None:
                 unowned += 1
@@ -113,9 +116,17 @@ class FailoverWatcher:
                 continue
             unowned += 1
             missing_now.add(lease.server_id)
-            # Absent from two polls in a row: its process is gone.
-            if self._missing.get(lease.server_id, 0) >= 1:
-                orphans.append((name, lease))
+            held.append((name, lease))
+        # Absent from two liveness reads in a row: its process is gone. A holder missing
+        # for the first time is looked at again at once (one round trip), not a poll
+        # later: its players are back within ~50 ms of its death, and its rooms should
+        # be claimed (spread over the survivors) before their joins pile up.
+        gone = {sid for sid in missing_now if self._missing.get(sid, 0) >= 1}
+        if missing_now - gone:
+            await server.refresh_live()
+            live = server.live
+            gone |= missing_now - live
+        orphans += [(name, lease) for name, lease in held if lease.server_id in gone]
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
         self._claim_share(orphans, live, now_ms)
         server.metrics.rooms_unowned.set(unowned)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -229,3 +230,43 @@ async def test_a_slow_room_is_not_a_stall() -> None:
         await client.close()
     assert server.connections == 1 and client.stats.reconnects == 0
     assert server.pings >= 2
+
+
+async def drop_and_see_where_it_goes(fallback_of: Any) -> tuple[RoomClient, dict[str, int]]:
+    """Play on the first of three servers, whose welcome names ``fallback_of(servers)``;
+    close it; which servers the client then connects to, and the client."""
+    room = Room()
+    async with (
+        FakeRoomServer(name="next", room=room) as rotation_next,
+        FakeRoomServer(name="heir", room=room) as heir,
+    ):
+        async with FakeRoomServer(name="owner", room=room) as owner:
+            owner.fallback = fallback_of(rotation_next, heir)
+            urls = [owner.url, rotation_next.url, heir.url]
+            client = RoomClient(urls, "lobby", make_token(), protocol=1)
+            await client.connect(timeout=5)
+            await client.next_state(timeout=2)
+            assert client.server == "owner"
+        # The owner is gone (its connections closed): the client reconnects.
+        while client.server == "owner":
+            await client.next_state(timeout=3)
+        await client.close()
+        return client, {"next": rotation_next.connections, "heir": heir.connections}
+
+
+@pytest.mark.usefixtures("first_url_first")
+async def test_a_dropped_client_goes_first_to_the_welcomes_fallback() -> None:
+    client, connections = await drop_and_see_where_it_goes(lambda _next, heir: heir.url)
+    # The rotation's next server would have been "next"; the fallback named "heir".
+    assert connections == {"next": 0, "heir": 1}
+    assert client.server == "heir" and client.stats.fallbacks == 1
+    assert client.stats.redirects == 0 and client.stats.rollbacks == 0
+
+
+@pytest.mark.usefixtures("first_url_first")
+async def test_a_fallback_outside_the_cluster_is_not_followed() -> None:
+    client, connections = await drop_and_see_where_it_goes(
+        lambda _next, _heir: "ws://127.0.0.9:1/v1/ws"  # no server of the client's list
+    )
+    assert client.stats.fallbacks == 0
+    assert connections["next"] == 1 and client.server == "next"  # the rotation decided

@@ -113,6 +113,7 @@ class FakeRoomServer:
         self.leeway = leeway
         self.auth_reply = auth_reply
         self.epoch = 1
+        self.fallback = ""  # the welcome's fallback URL ("" : none)
         self.handshakes = 0  # HTTP upgrade requests received (also while frozen)
         self.connections = 0  # WebSocket connections opened
         self.authorizations: list[str | None] = []
@@ -238,6 +239,7 @@ class FakeRoomServer:
                 ack=ack,
                 resumed=resumed,
                 token_exp=exp,
+                fallback=self.fallback,
             )
         )
 

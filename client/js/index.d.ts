@@ -318,6 +318,8 @@ export interface ClientStats {
   redirects: number;
   redirectsRefused: number;
   redirectsDeferred: number;
+  /** Reconnects that went first to the welcome's `fallback` server. */
+  fallbacks: number;
   reauths: number;
   reauthFailures: number;
   tokenResumes: number;

@@ -257,8 +257,13 @@ def welcome_message(
     token_exp: int,
     version: int = PROTOCOL_VERSION,
     options: Mapping[str, Any] | None = None,
+    fallback: str = "",
 ) -> dict[str, Any]:
-    extra = {"options": dict(options or {})} if version >= PROTOCOL_V2 else {}
+    """``fallback``: the URL of the live peer that would take the room over if its owner
+    died (sent when there is one): where a client whose connection drops asks first."""
+    extra: dict[str, Any] = {"options": dict(options or {})} if version >= PROTOCOL_V2 else {}
+    if fallback:
+        extra["fallback"] = fallback
     return {
         "t": "welcome",
         "v": version,

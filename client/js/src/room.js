@@ -43,6 +43,7 @@ import {
   SUSPECT_MS,
   ServerRotation,
   backoffDelay,
+  endpoint,
   reauthDelay,
   reauthRetryDelay,
   redactUrl,
@@ -87,6 +88,7 @@ function freshStats() {
     redirects: 0,
     redirectsRefused: 0,
     redirectsDeferred: 0,
+    fallbacks: 0,
     reauths: 0,
     reauthFailures: 0,
     tokenResumes: 0,
@@ -259,6 +261,9 @@ export class RoomClient extends Emitter {
     this._stalled = false;
     this._lastError = null;
     this._nextUrl = null;
+    // The welcome's `fallback`: the server that takes the room over if its owner dies,
+    // asked first after a dropped connection (null: the rotation decides).
+    this._fallbackUrl = null;
     this._rotation = new ServerRotation(urls, Math.floor(Math.random() * urls.length), options.suspectMs ?? SUSPECT_MS);
     this._presentedToken = "";
     this._authInFlight = "";
@@ -474,6 +479,20 @@ export class RoomClient extends Emitter {
     }
   }
 
+  /**
+   * Where to reconnect first after the seated connection to `url` dropped: the welcome's
+   * fallback, when it is another server this client trusts (the redirect rules) and not
+   * suspect; else null (the rotation's next server).
+   */
+  _fallbackTarget(url, now) {
+    const target = this._fallbackUrl;
+    if (!target || endpoint(target) === endpoint(url)) return null;
+    if (this.redirectPolicy.refusal(target, url) !== null) return null;
+    if (this._rotation.isSuspect(target, now)) return null;
+    this.stats.fallbacks += 1;
+    return target;
+  }
+
   _pickUrl() {
     if (this._nextUrl) {
       const url = this._nextUrl;
@@ -584,6 +603,7 @@ export class RoomClient extends Emitter {
         this._fail(code, reason, errorCode, cause);
         return;
       }
+      if (this._welcomedThisSession && !this._nextUrl) this._nextUrl = this._fallbackTarget(url, now);
       this._setState("reconnecting");
       attempt += 1;
       if (outageSince === null) outageSince = now;
@@ -903,6 +923,7 @@ export class RoomClient extends Emitter {
     }
     if (this._joined) this.stats.reconnects += 1; // a resumed session, not a failed attempt
     this._welcomedThisSession = true;
+    this._fallbackUrl = typeof message.fallback === "string" && message.fallback ? message.fallback : null;
     this.playerId = message.player_id;
     this.serverId = message.server;
     this.epoch = message.epoch;

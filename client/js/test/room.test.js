@@ -102,6 +102,22 @@ test("a drop is resumed: rejoin, resend every unacked input in order", async (t)
   await room.close();
 });
 
+test("a dropped client goes first to the welcome's fallback server", async (t) => {
+  const heir = await startFake({ onMessage: (conn, m) => m.t === "join" && conn.send(welcome(conn, { server: "heir", resumed: true })) });
+  const owner = await startFake({
+    onMessage: (conn, m) => m.t === "join" && conn.send(welcome(conn, { server: "owner", fallback: heir.url })),
+  });
+  t.after(() => Promise.all([owner.close(), heir.close()]));
+  const room = client(owner); // the only URL it knows: the fallback is its way to the heir
+  await room.connect();
+  owner.connections[0].ws.terminate(); // the owner's process died
+  await until(() => room.serverId === "heir", 3000, "the resume on the heir");
+  assert.equal(room.stats.fallbacks, 1);
+  assert.equal(heir.connections.length, 1);
+  assert.equal(room.stats.redirects, 0);
+  await room.close();
+});
+
 test("a redirect outside the cluster is refused; one inside is followed", async (t) => {
   const owner = await startFake({ onMessage: (conn, m) => m.t === "join" && conn.send(welcome(conn, { server: "owner" })) });
   let target = "ws://evil.example.org:1/v1/ws";

@@ -1,0 +1,51 @@
+"""A rebuild's reads (checkpoint, journal, meta, options, recent events) answer the same
+on the lean RESP path (infra/resp_pipeline.py) as on redis-py's pipelines, in RESP2 and
+RESP3, against a real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+
+from server.store import RoomStore
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def rebuild_reads(store: RoomStore, room: str) -> tuple[Any, ...]:
+    (checkpoint, entries), meta, options, events = await asyncio.gather(
+        store.load(room), store.meta(room), store.options(room), store.recent_events(room)
+    )
+    return checkpoint, entries, meta, options, events
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_the_lean_path_reads_what_redis_py_reads(redis_url: str, protocol: int) -> None:
+    client = aioredis.Redis.from_url(redis_url, protocol=protocol)
+    lean, plain = RoomStore(client), RoomStore(client, fast_scripts=False)
+    assert lean.scripts.pipe is not None and plain.scripts.pipe is None
+    try:
+        room = f"reads-{protocol}"
+        claim = await lean.claim(room, "s1", "ws://s1", "arena", options={"laps": 3})
+        assert claim.won
+        for tick in range(1, 8):
+            emitted = [[{"tick": tick}, None]] if tick % 2 else None
+            await lean.append(claim.lease, tick, [["i", "p1", tick, {"dx": 1}]], emitted, 10)
+            if tick == 4:
+                await lean.checkpoint(claim.lease, 4, msgpack.packb({"tick": 4}))
+        got = await rebuild_reads(lean, room)
+        assert got == await rebuild_reads(plain, room)
+        checkpoint, entries, meta, options, events = got
+        assert checkpoint is not None and checkpoint.tick == 4
+        assert [e.tick for e in entries] == [5, 6, 7]
+        assert options == {"laps": 3} and meta["game"] == "arena"
+        assert [tick for tick, _ in events] == [1, 3, 5, 7]
+        # A room that does not exist: empty answers on both paths.
+        assert await rebuild_reads(lean, "nowhere") == await rebuild_reads(plain, "nowhere")
+    finally:
+        await lean.aclose()
+        await client.aclose()

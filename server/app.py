@@ -463,26 +463,29 @@ class RoomServer:
             join_code=join_code,
             detected_ms=detected_ms,
             index_later=True,
+            with_record=True,
         )
         if not claim.won:
             return None
-        indexed = claim.indexed
-        assert indexed is not None
+        indexed, record = claim.indexed, claim.record
+        assert indexed is not None and record is not None
         game_class = self.games.get(claim.game)
         if game_class is None:
             await asyncio.gather(indexed, return_exceptions=True)
             await self.store.release(claim.lease)
             raise ConfigError(f"room {name} runs game {claim.game!r}, which this server lacks")
+        # The room's record came with the claim (one round trip). The index write is
+        # awaited for a new room (its peers find it only through the index); a room
+        # taken over is listed already (under its old owner, which makes it a suspect
+        # that the watchers look at), so its rebuild does not wait for the write.
+        if claim.takeover:
+            self.background(indexed)
+            indexed = None
+        checkpoint, entries, meta = record.checkpoint, record.entries, record.meta
+        room_options, recent_events = record.options, record.events
         try:
-            # The index write and all four reads in one turn: one round trip, batched
-            # with the other rooms being rebuilt (server/store.py, CommandBatcher).
-            _, (checkpoint, entries), meta, room_options, recent_events = await asyncio.gather(
-                indexed,
-                self.store.load(name),
-                self.store.meta(name),
-                self.store.options(name),
-                self.store.recent_events(name),
-            )
+            if indexed is not None:
+                await indexed
             if checkpoint is not None:
                 engine = RoomEngine.restore(game_class, checkpoint.snapshot, options=room_options)
             else:

@@ -179,6 +179,12 @@ if existed then
   redis.call('PEXPIRE', KEYS[4], ARGV[13])
   takeover = 1
 end
+if ARGV[14] == '1' then
+  -- The room's record for its rebuild, read in the claim: no second round trip.
+  return {1, lease, meta[1], meta[2] or '', takeover, redis.call('HGETALL', KEYS[5]),
+          redis.call('XRANGE', KEYS[6], '-', '+'), redis.call('HGETALL', KEYS[3]),
+          redis.call('XRANGE', KEYS[7], '-', '+')}
+end
 return {1, lease, meta[1], meta[2] or '', takeover}
 """
 )
@@ -283,9 +289,22 @@ class Claim:
     game: str
     creator: str = ""  # the player whose join created the room (quota owner)
     takeover: bool = False  # an existing room claimed anew: its takeover record was written
-    # ``claim(index_later=True)``: the room index's write, for the caller to await with
-    # its next reads (one round trip for both).
+    # ``claim(index_later=True)``: the room index's write, for the caller to await.
     indexed: asyncio.Future[Any] | None = None
+    # ``claim(with_record=True)`` and won: what a rebuild reads, read by the claim itself.
+    record: RoomRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """Everything a rebuild reads of a room: checkpoint, the journal after it, meta,
+    options and the recent events."""
+
+    checkpoint: Checkpoint | None
+    entries: list[JournalEntry]
+    meta: dict[str, str]
+    options: dict[str, Any]
+    events: list[tuple[int, list[Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +455,55 @@ def _fields(reply: Any) -> dict[Any, Any]:
         return {}
     pairs = iter(reply)
     return dict(zip(pairs, pairs, strict=True))
+
+
+def _checkpoint_and_entries(
+    raw_ckpt: Any, raw_journal: Any
+) -> tuple[Checkpoint | None, list[JournalEntry]]:
+    """The checkpoint (HGETALL) and the journal entries after it (XRANGE), parsed."""
+    checkpoint = None
+    after = -1
+    if raw_ckpt:
+        stored = {_s(k): v for k, v in _fields(raw_ckpt).items()}
+        tick = int(_s(stored["tick"]))
+        checkpoint = Checkpoint(
+            tick=tick,
+            epoch=int(_s(stored["epoch"])),
+            snapshot=msgpack.unpackb(stored["data"], raw=False, strict_map_key=False),
+        )
+        after = tick
+    entries = []
+    for entry_id, entry_fields in raw_journal:
+        tick, epoch = _parse_entry_id(entry_id)
+        if tick <= after:
+            continue
+        events = msgpack.unpackb(_fields(entry_fields)[b"e"], raw=False, strict_map_key=False)
+        entries.append(JournalEntry(tick, epoch, events))
+    return checkpoint, entries
+
+
+def _events(raw: Any) -> list[tuple[int, list[Any]]]:
+    """(tick, emitted) of an events stream (XRANGE), oldest first; a tick journaled twice
+    (by two epochs after a takeover) counts once: the newest."""
+    by_tick: dict[int, list[Any]] = {}
+    for entry_id, entry_fields in raw:
+        tick, _ = _parse_entry_id(entry_id)
+        packed = _fields(entry_fields)[b"v"]
+        by_tick[tick] = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    return sorted(by_tick.items())
+
+
+def _options(raw: Any) -> dict[str, Any]:
+    loaded = json.loads(_s(raw)) if raw else {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _room_record(raw_ckpt: Any, raw_journal: Any, raw_meta: Any, raw_events: Any) -> RoomRecord:
+    """A room's record from its raw reads (redis-py's shapes, or a script's flat lists)."""
+    checkpoint, entries = _checkpoint_and_entries(raw_ckpt, raw_journal)
+    meta = {_s(k): _s(v) for k, v in _fields(raw_meta).items()}
+    options = _options(meta.get("options"))
+    return RoomRecord(checkpoint, entries, meta, options, _events(raw_events))
 
 
 class RoomStore:
@@ -612,6 +680,7 @@ class RoomStore:
         join_code: str = "",
         detected_ms: int = 0,
         index_later: bool = False,
+        with_record: bool = False,
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -625,12 +694,23 @@ class RoomStore:
 
         A won claim also writes the room's entry in the room index (a second command:
         on a cluster the index lives in other slots). ``index_later``: that write is not
-        awaited but handed back in ``Claim.indexed``.
+        awaited but handed back in ``Claim.indexed``. ``with_record``: a won claim also
+        returns the room's record (``Claim.record``), read by the same script: a room
+        being rebuilt needs no second round trip (on a loaded survivor of a mass
+        failover, each one waited behind the whole crowd's joins).
         """
         keys = room_keys(room)
         won, value, stored_game, *rest = await self.scripts.submit(
             self._claim,
-            [keys["lease"], keys["epoch"], keys["meta"], keys["takeover"]],
+            [
+                keys["lease"],
+                keys["epoch"],
+                keys["meta"],
+                keys["takeover"],
+                keys["ckpt"],
+                keys["journal"],
+                keys["events"],
+            ],
             [
                 server_id,
                 ws_url,
@@ -645,6 +725,7 @@ class RoomStore:
                 join_code,
                 str(detected_ms) if detected_ms > 0 else "",
                 RECORD_TTL_MS,
+                "1" if with_record else "0",
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
@@ -664,7 +745,8 @@ class RoomStore:
                 indexed = None
         creator = _s(rest[0]) if rest else ""
         takeover = len(rest) > 1 and int(rest[1]) == 1
-        return Claim(bool(won), lease, _s(stored_game), creator, takeover, indexed)
+        record = _room_record(*rest[2:6]) if won and len(rest) >= 6 else None
+        return Claim(bool(won), lease, _s(stored_game), creator, takeover, indexed, record)
 
     async def renew(self, lease: Lease) -> None:
         with _fenced(lease):
@@ -736,12 +818,23 @@ class RoomStore:
     async def options(self, room: str) -> dict[str, Any]:
         """The room's validated options, as stored when it was created."""
         raw = await self._commands.submit("HGET", room_keys(room)["meta"], "options")
-        loaded = json.loads(_s(raw)) if raw else {}
-        return loaded if isinstance(loaded, dict) else {}
+        return _options(raw)
 
     async def meta(self, room: str) -> dict[str, str]:
         raw = await self._commands.submit("HGETALL", room_keys(room)["meta"])
         return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def record(self, room: str) -> RoomRecord:
+        """What a rebuild reads, in one turn (one round trip, batched with other rooms')."""
+        keys = room_keys(room)
+        reads = [
+            self._commands.submit("HGETALL", keys["ckpt"]),
+            self._commands.submit("XRANGE", keys["journal"], "-", "+"),
+            self._commands.submit("HGETALL", keys["meta"]),
+            self._commands.submit("XRANGE", keys["events"], "-", "+"),
+        ]
+        # gather: an error of one read does not leave the others' unretrieved.
+        return _room_record(*await asyncio.gather(*reads))
 
     # -- journal and checkpoints ---------------------------------------------
 
@@ -803,11 +896,7 @@ class RoomStore:
         """(tick, emitted) of the ticks in the events stream, oldest first. A tick
         journaled twice (by two epochs after a takeover) counts once: the newest."""
         raw: Any = await self._commands.submit("XRANGE", room_keys(room)["events"], "-", "+")
-        by_tick: dict[int, list[Any]] = {}
-        for entry_id, entry_fields in raw:
-            tick, _ = _parse_entry_id(entry_id)
-            by_tick[tick] = msgpack.unpackb(entry_fields[b"v"], raw=False, strict_map_key=False)
-        return sorted(by_tick.items())
+        return _events(raw)
 
     async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
         """Store a packed snapshot and trim the journal up to the previous checkpoint."""
@@ -832,25 +921,7 @@ class RoomStore:
         journal_read = self._commands.submit("XRANGE", keys["journal"], "-", "+")
         # gather: an error of one read does not leave the other's unretrieved.
         raw, raw_entries = await asyncio.gather(ckpt_read, journal_read)
-        checkpoint = None
-        after = -1
-        if raw:
-            stored = {_s(k): v for k, v in raw.items()}
-            tick = int(_s(stored["tick"]))
-            checkpoint = Checkpoint(
-                tick=tick,
-                epoch=int(_s(stored["epoch"])),
-                snapshot=msgpack.unpackb(stored["data"], raw=False, strict_map_key=False),
-            )
-            after = tick
-        entries = []
-        for entry_id, entry_fields in raw_entries:
-            tick, epoch = _parse_entry_id(entry_id)
-            if tick <= after:
-                continue
-            events = msgpack.unpackb(entry_fields[b"e"], raw=False, strict_map_key=False)
-            entries.append(JournalEntry(tick, epoch, events))
-        return checkpoint, entries
+        return _checkpoint_and_entries(raw, raw_entries)
 
     async def last_journaled(self, room: str) -> tuple[int, int] | None:
         """(tick, epoch) of the newest journal entry, or None for an empty journal."""

@@ -1,6 +1,7 @@
 """A rebuild's reads (checkpoint, journal, meta, options, recent events) answer the same
 on the lean RESP path (infra/resp_pipeline.py) as on redis-py's pipelines, in RESP2 and
-RESP3, against a real Valkey."""
+RESP3, and the same again when the claim's own script returns them (``with_record``),
+against a real Valkey."""
 
 from __future__ import annotations
 
@@ -46,6 +47,30 @@ async def test_the_lean_path_reads_what_redis_py_reads(redis_url: str, protocol:
         assert [tick for tick, _ in events] == [1, 3, 5, 7]
         # A room that does not exist: empty answers on both paths.
         assert await rebuild_reads(lean, "nowhere") == await rebuild_reads(plain, "nowhere")
+        # The record a takeover's claim returns is what the separate reads give.
+        record = await lean.record(room)
+        assert (record.checkpoint, record.entries, record.meta, record.options, record.events) == (
+            checkpoint,
+            entries,
+            meta,
+            options,
+            events,
+        )
+        await client.delete(f"sr:{{{room}}}:lease")  # the owner died, its lease expired
+        for store in (plain, lean):
+            taken = await store.claim(
+                room, "s2", "ws://s2", "arena", must_exist=True, with_record=True
+            )
+            assert taken.won and taken.takeover and taken.record is not None
+            assert taken.record.entries == entries and taken.record.events == events
+            assert taken.record.checkpoint == checkpoint and taken.record.options == options
+            assert taken.record.meta["owner"] == "s2"
+            await client.delete(f"sr:{{{room}}}:lease")
+        # A new room's claim returns its fresh record: no checkpoint, no journal.
+        fresh = await lean.claim(f"{room}-new", "s1", "ws://s1", "arena", with_record=True)
+        assert fresh.record is not None and not fresh.takeover
+        assert (fresh.record.checkpoint, fresh.record.entries) == (None, [])
+        assert fresh.record.meta["game"] == "arena"
     finally:
         await lean.aclose()
         await client.aclose()

@@ -165,11 +165,15 @@ class Quotas:
         if not rooms and not sessions:
             return
         expiry = int(time.time() * 1000) + SLOT_TTL_MS
+        # One ZADD and one PEXPIRE per key (a creator's rooms, a player's sessions), not
+        # per slot: 1,000 rooms of 10 creators are 20 commands, not 2,000 every 5 s.
+        slots: dict[str, dict[str, int]] = {}
+        for creator, room in rooms:
+            slots.setdefault(rooms_key(creator), {})[room] = expiry
+        for player_id, room in sessions:
+            slots.setdefault(sessions_key(player_id), {})[room] = expiry
         async with self.redis.pipeline(transaction=False) as pipe:
-            for creator, room in rooms:
-                pipe.zadd(rooms_key(creator), {room: expiry}, xx=True)
-                pipe.pexpire(rooms_key(creator), SLOT_TTL_MS + 1000)
-            for player_id, room in sessions:
-                pipe.zadd(sessions_key(player_id), {room: expiry}, xx=True)
-                pipe.pexpire(sessions_key(player_id), SLOT_TTL_MS + 1000)
+            for key, members in slots.items():
+                pipe.zadd(key, members, xx=True)
+                pipe.pexpire(key, SLOT_TTL_MS + 1000)
             await pipe.execute()

@@ -183,6 +183,7 @@ class BotResult:
     seat_resets: int = 0
     reauths: int = 0
     redirects_refused: int = 0
+    fallbacks: int = 0
     duplicate_inputs: int = 0
     states: int = 0
     events: int = 0
@@ -356,6 +357,7 @@ async def run_bot(
         result.seat_resets = stats.seat_resets
         result.reauths = stats.reauths
         result.redirects_refused = stats.redirects_refused
+        result.fallbacks = stats.fallbacks
         result.resyncs = stats.resyncs
         result.duplicate_inputs = max(0, duplicate_excess)
         result.errors = dict(stats.errors)
@@ -399,6 +401,8 @@ def summarize(results: list[BotResult], seconds: float) -> dict[str, Any]:
         "seat_resets": sum(r.seat_resets for r in results),
         "reauths": sum(r.reauths for r in results),
         "redirects_refused": sum(r.redirects_refused for r in results),
+        # Reconnects that went first to the welcome's fallback (the room's successor).
+        "fallbacks": sum(r.fallbacks for r in results),
         "duplicate_inputs": sum(r.duplicate_inputs for r in results),
         "rollbacks": sum(r.rollbacks for r in results),
         "events_received": sum(r.events for r in results),

@@ -82,6 +82,9 @@ async def test_sigkill_of_the_owner_while_bots_play(
     assert await server_name(store, after.server_id) == other
     assert_clean(summary, count)
     assert summary["reconnects"] >= count, summary  # every bot was on the killed owner
+    # Every bot's welcome named the other server as the room's fallback, and each went
+    # there first after the kill.
+    assert summary["fallbacks"] >= count, summary
     journal.check()
     assert journal.epochs() == [report["old_epoch"], report["new_epoch"]]
 

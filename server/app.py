@@ -49,7 +49,7 @@ from server.quotas import QuotaLimits, Quotas
 from server.redis_errors import REDIS_DOWN
 from server.room import Room, RoomState
 from server.settings import ServerSettings
-from server.store import Lease, RoomStore
+from server.store import Lease, RoomStore, room_record
 from server.succession import successor
 from server.takeover import TakeoverTimeline
 from server.transport import Listener, TransportOptions, listen
@@ -467,8 +467,8 @@ class RoomServer:
         )
         if not claim.won:
             return None
-        indexed, record = claim.indexed, claim.record
-        assert indexed is not None and record is not None
+        indexed, raw_record = claim.indexed, claim.raw_record
+        assert indexed is not None and raw_record is not None
         game_class = self.games.get(claim.game)
         if game_class is None:
             await asyncio.gather(indexed, return_exceptions=True)
@@ -481,9 +481,10 @@ class RoomServer:
         if claim.takeover:
             self.background(indexed)
             indexed = None
-        checkpoint, entries, meta = record.checkpoint, record.entries, record.meta
-        room_options, recent_events = record.options, record.events
         try:
+            record = room_record(*raw_record)
+            checkpoint, entries, meta = record.checkpoint, record.entries, record.meta
+            room_options, recent_events = record.options, record.events
             if indexed is not None:
                 await indexed
             if checkpoint is not None:

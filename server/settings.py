@@ -40,7 +40,7 @@ class ServerSettings:
     failover_poll_ms: int = 50
     # Our own liveness connection must be this old before we judge peers dead: after a Redis
     # restart every server needs a moment to reconnect. A peer is dead when its connection is
-    # missing from two polls in a row.
+    # missing from two reads in a row (a poll's, and a second one made at once).
     liveness_grace_ms: int = 1500
     # Journal every tick before publishing it (off only for measuring durability's cost).
     durable: bool = True

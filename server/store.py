@@ -180,10 +180,12 @@ if existed then
   takeover = 1
 end
 if ARGV[14] == '1' then
-  -- The room's record for its rebuild, read in the claim: no second round trip.
-  return {1, lease, meta[1], meta[2] or '', takeover, redis.call('HGETALL', KEYS[5]),
-          redis.call('XRANGE', KEYS[6], '-', '+'), redis.call('HGETALL', KEYS[3]),
-          redis.call('XRANGE', KEYS[7], '-', '+')}
+  -- The room's record for its rebuild, read in the claim: no second round trip. pcall:
+  -- a key that cannot be read (a wrong type) is an error in its place, which the
+  -- rebuild turns into "cannot be rebuilt" and a released lease, not a failed claim.
+  return {1, lease, meta[1], meta[2] or '', takeover, redis.pcall('HGETALL', KEYS[5]),
+          redis.pcall('XRANGE', KEYS[6], '-', '+'), redis.pcall('HGETALL', KEYS[3]),
+          redis.pcall('XRANGE', KEYS[7], '-', '+')}
 end
 return {1, lease, meta[1], meta[2] or '', takeover}
 """
@@ -291,8 +293,10 @@ class Claim:
     takeover: bool = False  # an existing room claimed anew: its takeover record was written
     # ``claim(index_later=True)``: the room index's write, for the caller to await.
     indexed: asyncio.Future[Any] | None = None
-    # ``claim(with_record=True)`` and won: what a rebuild reads, read by the claim itself.
-    record: RoomRecord | None = None
+    # ``claim(with_record=True)`` and won: what a rebuild reads, read by the claim itself,
+    # as the script returned it (``room_record`` parses it: the caller does, where a room
+    # that cannot be rebuilt is handled).
+    raw_record: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,8 +502,12 @@ def _options(raw: Any) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _room_record(raw_ckpt: Any, raw_journal: Any, raw_meta: Any, raw_events: Any) -> RoomRecord:
-    """A room's record from its raw reads (redis-py's shapes, or a script's flat lists)."""
+def room_record(raw_ckpt: Any, raw_journal: Any, raw_meta: Any, raw_events: Any) -> RoomRecord:
+    """A room's record from its raw reads (redis-py's shapes, or a script's flat lists;
+    a read that failed in the script is its error, raised here)."""
+    for raw in (raw_ckpt, raw_journal, raw_meta, raw_events):
+        if isinstance(raw, BaseException):
+            raise raw
     checkpoint, entries = _checkpoint_and_entries(raw_ckpt, raw_journal)
     meta = {_s(k): _s(v) for k, v in _fields(raw_meta).items()}
     options = _options(meta.get("options"))
@@ -695,7 +703,7 @@ class RoomStore:
         A won claim also writes the room's entry in the room index (a second command:
         on a cluster the index lives in other slots). ``index_later``: that write is not
         awaited but handed back in ``Claim.indexed``. ``with_record``: a won claim also
-        returns the room's record (``Claim.record``), read by the same script: a room
+        returns the room's record (``Claim.raw_record``), read by the same script: a room
         being rebuilt needs no second round trip (on a loaded survivor of a mass
         failover, each one waited behind the whole crowd's joins).
         """
@@ -745,8 +753,8 @@ class RoomStore:
                 indexed = None
         creator = _s(rest[0]) if rest else ""
         takeover = len(rest) > 1 and int(rest[1]) == 1
-        record = _room_record(*rest[2:6]) if won and len(rest) >= 6 else None
-        return Claim(bool(won), lease, _s(stored_game), creator, takeover, indexed, record)
+        raw_record = tuple(rest[2:6]) if won and len(rest) >= 6 else None
+        return Claim(bool(won), lease, _s(stored_game), creator, takeover, indexed, raw_record)
 
     async def renew(self, lease: Lease) -> None:
         with _fenced(lease):
@@ -834,7 +842,7 @@ class RoomStore:
             self._commands.submit("XRANGE", keys["events"], "-", "+"),
         ]
         # gather: an error of one read does not leave the others' unretrieved.
-        return _room_record(*await asyncio.gather(*reads))
+        return room_record(*await asyncio.gather(*reads))
 
     # -- journal and checkpoints ---------------------------------------------
 

@@ -120,12 +120,15 @@ class FailoverWatcher:
         # Absent from two liveness reads in a row: its process is gone. A holder missing
         # for the first time is looked at again at once (one round trip), not a poll
         # later: its players are back within ~50 ms of its death, and its rooms should
-        # be claimed (spread over the survivors) before their joins pile up.
+        # be claimed (spread over the survivors) before their joins pile up. One that
+        # left the registry is draining (it releases its rooms itself): it keeps the
+        # poll it had, as before.
         gone = {sid for sid in missing_now if self._missing.get(sid, 0) >= 1}
-        if missing_now - gone:
+        fresh = missing_now - gone
+        if fresh:
             await server.refresh_live()
             live = server.live
-            gone |= missing_now - live
+            gone |= {sid for sid in fresh - live if sid in server.registry}
         orphans += [(name, lease) for name, lease in held if lease.server_id in gone]
         self._missing = {sid: self._missing.get(sid, 0) + 1 for sid in missing_now}
         self._claim_share(orphans, live, now_ms)

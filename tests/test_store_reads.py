@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from server.store import RoomStore
+from server.store import RoomStore, room_record
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,16 +61,18 @@ async def test_the_lean_path_reads_what_redis_py_reads(redis_url: str, protocol:
             taken = await store.claim(
                 room, "s2", "ws://s2", "arena", must_exist=True, with_record=True
             )
-            assert taken.won and taken.takeover and taken.record is not None
-            assert taken.record.entries == entries and taken.record.events == events
-            assert taken.record.checkpoint == checkpoint and taken.record.options == options
-            assert taken.record.meta["owner"] == "s2"
+            assert taken.won and taken.takeover and taken.raw_record is not None
+            got_record = room_record(*taken.raw_record)
+            assert got_record.entries == entries and got_record.events == events
+            assert got_record.checkpoint == checkpoint and got_record.options == options
+            assert got_record.meta["owner"] == "s2"
             await client.delete(f"sr:{{{room}}}:lease")
         # A new room's claim returns its fresh record: no checkpoint, no journal.
         fresh = await lean.claim(f"{room}-new", "s1", "ws://s1", "arena", with_record=True)
-        assert fresh.record is not None and not fresh.takeover
-        assert (fresh.record.checkpoint, fresh.record.entries) == (None, [])
-        assert fresh.record.meta["game"] == "arena"
+        assert fresh.raw_record is not None and not fresh.takeover
+        new_record = room_record(*fresh.raw_record)
+        assert (new_record.checkpoint, new_record.entries) == (None, [])
+        assert new_record.meta["game"] == "arena"
     finally:
         await lean.aclose()
         await client.aclose()

@@ -260,3 +260,21 @@ async def test_a_peer_that_reconnected_its_liveness_connection_stays_live(
         assert watched.claimed == []
     finally:
         await again.aclose()
+
+
+async def test_a_draining_peer_keeps_a_poll_to_release_its_rooms(watched: Watched) -> None:
+    """A peer that left the registry (a graceful drain, its liveness connection still
+    open) releases its rooms itself: its held leases are not claimed in the poll that
+    first sees it gone, only one poll later; a lease it released is claimed at once."""
+    await watched.create(["held", "released"])
+    watched.server.watcher.watched.scan_s = 3600  # no full scan after the first
+    await watched.peer.ping()
+    await watched.poll()
+    await watched.peer_store.unregister_server(PEER)  # draining: out of the registry first
+    watched.server.store._registry_at = 0.0  # the next poll reads the whole registry
+    lease = await watched.peer_store.owner("released")
+    assert lease is not None and await watched.peer_store.release(lease)
+    await watched.poll()
+    assert watched.claimed == ["released"]  # released: at once; "held" waits a poll
+    await watched.poll()  # (claims are only recorded here: "released" is asked again)
+    assert sorted(watched.claimed[1:]) == ["held", "released"]

@@ -151,7 +151,10 @@ async def wait_recovery(
         newest = await store.last_journaled(done.room)
         if newest is not None and newest[1] > done.old_epoch:
             recovered_at = time.monotonic()
-            first_tick, new_epoch = newest
+            newest_tick, new_epoch = newest
+            # This poll may come a tick or two late (a room taken over ticks as it starts,
+            # then on the next slot of the clock): its first tick, not its newest.
+            first_tick = await store.first_journaled_by(done.room, new_epoch) or newest_tick
             new = await store.owner(done.room)
             return {
                 **done.report(),

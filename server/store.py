@@ -931,6 +931,13 @@ class RoomStore:
         raw, raw_entries = await asyncio.gather(ckpt_read, journal_read)
         return _checkpoint_and_entries(raw, raw_entries)
 
+    async def first_journaled_by(self, room: str, epoch: int, look_back: int = 50) -> int | None:
+        """The first tick ``epoch`` journaled, among the newest ``look_back`` entries
+        (None: none of them is that epoch's)."""
+        newest: Any = await self.redis.xrevrange(room_keys(room)["journal"], count=look_back)
+        ticks = [tick for tick, e in (_parse_entry_id(i) for i, _ in newest) if e == epoch]
+        return min(ticks) if ticks else None
+
     async def last_journaled(self, room: str) -> tuple[int, int] | None:
         """(tick, epoch) of the newest journal entry, or None for an empty journal."""
         last: Any = await self.redis.xrevrange(room_keys(room)["journal"], count=1)

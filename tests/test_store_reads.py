@@ -76,3 +76,24 @@ async def test_the_lean_path_reads_what_redis_py_reads(redis_url: str, protocol:
     finally:
         await lean.aclose()
         await client.aclose()
+
+
+async def test_the_first_tick_an_epoch_journaled(redis_url: str) -> None:
+    """What kill-room reports as the recovered tick + 1, however late its poll comes."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RoomStore(client)
+    try:
+        first = await store.claim("epochs", "s1", "ws://s1", "arena")
+        for tick in range(1, 6):
+            await store.append(first.lease, tick, [])
+        await client.delete("sr:{epochs}:lease")
+        second = await store.claim("epochs", "s2", "ws://s2", "arena", must_exist=True)
+        for tick in range(6, 9):  # the new owner has journaled three ticks by the poll
+            await store.append(second.lease, tick, [])
+        assert await store.last_journaled("epochs") == (8, second.lease.epoch)
+        assert await store.first_journaled_by("epochs", second.lease.epoch) == 6
+        assert await store.first_journaled_by("epochs", first.lease.epoch) == 1
+        assert await store.first_journaled_by("epochs", 99) is None
+    finally:
+        await store.aclose()
+        await client.aclose()

@@ -177,15 +177,12 @@ class Player:
                 # room over (the SDK does the same).
                 self.redirect_to = self.fallback
                 self.fallbacks += 1
-                attempt += 1
-                cap = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-                await asyncio.sleep(random.uniform(cap / 2, cap))
-                continue
-            # Another known server at random: the SDK's rotation starts at a random server
-            # per client, so a dead server's players spread over the others. (Here the
-            # survivors were down while the crowd joined, which would otherwise leave
-            # every player's rotation on the same next server.)
-            self.url_index += random.randrange(1, len(crowd.urls)) if len(crowd.urls) > 1 else 1
+            else:
+                # Another known server at random: the SDK's rotation starts at a random
+                # server per client, so a dead server's players spread over the others.
+                # (Here the survivors were down while the crowd joined, which would
+                # otherwise leave every player's rotation on the same next server.)
+                self.url_index += random.randrange(1, len(crowd.urls)) if len(crowd.urls) > 1 else 1
             attempt += 1
             cap = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
             await asyncio.sleep(random.uniform(cap / 2, cap))

@@ -832,18 +832,6 @@ class RoomStore:
         raw = await self._commands.submit("HGETALL", room_keys(room)["meta"])
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    async def record(self, room: str) -> RoomRecord:
-        """What a rebuild reads, in one turn (one round trip, batched with other rooms')."""
-        keys = room_keys(room)
-        reads = [
-            self._commands.submit("HGETALL", keys["ckpt"]),
-            self._commands.submit("XRANGE", keys["journal"], "-", "+"),
-            self._commands.submit("HGETALL", keys["meta"]),
-            self._commands.submit("XRANGE", keys["events"], "-", "+"),
-        ]
-        # gather: an error of one read does not leave the others' unretrieved.
-        return room_record(*await asyncio.gather(*reads))
-
     # -- journal and checkpoints ---------------------------------------------
 
     async def append(

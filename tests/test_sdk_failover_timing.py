@@ -264,9 +264,18 @@ async def test_a_dropped_client_goes_first_to_the_welcomes_fallback() -> None:
 
 
 @pytest.mark.usefixtures("first_url_first")
-async def test_a_fallback_outside_the_cluster_is_not_followed() -> None:
-    client, connections = await drop_and_see_where_it_goes(
-        lambda _next, _heir: "ws://127.0.0.9:1/v1/ws"  # no server of the client's list
-    )
+@pytest.mark.parametrize(
+    "fallback",
+    [
+        "ws://127.0.0.9:1/v1/ws",  # no server of the client's list
+        "http://127.0.0.1:1/v1/ws",  # not a WebSocket URL
+        123,  # not a string: ignored, as any field of the wrong type
+        ["ws://127.0.0.1:1/v1/ws"],
+    ],
+)
+async def test_a_fallback_outside_the_cluster_or_malformed_is_not_followed(
+    fallback: Any,
+) -> None:
+    client, connections = await drop_and_see_where_it_goes(lambda _next, _heir: fallback)
     assert client.stats.fallbacks == 0
     assert connections["next"] == 1 and client.server == "next"  # the rotation decided

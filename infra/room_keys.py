@@ -59,6 +59,11 @@ def room_keys(room: str) -> dict[str, str]:
     }
 
 
+def lease_key(room: str) -> str:
+    """``room_keys(room)["lease"]`` without building the other keys (hot paths)."""
+    return f"sr:{{{room}}}:lease"
+
+
 def liveness_name(server_id: str) -> str:
     """Client name of a server's liveness connection (``CLIENT SETNAME``)."""
     return f"{LIVENESS_PREFIX}{server_id}"

@@ -128,7 +128,7 @@ class RoomListing:
                 entry = last.entry  # nothing ran since: the same entry
             else:
                 entry = entry_for(room, server.server_id)
-            if last is None or entry != last.entry:
+            if last is None or (entry is not last.entry and entry != last.entry):
                 changed.append((entry, tick))
             elif now - last.at >= directory.TTL_REFRESH_EVERY_S:
                 due.append(entry)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import random
@@ -36,6 +35,7 @@ from server.engine import RoomEngine, RoomFull, TickOutcome, Verdict
 from server.errors import IllegalInput, OwnershipLost
 from server.eventlog import EventLog, packed
 from server.game import Game
+from server.lease_keeper import LeaseKeeper, keeper_for
 from server.metrics import ServerMetrics
 from server.overload import LoadGauge, load_gauge
 from server.protocol import (
@@ -77,10 +77,8 @@ _TRANSITIONS = {
 # Transient: retried while the lease allows (a cluster shard's CLUSTERDOWN/TRYAGAIN too).
 _REDIS_TRANSIENT = (*REDIS_DOWN, asyncio.TimeoutError)
 
-# A room nobody has been connected to for this long pauses (see "idle rooms" below),
-# and paused rooms renew their leases on this grid (so their renewals go out together).
+# A room nobody has been connected to for this long pauses (see "idle rooms" below).
 PAUSE_AFTER_S = 1.0
-RENEW_GRID_S = 0.25
 
 
 def _no_fallback() -> str:
@@ -162,11 +160,11 @@ class Room:
         )
         self._load: LoadGauge | None = None  # the event loop's (set by start)
         # Idle rooms: since when nobody is connected (None: someone is), whether the room
-        # is paused, when a paused room must next do something, its renewal in flight.
+        # is paused, its timer for its next tick, the keeper of its lease while paused.
         self.unwatched_since: float | None = time.monotonic()
         self.paused = False
         self._wake_timer: asyncio.TimerHandle | None = None
-        self._renewing: asyncio.Future[Any] | None = None
+        self._keeper: LeaseKeeper | None = None
         # A room taken over from a previous owner stamps its takeover record (set by the
         # server that rebuilt it); None for a room created here.
         self.timeline: TakeoverTimeline | None = None
@@ -462,10 +460,10 @@ class Room:
     #
     # A room nobody has watched for PAUSE_AFTER_S (and whose game does not tick
     # unwatched) leaves the ticker and stops ticking. While paused it wakes on a timer
-    # of its own: to renew its lease every lease_ms / 3 (on a common RENEW_GRID_S grid,
-    # so the paused rooms' renewals leave in a few pipelines a second), and for a tick
-    # when a seat's grace period ends or the empty room's time is up (that tick frees
-    # the seat or closes the room); a player who connects resumes it at once.
+    # of its own only for a tick when a seat's grace period ends or the empty room's time
+    # is up (that tick frees the seat or closes the room). Its lease is renewed every
+    # lease_ms / 3 by the server's lease keeper (server/lease_keeper.py: one timer and
+    # one call for all paused rooms a slot). A player who connects resumes it at once.
 
     def _idle(self) -> bool:
         since = self.unwatched_since
@@ -481,6 +479,8 @@ class Room:
         self._missed = False
         self._unclock()
         self.metrics.rooms_paused.inc()
+        self._keeper = keeper_for(self.store)
+        self._keeper.add(self)
         self._plan_wake()
         log.debug("room=%s paused at tick %d (nobody connected)", self.name, self.engine.tick)
 
@@ -491,6 +491,9 @@ class Room:
         if self._wake_timer is not None:
             self._wake_timer.cancel()
             self._wake_timer = None
+        if self._keeper is not None:
+            self._keeper.discard(self)
+            self._keeper = None
         self.metrics.rooms_paused.dec()
         if clock and self.state is RoomState.RUNNING and self._ticker is None:
             self._ticker = ticker_for(self.tick_rate)
@@ -512,57 +515,50 @@ class Room:
             at = min(at, self.empty_since + limit)
         return at
 
-    def _plan_wake(self, at: float | None = None) -> None:
-        """Set the paused room's timer: at ``at``, else its next renewal (on the grid)
-        or its next tick, whichever comes first."""
-        if at is None:
-            renew_at = self.lease_renewed_at + self.settings.lease_ms / 3000
-            renew_at = math.ceil(renew_at / RENEW_GRID_S) * RENEW_GRID_S
-            at = min(renew_at, self._next_event_at())
+    def _plan_wake(self) -> None:
+        """The paused room's own timer, for its next tick only (a grace period ending,
+        the empty room's time up); its lease is renewed by the server's keeper."""
         if self._wake_timer is not None:
             self._wake_timer.cancel()
-        delay = max(0.0, at - time.monotonic())
-        self._wake_timer = asyncio.get_running_loop().call_later(delay, self._paused_upkeep)
+            self._wake_timer = None
+        at = self._next_event_at()
+        if at != math.inf:
+            delay = max(0.0, at - time.monotonic())
+            self._wake_timer = asyncio.get_running_loop().call_later(delay, self._wake)
 
-    def _paused_upkeep(self) -> None:
+    def _wake(self) -> None:
         self._wake_timer = None
         if not self.paused or self.state is not RoomState.RUNNING:
             return
-        now = time.monotonic()
-        if now >= self._next_event_at():
-            self._resume()
-            self._begin_tick()
+        if time.monotonic() < self._next_event_at():
+            self._plan_wake()  # (a timer fired a hair early)
             return
-        deadline = max(self._lease_deadline(), self._overloaded_until())
-        if now >= deadline:
-            if self._renewing is not None:
-                self._renewing.cancel()
-            self.fence(f"room {self.name}: could not renew the lease in time")
-            return
-        # Until the renewal answers, wake at the deadline (then, unanswered, the room stops).
-        self._plan_wake(min(deadline, self._next_event_at()))
-        if self._renewing is None:
-            future = self._renewing = self.store.renew_soon(self.lease)
-            future.add_done_callback(functools.partial(self._renewed, now))
+        self._resume()
+        self._begin_tick()
 
-    def _renewed(self, sent_at: float, future: asyncio.Future[Any]) -> None:
-        self._renewing = None
-        if self.state is not RoomState.RUNNING or future.cancelled():
+    # What the lease keeper (server/lease_keeper.py) asks of a paused room.
+
+    def renew_due_at(self) -> float:
+        return self.lease_renewed_at + self._renew_every_s
+
+    def renew_deadline(self) -> float:
+        return max(self._lease_deadline(), self._overloaded_until())
+
+    def lease_lost(self, reason: str) -> None:
+        self.fence(reason)
+
+    def lease_renewed(self, sent_at: float, error: BaseException | None) -> None:
+        if self.state is not RoomState.RUNNING:
             return
-        error = future.exception()
         if error is None:
             self.lease_renewed_at = max(self.lease_renewed_at, sent_at)
-            if self.paused:
-                self._plan_wake()
             return
         error = fenced_error(self.lease, error)
         if isinstance(error, OwnershipLost):
             self.fence(str(error))
             return
-        # Retried every 50 ms until the lease deadline (then the room stops).
+        # Tried again at the keeper's next slot, until the lease deadline (then it stops).
         log.warning("room=%s lease renewal failed (%s); retrying", self.name, error)
-        if self.paused:
-            self._plan_wake(min(time.monotonic() + 0.05, self._lease_deadline()))
 
     def _slow(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run the rest of a tick (or the room's closing) as a task: retries, renewals,

@@ -8,14 +8,17 @@ computes it (redis-py's ``key_slot``, hash tags included). A new script module, 
 script no operation here reaches, fails the test until it is listed. The same operations
 then run on a real Valkey cluster, which refuses any cross-slot call (CROSSSLOT).
 
-The one exception, checked on its own: the watcher's read-only batch read of leases on
+The exceptions, checked on their own: the watcher's read-only batch read of leases on
 one cluster node (``server.store._LEASES_ON_NODE``: ``no-writes``, keys in ARGV, all
-served by the node it is sent to).
+served by the node it is sent to), and the paused rooms' batch renewal
+(``server.store._RENEW_MANY``), which is never registered on a cluster (there each lease
+has its own ``_RENEW`` call).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +109,7 @@ async def _exercise(redis: aioredis.Redis, name: str) -> None:
     lease = claim.lease
     await store.owner_and_ttl(room)
     await store.renew(lease)
+    assert await store.renew_many([lease]) == [None]
     await store.append(lease, 1, [], [["e", None]], keep_ticks=5)
     await store.checkpoint(lease, 1, b"\x80")
     await store.record_kill(lease, 1)
@@ -226,6 +230,30 @@ async def test_the_batch_lease_read_covers_every_node(cluster_url: str) -> None:
 
 def room_keys_lease(room: str) -> str:
     return store_module.room_keys(room)["lease"]
+
+
+async def test_the_batch_renewal_is_one_call_per_lease_on_a_cluster(
+    cluster_url: str, recorded: tuple[list[Any], set[str]]
+) -> None:
+    """``renew_many`` on a cluster: ``_RENEW_MANY`` (keys of many slots) is not even
+    registered; every lease is renewed by its own one-slot call, a taken one fenced."""
+    calls, _ = recorded
+    redis = connect(cluster_url)
+    try:
+        store = RoomStore(redis)
+        assert store._renew_many is None
+        leases = [
+            (await store.claim(f"renew-{i}", "s1", "ws://x", "arena")).lease for i in range(30)
+        ]
+        gone = Lease(leases[0].room, leases[0].epoch + 7, "s9")
+        results = await store.renew_many([*leases, gone])
+        assert results[:-1] == [None] * len(leases)
+        assert type(results[-1]).__name__ == "OwnershipLost"
+        assert calls and all(len(slots(keys)) == 1 for _, keys in calls)
+        many = hashlib.sha1(store_module._RENEW_MANY.encode()).hexdigest()
+        assert many not in {sha for sha, _ in calls}
+    finally:
+        await redis.aclose()
 
 
 def test_the_one_cross_slot_script_only_reads() -> None:

@@ -54,11 +54,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -292,10 +293,11 @@ class Lease:
     room: str
     epoch: int
     server_id: str
+    # "epoch|server", what the lease key holds: made once (every tick's write sends it).
+    token: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def token(self) -> str:
-        return f"{self.epoch}|{self.server_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token", f"{self.epoch}|{self.server_id}")
 
     @classmethod
     def parse(cls, room: str, value: str) -> Lease:
@@ -458,6 +460,17 @@ class CommandBatcher(TurnBatch[tuple[Any, ...], Any]):
             for command in commands:
                 pipe.execute_command(*command)
             return await pipe.execute(raise_on_error=False)
+
+
+_NO_EVENTS = msgpack.packb([])  # a tick nobody sent anything in: most ticks of small rooms
+
+
+@functools.lru_cache(maxsize=16384)
+def _append_keys(room: str) -> list[str]:
+    """The keys of a room's journal append (every tick of every room: built once; read
+    only, never changed by a caller)."""
+    keys = room_keys(room)
+    return [keys["lease"], keys["journal"], keys["events"]]
 
 
 def _as_redis_py(command: str, reply: Any) -> Any:
@@ -917,16 +930,15 @@ class RoomStore:
     ) -> asyncio.Future[Any]:
         """``append`` without a coroutine: the future of the batched call, for a tick
         loop that awaits nothing per room (its error is raw: see ``fenced_error``)."""
-        keys = room_keys(lease.room)
         packed_events = msgpack.packb(emitted, use_bin_type=True) if emitted else ""
         return self._batcher.submit(
             self._append,
-            [keys["lease"], keys["journal"], keys["events"]],
+            _append_keys(lease.room),
             [
                 lease.token,
                 self.lease_ms,
                 f"{tick}-{lease.epoch}",
-                msgpack.packb(events, use_bin_type=True),
+                msgpack.packb(events, use_bin_type=True) if events else _NO_EVENTS,
                 packed_events,
                 f"{max(0, tick - keep_ticks)}-0",
             ],

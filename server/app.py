@@ -332,6 +332,7 @@ class RoomServer:
                 if self.redis_ok:  # once per outage, not every retry
                     log.warning("heartbeat failed: %s", exc)
                 self.redis_ok = False
+            self.metrics.fold()
             await asyncio.sleep(min(self.settings.heartbeat_s, 0.25))
 
     def settled(self) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_left
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -155,11 +156,21 @@ class ServerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def fold(self) -> None:
+        """Fold the hot-path histograms' pending values (``PlainHistogram.fold``)."""
+        self.tick_seconds.fold()
+        self.journal_seconds.fold()
+
 
 class PlainHistogram(Collector):
-    """A histogram for the hot path: ``observe`` is a bisect and two int additions (a
-    prometheus Histogram takes a lock per observation, which showed at ~3 % of the
-    server's CPU at 200 rooms of 4); exported like one when scraped."""
+    """A histogram for the hot path, exported like a prometheus one when scraped.
+
+    A prometheus Histogram takes a lock per observation (~3 % of the server's CPU at 200
+    rooms of 4); a Python ``observe`` with a bisect still cost ~1.5 us, twice per room
+    per tick (4.5 % of a 500-room server). Here ``observe`` is ``array.append`` (a C
+    call, no Python frame), and the values are folded into the buckets, sorted once,
+    when scraped or by ``fold`` (the room server's heartbeat, 4 times a second, so at
+    most a fraction of a second of them wait, 8 bytes each)."""
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
         self.name = name
@@ -167,12 +178,26 @@ class PlainHistogram(Collector):
         self.bounds = tuple(sorted(buckets))
         self.counts = [0] * (len(self.bounds) + 1)  # the last one: over every bound
         self.sum = 0.0
+        self._values = array("d")
+        self.observe: Callable[[float], None] = self._values.append
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def fold(self) -> None:
+        """Count the values observed since the last fold into the buckets."""
+        values = self._values
+        if not values:
+            return
+        ordered = sorted(values)
+        del values[:]  # the same array: ``observe`` stays bound to it
+        below = 0
+        for index, bound in enumerate(self.bounds):
+            upto = bisect_right(ordered, bound)  # values <= bound (the "le" of the bucket)
+            self.counts[index] += upto - below
+            below = upto
+        self.counts[-1] += len(ordered) - below
+        self.sum += sum(ordered)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
+        self.fold()
         cumulative, running = [], 0
         for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             running += count

@@ -17,14 +17,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from auth.metrics import Metrics
 from infra.embedded_redis import EmbeddedRedis
 from infra.process_metrics import LoopLagProbe
-from server.metrics import ServerMetrics
+from server.metrics import PlainHistogram, ServerMetrics
 from tests.cluster import LocalCluster, start_cluster
 from tests.support import Processes, wait_until
 
@@ -175,6 +176,34 @@ def test_no_created_series_and_nothing_twice_in_process() -> None:
         assert parsed.problems() == []
         assert set(PROCESS_METRICS) <= parsed.names()
         assert "_created" not in text
+
+
+def test_the_hot_path_histogram_exports_what_a_prometheus_one_does() -> None:
+    """PlainHistogram (observe = array.append, folded later) against prometheus's own
+    Histogram: the same buckets, count and sum, values on a bound and past the last one
+    included, over several folds and a scrape that folds what is left."""
+    bounds = (0.001, 0.01, 0.1)
+    plain = PlainHistogram("t_plain", "doc", bounds)
+    reference = Histogram("t_ref", "doc", buckets=bounds, registry=CollectorRegistry())
+    batches = [[0.0005, 0.001, 0.001], [0.005, 0.01, 0.5, 2.0], [], [0.1, 0.0999, 0.2]]
+    for batch in batches:
+        for value in batch:
+            plain.observe(value)
+            reference.observe(value)
+        plain.fold()
+    plain.observe(0.02)  # left for the scrape to fold
+    reference.observe(0.02)
+
+    def samples(collector: Any, name: str) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name.removeprefix(name), sample.labels.get("le", "")): sample.value
+            for family in collector.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    assert samples(plain, "t_plain") == samples(reference, "t_ref")
+    assert samples(plain, "t_plain")[("_count", "")] == 11
 
 
 # -- real processes ---------------------------------------------------------------------

@@ -572,6 +572,7 @@ class RoomStore:
         self._registry: dict[str, dict[str, Any]] = {}
         self._registry_at = -REGISTRY_EVERY_S
         self._merged: dict[str, dict[str, Any]] = {}  # the last good ``servers()``
+        self._compact_ids: set[str] = set()  # servers seen with a compact record
         self._live_at = -STALE_REGISTRY_S
         # ``fast_scripts``: the script batches on infra/resp_pipeline.py (one connection
         # held from each of the two pools) instead of redis-py's pipeline.
@@ -1123,8 +1124,18 @@ class RoomStore:
         if full:
             self._registry = _json_hash(replies[1])
             self._registry_at = now
-        merged = {sid: dict(info) for sid, info in self._registry.items()}
-        for sid, compact in _json_hash(replies[0]).items():
+        compacts = _json_hash(replies[0])
+        # A server that had a compact record and lost it has left the registry (a drain,
+        # or removed as dead): its cached full entry goes now, not at the next full read
+        # up to REGISTRY_EVERY_S later. One that never had one (before the compact
+        # records existed) is listed by its full entry alone.
+        self._compact_ids.update(compacts)
+        merged = {
+            sid: dict(info)
+            for sid, info in self._registry.items()
+            if sid in compacts or sid not in self._compact_ids
+        }
+        for sid, compact in compacts.items():
             merged[sid] = {**merged.get(sid, {}), **compact}
         self._merged, self._live_at = merged, now
         return {sid: dict(info) for sid, info in merged.items()}

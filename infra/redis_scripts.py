@@ -36,7 +36,7 @@ from infra.resp_pipeline import RespPipeline
 
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # script, keys, args
 
-__all__ = ["Merge", "ScriptCall", "run_pipelined"]
+__all__ = ["ScriptCall", "run_pipelined"]
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -119,60 +119,3 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[
     if all(isinstance(r, _UNREACHABLE) for r in results):
         raise results[0]  # no node answered: Redis unreachable, as on one Redis
     return results
-
-
-class Merge:
-    """Calls of one script sent as calls of its many-rooms form (on one Redis only: the
-    merged keys span slots).
-
-    Every room's journal append of a tick is the same script with other keys; sent as
-    one ``EVALSHA`` per room, Redis pays a script call per room and tick (its call
-    overhead was most of Valkey's CPU at 500 small rooms) and the client packs and parses
-    one command each. ``many`` runs ``single`` for each group of ``keys`` keys and
-    ``args`` args of its KEYS and ARGV, in order, and answers an array of what each
-    would have answered (an error in its place: one room's error stays its own).
-    """
-
-    def __init__(
-        self, single: AsyncScript, many: AsyncScript, keys: int, args: int, chunk: int = 100
-    ) -> None:
-        self.single, self.many = single, many
-        self.keys, self.args, self.chunk = keys, args, chunk
-
-    def merged(self, calls: Sequence[ScriptCall]) -> tuple[list[ScriptCall], list[list[int]]]:
-        """The calls to send, and for each the indexes of ``calls`` it answers for (a
-        merged call sits where its first member was; the other calls keep their order)."""
-        mine = [i for i, call in enumerate(calls) if call[0] is self.single]
-        if len(mine) < 2:
-            return list(calls), [[i] for i in range(len(calls))]
-        groups = [mine[i : i + self.chunk] for i in range(0, len(mine), self.chunk)]
-        starts = {group[0]: group for group in groups}
-        member = set(mine)
-        sent: list[ScriptCall] = []
-        answers: list[list[int]] = []
-        for index, call in enumerate(calls):
-            group = starts.get(index)
-            if group is not None and len(group) > 1:
-                keys = [key for i in group for key in calls[i][1]]
-                args = [arg for i in group for arg in calls[i][2]]
-                sent.append((self.many, keys, args))
-                answers.append(group)
-            elif group is not None or index not in member:
-                sent.append(call)
-                answers.append([index])
-        return sent, answers
-
-    @staticmethod
-    def split(results: Sequence[Any], answers: list[list[int]], count: int) -> list[Any]:
-        """Each original call's result from the results of the calls sent."""
-        out: list[Any] = [None] * count
-        for result, indexes in zip(results, answers, strict=True):
-            if len(indexes) == 1:
-                out[indexes[0]] = result
-            elif isinstance(result, BaseException):  # the merged call failed as a whole
-                for index in indexes:
-                    out[index] = result
-            else:
-                for index, one in zip(indexes, result, strict=True):
-                    out[index] = one
-        return out

@@ -74,7 +74,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from infra import rooms_index
 from infra.cluster_pipeline import per_node
 from infra.liveness import LivenessCheck
-from infra.redis_scripts import Merge, ScriptCall
+from infra.redis_scripts import ScriptCall
 from infra.redis_url import is_cluster
 from infra.resp_pipeline import RespPipeline
 from infra.room_keys import LIVE_KEY as LIVE_KEY
@@ -227,34 +227,6 @@ if ARGV[5] ~= '' then
   redis.call('XTRIM', KEYS[3], 'MINID', ARGV[6])
 end
 return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4])
-"""
-
-# _APPEND for many rooms in one call (infra/redis_scripts.Merge; one Redis only: the keys
-# span slots). Per room 3 KEYS and 6 ARGV as _APPEND's; each room's answer, or its error
-# (FENCED, an XADD refused), in its place: pcall, so one room's error never stops the
-# others. Effects are _APPEND's, room by room (a failed XADD undoes nothing before it).
-_APPEND_MANY = """
-local out = {}
-for r = 0, #KEYS / 3 - 1 do
-  local k, a = r * 3, r * 6
-  local lease = KEYS[k + 1]
-  if redis.call('GET', lease) ~= ARGV[a + 1] then
-    out[r + 1] = redis.error_reply('FENCED')
-  else
-    redis.call('PEXPIRE', lease, ARGV[a + 2])
-    local failed = nil
-    if ARGV[a + 5] ~= '' then
-      local added = redis.pcall('XADD', KEYS[k + 3], ARGV[a + 3], 'v', ARGV[a + 5])
-      if type(added) == 'table' and added.err then
-        failed = added
-      else
-        redis.call('XTRIM', KEYS[k + 3], 'MINID', ARGV[a + 6])
-      end
-    end
-    out[r + 1] = failed or redis.pcall('XADD', KEYS[k + 2], ARGV[a + 3], 'e', ARGV[a + 4])
-  end
-end
-return out
 """
 
 _CHECKPOINT = """
@@ -432,8 +404,6 @@ class ScriptBatcher(TurnBatch[ScriptCall, Any]):
         self.redis = redis
         self.durability = durability or Durability()
         self.pipe = RespPipeline(redis) if fast and RespPipeline.supports(redis) else None
-        # Calls of one script sent merged (``infra.redis_scripts.Merge``; one Redis only).
-        self.merge: Merge | None = None
 
     def submit(self, script: AsyncScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         return self._enqueue((script, keys, args))
@@ -442,12 +412,6 @@ class ScriptBatcher(TurnBatch[ScriptCall, Any]):
         if self.pipe is None and len(calls) == 1 and not self.durability.replicated:
             script, keys, args = calls[0]
             return [await script(keys=keys, args=args, client=self.redis)]
-        merge = self.merge
-        if merge is not None:
-            sent, answers = merge.merged(calls)
-            if len(sent) < len(calls):
-                results = await self.durability.run(self.redis, sent, self.pipe)
-                return merge.split(results, answers, len(calls))
         # One round trip (per node on a cluster); each call keeps its own error.
         return await self.durability.run(self.redis, calls, self.pipe)
 
@@ -613,11 +577,6 @@ class RoomStore:
         # ``fast_scripts``: the script batches on infra/resp_pipeline.py (one connection
         # held from each of the two pools) instead of redis-py's pipeline.
         self._batcher = ScriptBatcher(self.journal, self.durability, fast=fast_scripts)
-        self._append = redis.register_script(_APPEND)
-        if not self.clustered:  # a tick's appends of every room in one script call
-            self._batcher.merge = Merge(
-                self._append, redis.register_script(_APPEND_MANY), keys=3, args=6
-            )
         # Claims, takeover stamps, the joins' lease reads and quota slots: many rooms and
         # players at once after a peer's death (never waited for under replica
         # durability: see durability.py). Shared with server/quotas.py.
@@ -629,6 +588,7 @@ class RoomStore:
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
         self._renew_many = None if self.clustered else redis.register_script(_RENEW_MANY)
+        self._append = redis.register_script(_APPEND)
         self._checkpoint = redis.register_script(_CHECKPOINT)
         self._release = redis.register_script(_RELEASE)
         self._delete = redis.register_script(_DELETE_ROOM)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from infra.room_keys import LIVENESS_PREFIX
+from infra.liveness import LIVENESS_PREFIX
 from server.store import LIVE_KEY, SERVERS_KEY, RoomStore
 
 pytestmark = pytest.mark.timeout(30)

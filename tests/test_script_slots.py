@@ -10,15 +10,14 @@ then run on a real Valkey cluster, which refuses any cross-slot call (CROSSSLOT)
 
 The exceptions, checked on their own: the watcher's read-only batch read of leases on
 one cluster node (``server.store._LEASES_ON_NODE``: ``no-writes``, keys in ARGV, all
-served by the node it is sent to), and the many-rooms forms of the renewal and the journal
-append (``server.store._RENEW_MANY`` and ``_APPEND_MANY``), never registered on a cluster
-(there each room has its own one-slot call).
+served by the node it is sent to), and the paused rooms' batch renewal
+(``server.store._RENEW_MANY``), which is never registered on a cluster (there each lease
+has its own ``_RENEW`` call).
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import hashlib
 import re
 from collections.abc import Iterator
@@ -112,11 +111,6 @@ async def _exercise(redis: aioredis.Redis, name: str) -> None:
     await store.renew(lease)
     assert await store.renew_many([lease]) == [None]
     await store.append(lease, 1, [], [["e", None]], keep_ticks=5)
-    # Two appends in one turn go as one _APPEND_MANY call (here both of this one room).
-    await asyncio.gather(
-        store.append(lease, 2, [], None, keep_ticks=5),
-        store.append(lease, 3, [], [["e", None]], keep_ticks=5),
-    )
     await store.checkpoint(lease, 1, b"\x80")
     await store.record_kill(lease, 1)
     # A takeover (the room exists) writes and stamps the takeover record.
@@ -238,12 +232,11 @@ def room_keys_lease(room: str) -> str:
     return store_module.room_keys(room)["lease"]
 
 
-async def test_the_batched_calls_are_one_call_per_room_on_a_cluster(
+async def test_the_batch_renewal_is_one_call_per_lease_on_a_cluster(
     cluster_url: str, recorded: tuple[list[Any], set[str]]
 ) -> None:
-    """``renew_many`` and a turn's appends on a cluster: the many-rooms scripts (keys of
-    many slots) are not even registered; every room has its own one-slot call (a taken
-    lease fenced)."""
+    """``renew_many`` on a cluster: ``_RENEW_MANY`` (keys of many slots) is not even
+    registered; every lease is renewed by its own one-slot call, a taken one fenced."""
     calls, _ = recorded
     redis = connect(cluster_url)
     try:
@@ -257,15 +250,8 @@ async def test_the_batched_calls_are_one_call_per_room_on_a_cluster(
         assert results[:-1] == [None] * len(leases)
         assert type(results[-1]).__name__ == "OwnershipLost"
         assert calls and all(len(slots(keys)) == 1 for _, keys in calls)
-        # The journal appends of one turn: one call per room there too.
-        results = await asyncio.gather(
-            *(store.append(lease, 1, [], None) for lease in leases), return_exceptions=True
-        )
-        assert results == [None] * len(leases)
-        assert all(len(slots(keys)) == 1 for _, keys in calls)
-        shas = {sha for sha, _ in calls}
-        for many in (store_module._RENEW_MANY, store_module._APPEND_MANY):
-            assert hashlib.sha1(many.encode()).hexdigest() not in shas
+        many = hashlib.sha1(store_module._RENEW_MANY.encode()).hexdigest()
+        assert many not in {sha for sha, _ in calls}
     finally:
         await redis.aclose()
 

@@ -24,6 +24,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from server.errors import OwnershipLost
+
 log = logging.getLogger("stateroom.lease_keeper")
 
 RENEW_GRID_S = 0.25
@@ -168,6 +170,13 @@ class LeaseKeeper:
             )
         except Exception as exc:  # the whole call: every room tries again
             results = [exc] * len(batch)
+        transient = [e for e in results if e is not None and not isinstance(e, OwnershipLost)]
+        if transient:  # once per call, not once per room (each room logs at debug)
+            log.warning(
+                "lease renewal of %d paused rooms failed (%s); retrying at the next slot",
+                len(transient),
+                transient[0],
+            )
         now = time.monotonic()
         for room, error in zip(batch, results, strict=True):
             if self._renewing.get(room) != sent_at:

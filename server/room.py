@@ -557,8 +557,9 @@ class Room:
         if isinstance(error, OwnershipLost):
             self.fence(str(error))
             return
-        # Tried again at the keeper's next slot, until the lease deadline (then it stops).
-        log.warning("room=%s lease renewal failed (%s); retrying", self.name, error)
+        # Tried again at the keeper's next slot, until the lease deadline (then it stops);
+        # the keeper logs the failed call once for all its rooms.
+        log.debug("room=%s lease renewal failed (%s); retrying", self.name, error)
 
     def _slow(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run the rest of a tick (or the room's closing) as a task: retries, renewals,

@@ -125,14 +125,20 @@ async def test_a_fenced_reply_stops_that_room_only(fake: tuple[LeaseKeeper, Fake
 
 
 async def test_a_failing_redis_is_retried_each_slot_until_the_deadline(
-    fake: tuple[LeaseKeeper, FakeStore],
+    fake: tuple[LeaseKeeper, FakeStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     keeper, store = fake
     store.fail = RedisConnectionError("down")
     room = FakeRoom("r", every=0.05, span=0.35)
+    others = [FakeRoom(f"o{i}", every=0.05, span=0.35) for i in range(20)]
     started = room.renewed_at
-    keeper.add(room)
+    for kept in (room, *others):
+        keeper.add(kept)
     await wait(lambda: room.lost, 2.0, "the room to stop")
+    # One warning per failed call for all 21 rooms, not one per room.
+    warnings = [r for r in caplog.records if "lease renewal of" in r.getMessage()]
+    assert warnings and len(warnings) == len(store.calls)
+    assert "21 paused rooms" in warnings[0].getMessage()
     stopped_after = time.monotonic() - started
     assert 0.35 <= stopped_after < 0.35 + 3 * GRID, stopped_after
     assert len(room.answers) >= 4  # retried at every slot meanwhile

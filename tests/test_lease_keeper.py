@@ -7,21 +7,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from infra.room_keys import lease_key
-from server.engine import RoomEngine
 from server.errors import OwnershipLost
 from server.games.arena import Arena
 from server.lease_keeper import LeaseKeeper, keeper_for
-from server.metrics import ServerMetrics
 from server.room import PAUSE_AFTER_S, Room, RoomState
-from server.settings import ServerSettings
 from server.store import Lease, RoomStore
+from tests import test_room_idle
+from tests.test_room_idle import room_with_seat, wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -86,14 +84,6 @@ async def fake() -> AsyncIterator[tuple[LeaseKeeper, FakeStore]]:
     yield keeper, store
     for room in list(keeper._slot_of) + list(keeper._renewing):
         keeper.discard(room)
-
-
-async def wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_rooms_due_together_are_renewed_in_one_call(
@@ -193,29 +183,12 @@ async def test_the_keeper_timer_stops_when_no_room_is_kept(
 # -- real rooms on a real Valkey --------------------------------------------------------
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RoomStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield RoomStore(client, lease_ms=1500)
-    finally:
-        await client.aclose()
+store = test_room_idle.store  # the fixture: a RoomStore (1.5 s leases) on the session's Valkey
 
 
 async def paused_room(store: RoomStore, name: str) -> Room:
-    claim = await store.claim(name, "s1", "ws://127.0.0.1:1/v1/ws", Arena.name, None)
-    assert claim.won
-    engine = RoomEngine(Arena.create(7))
-    engine.offer_join("p1", "p1")
-    engine.step()
-    config = ServerSettings(lease_ms=1500, lease_margin_ms=500, grace_s=60, unplayed_grace_s=60)
-    room = Room(name, Arena, engine, claim.lease, store, config, ServerMetrics(), "s1", _closed)
-    room.start()
-    return room
-
-
-def _closed(room: Room) -> None:
-    return None
+    """A started room whose one seat's player is away for a minute: it pauses."""
+    return await room_with_seat(store, name, grace_s=60, unplayed_grace_s=60)
 
 
 async def evalsha_calls(client: aioredis.Redis) -> int:

@@ -376,11 +376,16 @@ def _fenced(lease: Lease) -> Iterator[None]:
         raise
 
 
+def replaced(lease: Lease) -> OwnershipLost:
+    """What a write under ``lease`` meets once another epoch holds the room."""
+    return OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced")
+
+
 def fenced_error(lease: Lease, exc: BaseException) -> BaseException:
     """A script's FENCED reply as OwnershipLost; any other error as it is (for the
     callers of ``append_soon``, which get the reply in a future)."""
     if isinstance(exc, ResponseError) and "FENCED" in str(exc):
-        return OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced")
+        return replaced(lease)
     return exc
 
 
@@ -833,11 +838,7 @@ class RoomStore:
                 out.extend([reply] * len(chunk))
                 continue
             for lease, renewed in zip(chunk, reply, strict=True):
-                out.append(
-                    None
-                    if int(renewed)
-                    else OwnershipLost(f"room {lease.room}: epoch {lease.epoch} was replaced")
-                )
+                out.append(None if int(renewed) else replaced(lease))
         return out
 
     async def release(self, lease: Lease) -> bool:

@@ -142,6 +142,7 @@ class RoomServer:
                 sessions_per_player=settings.sessions_per_player,
             ),
             scripts=self.store.scripts,
+            pipe=self.store.scripts.pipe,
         )
         self.connections = ConnectionBudget(
             ConnectionLimits(

@@ -493,7 +493,11 @@ class Endpoint:
             if not sessions:
                 continue
             try:
-                gone = await revoked(server.redis, [s.session_id for s in sessions if s.session_id])
+                gone = await revoked(
+                    server.redis,
+                    [s.session_id for s in sessions if s.session_id],
+                    server.store.scripts.pipe,
+                )
             except (*REDIS_DOWN, RedisError) as exc:
                 log.debug("revocation check failed: %s", exc)
                 continue

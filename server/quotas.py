@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from infra.resp_pipeline import RespPipeline
 from server.protocol import ErrorCode
 
 SLOT_TTL_MS = 30_000
@@ -101,13 +102,19 @@ class Quotas:
     """The quotas of one room server, on its Redis pool."""
 
     def __init__(
-        self, redis: aioredis.Redis, limits: QuotaLimits, scripts: ScriptSubmitter | None = None
+        self,
+        redis: aioredis.Redis,
+        limits: QuotaLimits,
+        scripts: ScriptSubmitter | None = None,
+        pipe: RespPipeline | None = None,
     ) -> None:
         self.redis = redis
         self.limits = limits
         # The room store's script batcher: a dead server's players take their session
         # slots on the survivors all at once, in one round trip per event-loop turn.
         self.scripts = scripts
+        # Its lean RESP path (not on a cluster), for the refresh's thousands of commands.
+        self.pipe = pipe
         self._take = redis.register_script(_TAKE_SLOT)
         self._count = redis.register_script(_COUNT)
 
@@ -172,6 +179,17 @@ class Quotas:
             slots.setdefault(rooms_key(creator), {})[room] = expiry
         for player_id, room in sessions:
             slots.setdefault(sessions_key(player_id), {})[room] = expiry
+        if self.pipe is not None:
+            # 800 players are 1,600 commands: redis-py's Python for them was a ~50 ms
+            # stall of the whole server every REFRESH_EVERY_S; packed and parsed in C,
+            # ~2-3 ms. An error reply (a key of the wrong type) is that key's alone.
+            commands: list[tuple[Any, ...]] = []
+            for key, members in slots.items():
+                flat = [part for member, score in members.items() for part in (score, member)]
+                commands.append(("ZADD", key, "XX", *flat))
+                commands.append(("PEXPIRE", key, SLOT_TTL_MS + 1000))
+            await self.pipe.execute(commands)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, members in slots.items():
                 pipe.zadd(key, members, xx=True)

@@ -1,5 +1,6 @@
 """Quota slots against a real Valkey: a refresh extends the slots this server holds, one
-ZADD and one PEXPIRE per key, and never brings back a slot given back meanwhile."""
+ZADD and one PEXPIRE per key, and never brings back a slot given back meanwhile; the
+same through redis-py's pipeline and through the room server's lean RESP path."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from infra.resp_pipeline import RespPipeline
 from server.quotas import SLOT_TTL_MS, QuotaLimits, Quotas, rooms_key, sessions_key
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,8 +34,12 @@ async def command_calls(redis: aioredis.Redis) -> dict[str, int]:
     return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("zadd", "pexpire")}
 
 
-async def test_a_refresh_extends_held_slots_and_revives_none(redis: aioredis.Redis) -> None:
-    quotas = Quotas(redis, LIMITS)
+@pytest.mark.parametrize("path", ["redis-py", "lean"])
+async def test_a_refresh_extends_held_slots_and_revives_none(
+    redis: aioredis.Redis, path: str
+) -> None:
+    lean = RespPipeline(redis) if path == "lean" else None
+    quotas = Quotas(redis, LIMITS, pipe=lean)
     for room in ("a1", "a2", "a3"):
         await quotas.reserve_room("ann", "127.0.0.1", room)
     await quotas.reserve_room("bob", "127.0.0.1", "b1")
@@ -66,3 +72,5 @@ async def test_a_refresh_extends_held_slots_and_revives_none(redis: aioredis.Red
     assert await redis.zscore(rooms_key("ann"), "a3") is None  # released: not re-created
     assert await redis.pttl(rooms_key("ann")) > SLOT_TTL_MS
     assert await redis.zscore(sessions_key("ann"), "a1") is not None
+    if lean is not None:
+        await lean.aclose()

@@ -207,7 +207,7 @@ class Room:
         pipeline."""
         self.transition(RoomState.RUNNING)
         self._load = load_gauge(self.settings.overload_lag_ms / 1000)
-        self._ticker = ticker_for(self.tick_rate)
+        self._ticker = ticker_for(self.tick_rate, self.settings.tick_phases)
         self._ticker.add(self)
         if self.timeline is not None:
             self._begin_tick()
@@ -496,7 +496,7 @@ class Room:
             self._keeper = None
         self.metrics.rooms_paused.dec()
         if clock and self.state is RoomState.RUNNING and self._ticker is None:
-            self._ticker = ticker_for(self.tick_rate)
+            self._ticker = ticker_for(self.tick_rate, self.settings.tick_phases)
             self._ticker.add(self)
         log.debug("room=%s resumed at tick %d", self.name, self.engine.tick)
 

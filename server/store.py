@@ -14,7 +14,8 @@ Cluster slot and its scripts run atomically:
     sr:{R}:takeover  hash, the last takeover's timeline (TTL 1 h), written by the new
                      owner: epoch, server, old_server, old_epoch, detected_ms, claimed_ms
                      (in the claim script), restored_ms, players_expected,
-                     expected_players, first_tick_ms, first_tick, player:ID (stamps)
+                     expected_players, first_tick_ms, first_tick, player:ID (stamps),
+                     stamped_ms (the last stamp's time, which keeps them in order)
     sr:{R}:killed    hash, the last kill by kill-room (TTL 1 h): killed_ms, pid, server,
                      epoch
 
@@ -257,18 +258,29 @@ return 1
 # A later stamp of the takeover record (restored, first tick, a player back): written
 # only while the record is still this epoch's, so an old owner never overwrites a newer
 # takeover. ARGV: epoch, then name/value pairs; an empty value means "now".
+# ARGV: epoch, the event's age in ms when the call was made, then name/value pairs. An
+# empty value is the event's time on Redis's clock: now minus that age, so a stamp
+# written late (its owner's loop busy with a mass takeover) still says when the event
+# happened; never before the record's previous stamp (stamped_ms) or its claim, so the
+# order of the events holds.
 _STAMP_TAKEOVER = (
     """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return '' end
 """
     + _NOW_MS
     + """
-for i = 2, #ARGV, 2 do
+local at = tonumber(now) - tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], 'stamped_ms')
+  or redis.call('HGET', KEYS[1], 'claimed_ms') or '0')
+if at < last then at = last end
+at = string.format('%.0f', at)
+for i = 3, #ARGV, 2 do
   local value = ARGV[i + 1]
-  if value == '' then value = now end
+  if value == '' then value = at end
   redis.call('HSET', KEYS[1], ARGV[i], value)
 end
-return now
+redis.call('HSET', KEYS[1], 'stamped_ms', at)
+return at
 """
 )
 
@@ -867,11 +879,12 @@ class RoomStore:
 
     # -- takeover and kill records ------------------------------------------------
 
-    async def stamp_takeover(self, lease: Lease, stamps: dict[str, str]) -> int:
+    async def stamp_takeover(self, lease: Lease, stamps: dict[str, str], age_ms: int = 0) -> int:
         """Add ``stamps`` to the room's takeover record if it is still ``lease``'s (an
-        empty value: Redis's clock now, in ms). Returns that clock, or 0 when the record
+        empty value: the event's time on Redis's clock, in ms: now minus ``age_ms``, how
+        long before this call it happened). Returns that time, or 0 when the record
         belongs to another epoch (nothing written)."""
-        args: list[Any] = [lease.epoch]
+        args: list[Any] = [lease.epoch, max(0, int(age_ms))]
         for name, value in stamps.items():
             args += [name, value]
         now = await self.scripts.submit(self._stamp, [room_keys(lease.room)["takeover"]], args)

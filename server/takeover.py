@@ -7,8 +7,10 @@ state was rebuilt), ``first_tick_ms`` and ``first_tick`` (the first tick journal
 hence published, under the new epoch), ``player:ID`` when a restored seat's
 player is back, or ``gone:ID`` when its grace period ran out first. Each stamp is
 one small fenced script off the tick's path (a background write, never awaited by
-the tick), and the writes of one room go one after the other, so their Redis times
-keep the order of the events.
+the tick), and the writes of one room go one after the other. A stamp is the event's
+time on Redis's clock, not its write's: the write carries the event's age, which
+Redis subtracts from its clock (a survivor rebuilding 500 rooms writes its stamps up
+to ~0.5 s after the events, and they used to say when the write ran).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable
 
 from redis.exceptions import RedisError
@@ -35,7 +38,7 @@ class TakeoverTimeline:
         self.expected = sorted(expected)
         self._awaiting = set(self.expected)
         self._first_tick_done = False
-        self._pending: list[dict[str, str]] = []
+        self._pending: list[tuple[float, dict[str, str]]] = []  # (when, stamps)
         self._writer: asyncio.Task[None] | None = None
 
     def restored(self) -> None:
@@ -71,14 +74,15 @@ class TakeoverTimeline:
         return self._first_tick_done and not self._awaiting
 
     def _write(self, stamps: dict[str, str]) -> None:
-        self._pending.append(stamps)
+        self._pending.append((time.monotonic(), stamps))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         while self._pending:
-            stamps = self._pending.pop(0)
+            happened, stamps = self._pending.pop(0)
+            age_ms = round((time.monotonic() - happened) * 1000)
             try:
-                await self.store.stamp_takeover(self.lease, stamps)
+                await self.store.stamp_takeover(self.lease, stamps, age_ms)
             except (*REDIS_DOWN, RedisError) as exc:  # a record, not the room: drop it
                 log.debug("room=%s takeover stamp %s lost: %s", self.lease.room, stamps, exc)

@@ -14,8 +14,11 @@ rooms of 4 the burst (the rooms' steps, one pipeline, then every publish) took ~
 of a 50 ms period, every room's journal write waited for all of it, and the inputs
 that arrived meanwhile waited in the sockets. Spread over phases, a room waits only
 for its own phase's share; the cost is a few more (smaller) pipelines per period.
-A room joins the least-populated phase. Phases without rooms are not fired, so one
-room (or one phase's worth) costs one timer per period, as before.
+Measured (docs/operations.md, "Tick phases"): 4 phases cut p99 input latency at 600-800
+players in rooms of 4 by ~35 %, but made a 1,000-room mass failover ~0.2 s slower, so
+the default stays 1 (``--tick-phases``). A room joins the least-populated phase.
+Phases without rooms are not fired, so one room (or one phase's worth) costs one timer
+per period, as before.
 
 A ticker with no rooms cancels its timer; the first room added starts it again.
 """
@@ -29,9 +32,10 @@ from typing import Protocol
 
 log = logging.getLogger("stateroom.ticker")
 
-# Slots per period: at 20 Hz, a slot every 12.5 ms. More phases cut the burst further
-# but add a pipeline (one Redis round trip and its syscalls) per slot.
-PHASES = 4
+# Slots per period by default (the server's --tick-phases). One is the fastest mass
+# failover measured; more phases cut the steady-state burst (at 4 and 20 Hz, a slot
+# every 12.5 ms) but add a pipeline per slot.
+PHASES = 1
 
 
 class Clocked(Protocol):
@@ -125,16 +129,17 @@ class Ticker:
                 log.exception("tick of %r failed", room)
 
 
-_TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Ticker]] = (
+_TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, int], Ticker]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def ticker_for(rate: int) -> Ticker:
-    """The running loop's ticker at ``rate`` ticks per second (made on first use)."""
+def ticker_for(rate: int, phases: int = PHASES) -> Ticker:
+    """The running loop's ticker at ``rate`` ticks per second over ``phases`` slots
+    (made on first use)."""
     loop = asyncio.get_running_loop()
     by_rate = _TICKERS.setdefault(loop, {})
-    ticker = by_rate.get(rate)
+    ticker = by_rate.get((rate, phases))
     if ticker is None:
-        ticker = by_rate[rate] = Ticker(loop, rate)
+        ticker = by_rate[(rate, phases)] = Ticker(loop, rate, phases)
     return ticker

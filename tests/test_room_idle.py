@@ -189,3 +189,27 @@ async def test_a_new_room_is_not_closed_while_its_creators_join_is_on_its_way(
         await wait(lambda: room.state is RoomState.CLOSED, 2.0, "the empty room to close")
     finally:
         room.fence("test over")
+
+
+async def test_rooms_of_a_phased_server_tick_on_their_own_slots(store: RoomStore) -> None:
+    """--tick-phases 4: the rooms go to the four phases of the period, on a clock of
+    their own, and each still ticks at the tick rate (the slots' timing is
+    tests/test_ticker.py's)."""
+    rooms = [
+        await room_with_seat(
+            store, f"phase-{i}", Watched, grace_s=60, unplayed_grace_s=60, tick_phases=4
+        )
+        for i in range(4)
+    ]
+    ticker = ticker_for(Arena.tick_rate, 4)
+    try:
+        assert ticker.phase_sizes() == [1, 1, 1, 1]
+        assert ticker_for(Arena.tick_rate) is not ticker  # the default server's clock
+        start = [room.engine.tick for room in rooms]
+        await asyncio.sleep(0.5)
+        for room, before in zip(rooms, start, strict=True):
+            assert 7 <= room.engine.tick - before <= 12  # 20 Hz for 0.5 s
+    finally:
+        for room in rooms:
+            room.fence("test over")
+    assert len(ticker) == 0 and ticker._timer is None

@@ -206,6 +206,29 @@ async def test_a_stamp_of_an_old_epoch_is_refused(store: RoomStore) -> None:
     assert record["server"] == "d" and "restored_ms" not in record
 
 
+async def test_a_stamp_says_when_its_event_happened_not_when_it_was_written(
+    store: RoomStore,
+) -> None:
+    """A stamp written late (a survivor's loop busy with a mass takeover) carries its
+    event's age, which Redis takes off its clock; never before the claim or the previous
+    stamp, so the events keep their order."""
+    first = await claim(store, "a")
+    second = await claim(store, "b", first.lease)
+    claimed = int((await store.takeover_record("r"))["claimed_ms"])
+    restored = await store.stamp_takeover(second.lease, {"restored_ms": ""}, age_ms=60_000)
+    assert restored == claimed  # an age reaching before the claim stops at the claim
+    await asyncio.sleep(0.3)  # Redis's clock must move on
+    first_tick = await store.stamp_takeover(second.lease, {"first_tick_ms": ""}, age_ms=200)
+    seconds, micros = await store.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    assert restored + 50 <= first_tick <= now_ms - 200
+    back = await store.stamp_takeover(second.lease, {"player:ann": ""}, age_ms=60_000)
+    assert back == first_tick  # not before the previous stamp
+    record = await store.takeover_record("r")
+    assert int(record["restored_ms"]) == restored and int(record["first_tick_ms"]) == first_tick
+    assert int(record["player:ann"]) == back == int(record["stamped_ms"])
+
+
 async def test_a_seat_whose_grace_ran_out_is_stamped_gone(store: RoomStore) -> None:
     """A restored seat whose player never comes back (its page was closed before the
     kill) is stamped ``gone:ID`` when its grace period ends, so the recovery it was

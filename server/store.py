@@ -257,12 +257,11 @@ return 1
 
 # A later stamp of the takeover record (restored, first tick, a player back): written
 # only while the record is still this epoch's, so an old owner never overwrites a newer
-# takeover. ARGV: epoch, then name/value pairs; an empty value means "now".
-# ARGV: epoch, the event's age in ms when the call was made, then name/value pairs. An
-# empty value is the event's time on Redis's clock: now minus that age, so a stamp
-# written late (its owner's loop busy with a mass takeover) still says when the event
-# happened; never before the record's previous stamp (stamped_ms) or its claim, so the
-# order of the events holds.
+# takeover. ARGV: epoch, the event's age in ms when the call was made, then name/value
+# pairs. An empty value is the event's time on Redis's clock: now minus that age, so a
+# stamp written late (its owner's loop busy with a mass takeover) still says when the
+# event happened; never before the record's previous stamp (stamped_ms) or its claim,
+# so the order of the events holds.
 _STAMP_TAKEOVER = (
     """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return '' end

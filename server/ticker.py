@@ -15,7 +15,7 @@ of a 50 ms period, every room's journal write waited for all of it, and the inpu
 that arrived meanwhile waited in the sockets. Spread over phases, a room waits only
 for its own phase's share; the cost is a few more (smaller) pipelines per period.
 Measured (docs/operations.md, "Tick phases"): 4 phases cut p99 input latency at 600-800
-players in rooms of 4 by ~35 %, but made a 1,000-room mass failover ~0.2 s slower, so
+players in rooms of 4 by ~30 % (median), but made a 1,000-room mass failover ~0.2 s slower, so
 the default stays 1 (``--tick-phases``). A room joins the least-populated phase.
 Phases without rooms are not fired, so one room (or one phase's worth) costs one timer
 per period, as before.
@@ -115,11 +115,12 @@ class Ticker:
         now = self.loop.time()
         slot = self._next_slot
         group = self._groups[slot % self.phases]
-        # The next slot on the common grid. A loop that fell behind by more than a
-        # period skips the missed slots instead of firing them back to back; one that is
-        # less late fires the next phases at once, so each room still ticks once a period.
+        # The next slot on the common grid. Slots missed by a loop that fell behind by
+        # the other phases' share of a period are skipped, not fired back to back (with
+        # one phase: any slot already past, as before phases); a loop less late fires
+        # the next phases at once, so each room still ticks once a period.
         following = slot + 1
-        if (following + self.phases) * self._slot <= now:
+        if (following + self.phases - 1) * self._slot <= now:
             following = self._slot_after(now)
         self._schedule(following)
         for room in list(group):

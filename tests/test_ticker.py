@@ -152,6 +152,22 @@ def test_a_loop_late_by_more_than_a_period_skips_the_missed_slots() -> None:
     assert all(len(room.ticks) - before <= 1 for room, before in zip(rooms, counts, strict=True))
 
 
+def test_one_phase_skips_a_slot_already_past_as_before_phases() -> None:
+    """With one phase (the default), a firing more than a period late does not fire the
+    missed slot at once: the next tick is on the grid after now."""
+    loop = FakeLoop(now=100.001)
+    clock = ticker(loop, phases=1)
+    room = Room(loop)
+    clock.add(room)
+    loop.run_until(100.06)
+    assert room.ticks == [pytest.approx(100.05)]
+    loop.now = 100.17  # stuck past the slots at 100.10 and 100.15
+    loop.run_until(100.17)
+    assert room.ticks[1:] == [pytest.approx(100.17)]  # the late firing itself, once
+    loop.run_until(100.26)
+    assert room.ticks[2:] == [pytest.approx(100.2), pytest.approx(100.25)]
+
+
 async def test_the_real_loop_drives_it() -> None:
     clock = Ticker(asyncio.get_running_loop(), 100, 4)
     ticked = asyncio.Event()

@@ -118,7 +118,9 @@ def test_removed_rooms_stop_the_clock() -> None:
     assert loop.wakeups == 0 and not any(room.ticks for room in rooms)
 
 
-def test_a_loop_late_by_a_slot_fires_the_next_phases_at_once() -> None:
+def stuck_for(seconds: float) -> tuple[FakeLoop, list[Room], list[int]]:
+    """Four rooms on four phases play for 0.1 s, then the loop is stuck for ``seconds``
+    and runs what is due; returns the ticks each room made once it is free."""
     loop = FakeLoop()
     clock = ticker(loop)
     rooms = [Room(loop) for _ in range(4)]
@@ -126,11 +128,15 @@ def test_a_loop_late_by_a_slot_fires_the_next_phases_at_once() -> None:
         clock.add(room)
     loop.run_until(loop.now + 0.1)
     counts = [len(room.ticks) for room in rooms]
-    # The loop is stuck for 30 ms (more than two slots, less than a period): the
-    # missed slots fire back to back when it is free, each phase once.
-    loop.now += 0.03
+    loop.now += seconds
     loop.run_until(loop.now)
-    late = [len(room.ticks) - before for room, before in zip(rooms, counts, strict=True)]
+    return loop, rooms, [len(r.ticks) - before for r, before in zip(rooms, counts, strict=True)]
+
+
+def test_a_loop_late_by_a_slot_fires_the_next_phases_at_once() -> None:
+    # Stuck for 30 ms (more than two slots, less than a period): the missed slots fire
+    # back to back when it is free, each phase once.
+    loop, rooms, late = stuck_for(0.03)
     assert max(late) <= 1
     loop.run_until(loop.now + 1.0)
     for room in rooms:
@@ -139,17 +145,9 @@ def test_a_loop_late_by_a_slot_fires_the_next_phases_at_once() -> None:
 
 
 def test_a_loop_late_by_more_than_a_period_skips_the_missed_slots() -> None:
-    loop = FakeLoop()
-    clock = ticker(loop)
-    rooms = [Room(loop) for _ in range(4)]
-    for room in rooms:
-        clock.add(room)
-    loop.run_until(loop.now + 0.1)
-    counts = [len(room.ticks) for room in rooms]
-    loop.now += 0.3  # six periods stuck
-    loop.run_until(loop.now)
-    # Not six ticks each in a burst: at most one, then the grid again.
-    assert all(len(room.ticks) - before <= 1 for room, before in zip(rooms, counts, strict=True))
+    # Six periods stuck: not six ticks each in a burst, at most one, then the grid again.
+    _, _, late = stuck_for(0.3)
+    assert max(late) <= 1
 
 
 def test_one_phase_skips_a_slot_already_past_as_before_phases() -> None:

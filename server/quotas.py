@@ -180,9 +180,9 @@ class Quotas:
         for player_id, room in sessions:
             slots.setdefault(sessions_key(player_id), {})[room] = expiry
         if self.pipe is not None:
-            # 800 players are 1,600 commands: redis-py's Python for them was a ~50 ms
-            # stall of the whole server every REFRESH_EVERY_S; packed and parsed in C,
-            # ~2-3 ms. An error reply (a key of the wrong type) is that key's alone.
+            # 800 players are ~2,000 commands: redis-py's Python for them held the loop
+            # ~41 ms every REFRESH_EVERY_S; packed and parsed in C, ~3.4 ms of CPU
+            # (bench/chores.py). An error reply (a key of the wrong type) is that key's.
             commands: list[tuple[Any, ...]] = []
             for key, members in slots.items():
                 flat = [part for member, score in members.items() for part in (score, member)]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from infra.embedded_redis import die_with_parent
 
 STATEROOM = [sys.executable, "-m", "server.cli"]
@@ -237,3 +239,27 @@ def stateroom_up(
     finally:
         live = children_of(proc.pid) if proc.poll() is None else []
         stop_up(proc, list({*up.children, *live}))
+
+
+def run_bench(script: str, args: Sequence[str], tmp_path: Path, timeout: float) -> Any:
+    """Run ``bench/<script>`` to its end and return the JSON object it prints; a run
+    that does not end in ``timeout`` is stopped (it stops what it started on SIGTERM)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "bench" / script), *args],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        pytest.fail(f"{script} did not finish: {err.decode()[-600:]}")
+    assert proc.returncode == 0, err.decode()[-600:]
+    return json.loads(out)

@@ -179,19 +179,18 @@ class Quotas:
             slots.setdefault(rooms_key(creator), {})[room] = expiry
         for player_id, room in sessions:
             slots.setdefault(sessions_key(player_id), {})[room] = expiry
+        commands: list[tuple[Any, ...]] = []
+        for key, members in slots.items():
+            flat = [part for member, score in members.items() for part in (score, member)]
+            commands.append(("ZADD", key, "XX", *flat))
+            commands.append(("PEXPIRE", key, SLOT_TTL_MS + 1000))
         if self.pipe is not None:
             # 800 players are ~2,000 commands: redis-py's Python for them held the loop
             # ~41 ms every REFRESH_EVERY_S; packed and parsed in C, ~3.4 ms of CPU
             # (bench/chores.py). An error reply (a key of the wrong type) is that key's.
-            commands: list[tuple[Any, ...]] = []
-            for key, members in slots.items():
-                flat = [part for member, score in members.items() for part in (score, member)]
-                commands.append(("ZADD", key, "XX", *flat))
-                commands.append(("PEXPIRE", key, SLOT_TTL_MS + 1000))
             await self.pipe.execute(commands)
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, members in slots.items():
-                pipe.zadd(key, members, xx=True)
-                pipe.pexpire(key, SLOT_TTL_MS + 1000)
+            for command in commands:
+                pipe.execute_command(*command)
             await pipe.execute()

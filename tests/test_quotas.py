@@ -39,7 +39,14 @@ async def test_a_refresh_extends_held_slots_and_revives_none(
     redis: aioredis.Redis, path: str
 ) -> None:
     lean = RespPipeline(redis) if path == "lean" else None
-    quotas = Quotas(redis, LIMITS, pipe=lean)
+    try:
+        await check_refresh(redis, Quotas(redis, LIMITS, pipe=lean))
+    finally:
+        if lean is not None:
+            await lean.aclose()
+
+
+async def check_refresh(redis: aioredis.Redis, quotas: Quotas) -> None:
     for room in ("a1", "a2", "a3"):
         await quotas.reserve_room("ann", "127.0.0.1", room)
     await quotas.reserve_room("bob", "127.0.0.1", "b1")
@@ -72,5 +79,3 @@ async def test_a_refresh_extends_held_slots_and_revives_none(
     assert await redis.zscore(rooms_key("ann"), "a3") is None  # released: not re-created
     assert await redis.pttl(rooms_key("ann")) > SLOT_TTL_MS
     assert await redis.zscore(sessions_key("ann"), "a1") is not None
-    if lean is not None:
-        await lean.aclose()

@@ -127,6 +127,7 @@ async def _exercise(redis: aioredis.Redis, name: str) -> None:
     quotas = Quotas(redis, QuotaLimits())
     await quotas.reserve_room(name, f"addr-{name}", room)
     await quotas.take_session(name, room)
+    await quotas.refresh([(name, room)], [(name, room)])  # ZADD XX + PEXPIRE per key
 
     game = "g" + str(abs(hash(name)) % 1000)
     entry = directory.Entry(room="r1", game=game, players=1, max_players=4, owner="s1", epoch=1)

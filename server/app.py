@@ -489,16 +489,19 @@ class RoomServer:
             room_options, recent_events = record.options, record.events
             if indexed is not None:
                 await indexed
+            implied = 0  # the eventless ticks published after the state replay starts from
             if checkpoint is not None:
                 engine = RoomEngine.restore(game_class, checkpoint.snapshot, options=room_options)
+                implied = int(checkpoint.snapshot.get("implied", 0))
             else:
                 # A room built from its seed (new, or never checkpointed): setup is part
                 # of its first state, so a rebuild calls it again, the same way.
                 game_instance = game_class.create(int(meta.get("seed", "0")))
                 game_instance.setup(room_options)
                 engine = RoomEngine(game_instance, options=room_options)
-            for entry in entries:
-                engine.apply(entry.tick, entry.events)
+            caught_up = engine.catch_up(
+                ((entry.tick, entry.events, entry.implied) for entry in entries), implied
+            )
         except REDIS_DOWN as exc:
             # Redis went away between the claim and the reads (an outage): not a broken
             # room. Give the lease back; the watcher or the next join retries.
@@ -538,6 +541,7 @@ class RoomServer:
         room.join_code = meta.get("code", "")
         room.fallback_url = functools.partial(self.fallback_url, name)
         room.event_log.load(recent_events)
+        room.caught_up = caught_up
         if claim.takeover:
             seated = [pid for pid, seat in engine.seats.items() if not seat.leaving]
             room.timeline = TakeoverTimeline(self.store, claim.lease, seated)

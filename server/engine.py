@@ -10,11 +10,14 @@ Events (msgpack-able lists):
     ["j", player_id, name]        seat a player
     ["l", player_id]              remove a player for good
     ["i", player_id, seq, data]   apply an input (data already validated)
+
+A tick with no event that emits nothing may be left out of the journal (an implied
+tick, ``server.room``): ``catch_up`` replays it with no event, the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -178,6 +181,40 @@ class RoomEngine:
         # Events come out of the same calls as the state, so a replay derives them again.
         self.last_emitted = self.game.take_emitted()
         return self.last_state
+
+    def catch_up(
+        self, entries: Iterable[tuple[int, list[Event], int]], implied: int
+    ) -> TickOutcome | None:
+        """Replay a journal after this state, with the eventless ticks its owner published
+        without an entry (``implied``: the allowance of this state, then each entry's).
+
+        A tick missing between two entries had no event (``server.room``: an implied
+        tick): it is replayed with none. A gap over the allowance, or a missing tick that
+        emits, is a JournalGap. After the last entry, its allowance of eventless ticks
+        is run too: the previous owner may have published them, so this room must not
+        publish those tick numbers with other content. The first of them that emits ends
+        the run and is returned: nobody saw it (it would have been journaled), and it
+        must be journaled before anything is published. None: none emitted."""
+        for tick, events, allowance in entries:
+            if tick - self.tick - 1 > implied:
+                raise JournalGap(
+                    f"tick {tick} follows tick {self.tick}: more than the {implied}"
+                    " ticks its owner could publish without an entry"
+                )
+            while self.tick < tick - 1:
+                self.apply(self.tick + 1, [])
+                if self.last_emitted:
+                    raise JournalGap(
+                        f"tick {self.tick} has no journal entry but emits events when"
+                        " replayed: the game is not deterministic"
+                    )
+            self.apply(tick, events)
+            implied = allowance
+        for _ in range(implied):
+            state = self.apply(self.tick + 1, [])
+            if self.last_emitted:
+                return TickOutcome(self.tick, [], state, self.last_emitted)
+        return None
 
     def view(self, player_id: str) -> Any:
         """A seated player's private part after the latest tick (None if the game has

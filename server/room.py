@@ -7,6 +7,14 @@ player. Publishing only durable ticks is what lets another server rebuild
 the room without any client seeing time go backwards or an acked input
 disappear. Checkpoints are packed on the tick but written in the background.
 
+Implied ticks: a tick with no event (no input, join or leave) that emits nothing is
+durable already, since the game is deterministic: the journaled tick before it
+implies it. Up to ``implied_ticks`` of them follow a journaled tick without an entry
+of their own, published at once; each entry stores that allowance, and whoever
+rebuilds the room replays the missing ticks and runs the allowance's ticks after the
+last entry (``RoomEngine.catch_up``), so it never publishes a tick number this owner
+may have published already. A quiet room writes every ``implied_ticks + 1`` ticks.
+
 Rooms do not own a task: the event loop's ``Ticker`` for their tick rate
 (``server.ticker``) calls ``on_clock`` of every room at each multiple of the
 period, and a healthy tick runs without awaiting anything (its journal write is
@@ -146,6 +154,13 @@ class Room:
         self._pending_outcome: TickOutcome | None = None
         self._pending_started = 0.0
         self._pending_sent_at = 0.0
+        # Implied ticks (module docstring): the last tick this owner may publish without
+        # a journal entry (none before its first journaled tick), and the allowance.
+        self._implied_until = -1
+        self._implied_ticks = settings.implied_ticks
+        # A rebuilt room's catch-up tick that emitted (RoomEngine.catch_up): journaled
+        # as its first tick, before anything else is published.
+        self.caught_up: TickOutcome | None = None
         self._task: asyncio.Task[None] | None = None
         # Settings the tick reads every time, as plain attributes.
         self._durable = settings.durable
@@ -351,9 +366,13 @@ class Room:
         started = time.perf_counter()
         self._in_tick = True
         try:
-            if self.disconnected_at:
-                self._expire_seats()
-            outcome = self.engine.step()
+            outcome = self.caught_up
+            if outcome is not None:
+                self.caught_up = None
+            else:
+                if self.disconnected_at:
+                    self._expire_seats()
+                outcome = self.engine.step()
             sent_at = time.monotonic()
             if not self._durable:
                 if sent_at - self.lease_renewed_at >= self._renew_every_s:
@@ -366,19 +385,32 @@ class Room:
             ):
                 raise OwnershipLost(f"room {self.name}: could not renew the lease in time")
             emitted = outcome.emitted
-            future = self.store.append_soon(
-                self.lease,
-                outcome.tick,
-                outcome.events,
-                packed(emitted) if emitted else [],
-                self.event_log.keep_ticks,
+            # Implied (module docstring): within the allowance of the last journaled
+            # tick, and of a lease that is ours without counting an overload's grace.
+            implied = (
+                not emitted
+                and not outcome.events
+                and outcome.tick <= self._implied_until
+                and sent_at < self.lease_renewed_at + self._lease_span_s
             )
+            if not implied:
+                future = self.store.append_soon(
+                    self.lease,
+                    outcome.tick,
+                    outcome.events,
+                    packed(emitted) if emitted else [],
+                    self.event_log.keep_ticks,
+                    self._implied_ticks,
+                )
         except OwnershipLost as exc:
             self._in_tick = False
             self.fence(str(exc))
             return
         except Exception:
             self._failed()
+            return
+        if implied:
+            self._finish(outcome, started)
             return
         self._journal_pending = future
         self._pending_outcome = outcome
@@ -399,6 +431,7 @@ class Room:
         if error is None:
             self.metrics.journal_seconds.observe(time.monotonic() - sent_at)
             self.lease_renewed_at = sent_at
+            self._implied_until = outcome.tick + self._implied_ticks
             self._finish(outcome, started)
             return
         error = fenced_error(self.lease, error)
@@ -414,6 +447,7 @@ class Room:
         await self._append_durably(
             outcome.tick, outcome.events, packed(outcome.emitted), failed=error
         )
+        self._implied_until = outcome.tick + self._implied_ticks
         self._finish(outcome, started)
 
     async def _renew_then_finish(self, outcome: TickOutcome, started: float) -> None:
@@ -632,7 +666,12 @@ class Room:
                             error, failed = failed, None
                             raise error
                         await self.store.append(
-                            self.lease, tick, events, emitted, self.event_log.keep_ticks
+                            self.lease,
+                            tick,
+                            events,
+                            emitted,
+                            self.event_log.keep_ticks,
+                            self._implied_ticks,
                         )
                     except ResponseError as exc:
                         if not (
@@ -789,7 +828,7 @@ class Room:
             return
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
-        data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        data = self._packed_snapshot()
         self.state_bytes = len(data)
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_due = self.last_checkpoint_at + self._checkpoint_every_s
@@ -816,9 +855,19 @@ class Room:
         if self._checkpoint_task is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint_task
-        data = msgpack.packb(self.engine.snapshot(), use_bin_type=True)
+        data = self._packed_snapshot()
         self.state_bytes = len(data)
         await self._write_checkpoint(self.engine.tick, data)
+
+    def _packed_snapshot(self) -> bytes:
+        """The engine's snapshot with the implied ticks this owner may still publish after
+        it (what a rebuild from it runs on: ``RoomEngine.catch_up``). A room that no
+        longer ticks (a drain's last checkpoint) publishes none."""
+        snapshot = self.engine.snapshot()
+        running = self.state is RoomState.RUNNING
+        snapshot["implied"] = max(0, self._implied_until - self.engine.tick) if running else 0
+        data: bytes = msgpack.packb(snapshot, use_bin_type=True)
+        return data
 
     # -- endings ------------------------------------------------------------------------
 

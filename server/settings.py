@@ -17,6 +17,10 @@ from server.durability import LEVELS as DURABILITY_LEVELS
 from server.errors import ConfigError
 from server.transport import TRANSPORTS
 
+# The most implied ticks allowed: a takeover runs the world on by up to this many ticks
+# at once (a second at 20 Hz).
+MAX_IMPLIED_TICKS = 20
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -56,6 +60,13 @@ class ServerSettings:
     # failover measured). 4: a 200-room server's tick is four small bursts instead of one,
     # which cut p99 input latency at 600-800 players in rooms of 4 (docs/operations.md).
     tick_phases: int = 1
+    # Ticks with no event (no input, join or leave, no game event) published after a
+    # journaled one without an entry of their own: the game is deterministic, so the
+    # entry before them implies them, and a successor replays them (docs/operations.md,
+    # "Implied ticks"). 0: every tick is journaled. A quiet room then writes every
+    # ``implied_ticks + 1`` ticks, not every tick; a takeover's world runs on at most
+    # this many ticks at once.
+    implied_ticks: int = 4
     # Seconds a disconnected player who has played (sent an input) keeps its seat.
     grace_s: float = 30.0
     # Seconds a disconnected player who never sent an input keeps its seat.
@@ -142,6 +153,8 @@ SETTINGS_HELP: dict[str, str] = {
     " acknowledgement before it is retried (1-900)",
     "checkpoint_every_s": "seconds between checkpoints of a room",
     "tick_phases": "slots of the tick period the rooms are spread over (1-16; 1: all at once)",
+    "implied_ticks": "eventless ticks published after a journaled one without their own"
+    " journal entry (0-20; 0: journal every tick)",
     "grace_s": "seconds a disconnected player who has played keeps its seat",
     "unplayed_grace_s": "seconds a disconnected player who never sent an input keeps its seat",
     "empty_room_s": "seconds an empty room lives before closing (0 if nobody ever played in it)",
@@ -274,6 +287,8 @@ def validate(settings: ServerSettings) -> None:
         raise ConfigError("--player-message-rate must be > 0 and --player-byte-rate >= 1024")
     if not 1 <= settings.tick_phases <= 16:
         raise ConfigError("--tick-phases must be in 1-16")
+    if not 0 <= settings.implied_ticks <= MAX_IMPLIED_TICKS:
+        raise ConfigError(f"--implied-ticks must be in 0-{MAX_IMPLIED_TICKS}")
     if settings.transport not in TRANSPORTS:
         raise ConfigError(f"--transport must be one of: {', '.join(TRANSPORTS)}")
     if settings.durability not in DURABILITY_LEVELS:

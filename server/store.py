@@ -228,7 +228,7 @@ if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[3], ARGV[3], 'v', ARGV[5])
   redis.call('XTRIM', KEYS[3], 'MINID', ARGV[6])
 end
-return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4])
+return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4], 'k', ARGV[7])
 """
 
 _CHECKPOINT = """
@@ -358,6 +358,9 @@ class JournalEntry:
     tick: int
     epoch: int
     events: list[Any]
+    # How many eventless ticks its owner could publish after it without an entry of
+    # their own (the entry's ``k`` field; 0 in entries of older versions).
+    implied: int = 0
 
 
 def _s(value: Any) -> str:
@@ -532,8 +535,9 @@ def _checkpoint_and_entries(
         tick, epoch = _parse_entry_id(entry_id)
         if tick <= after:
             continue
-        events = msgpack.unpackb(_fields(entry_fields)[b"e"], raw=False, strict_map_key=False)
-        entries.append(JournalEntry(tick, epoch, events))
+        entry = _fields(entry_fields)
+        events = msgpack.unpackb(entry[b"e"], raw=False, strict_map_key=False)
+        entries.append(JournalEntry(tick, epoch, events, int(entry.get(b"k", 0))))
     return checkpoint, entries
 
 
@@ -924,16 +928,19 @@ class RoomStore:
         events: list[Any],
         emitted: list[Any] | None = None,
         keep_ticks: int = 0,
+        implied: int = 0,
     ) -> None:
         """Store one tick durably, renewing the lease; raise OwnershipLost if fenced.
 
         ``emitted``: the game events of the tick, as ``[data, recipients|None]`` pairs,
         stored in the same script (so they are durable exactly when the tick is) in a
         stream that keeps the last ``keep_ticks`` ticks: what a resuming player who
-        missed them is sent, also after a takeover.
+        missed them is sent, also after a takeover. ``implied``: how many eventless
+        ticks the owner may publish after this one without an entry (stored with it: a
+        successor replays that many, see ``RoomEngine.catch_up``).
         """
         with _fenced(lease):
-            await self.append_soon(lease, tick, events, emitted, keep_ticks)
+            await self.append_soon(lease, tick, events, emitted, keep_ticks, implied)
 
     def append_soon(
         self,
@@ -942,6 +949,7 @@ class RoomStore:
         events: list[Any],
         emitted: list[Any] | None = None,
         keep_ticks: int = 0,
+        implied: int = 0,
     ) -> asyncio.Future[Any]:
         """``append`` without a coroutine: the future of the batched call, for a tick
         loop that awaits nothing per room (its error is raw: see ``fenced_error``)."""
@@ -956,6 +964,7 @@ class RoomStore:
                 msgpack.packb(events, use_bin_type=True) if events else _NO_EVENTS,
                 packed_events,
                 f"{max(0, tick - keep_ticks)}-0",
+                implied,
             ],
         )
 

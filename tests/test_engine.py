@@ -15,6 +15,7 @@ from server.engine import Event, JournalGap, RoomEngine, RoomFull, Verdict
 from server.errors import GameError, IllegalInput
 from server.game import PlayerInput
 from server.games.arena import Arena
+from tests.games import Counter
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RIGHT = {"dx": 1, "dy": 0}
@@ -372,3 +373,89 @@ def test_acked_inputs_are_applied_exactly_once(counts: list[list[int]]) -> None:
         for player_id in ("a", "b"):
             assert room.seats[player_id].ack == sent[player_id]
             assert player(room, player_id)["inputs"] == sent[player_id]
+
+
+# -- implied ticks: a journal without its eventless ticks (server/room.py) --------------
+
+
+class Beeper(Counter):
+    """Counter that emits a public event every ``every``-th tick, inputs or not."""
+
+    every = 3
+
+    def __init__(self, counts: dict[str, int], ticks: int = 0) -> None:
+        super().__init__(counts)
+        self.ticks = ticks
+
+    def tick(self, inputs: Sequence[PlayerInput]) -> Mapping[str, Any]:
+        state = super().tick(inputs)
+        self.ticks += 1
+        if self.ticks % self.every == 0:
+            self.emit({"beep": self.ticks})
+        return state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "ticks": self.ticks}
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any]) -> Beeper:
+        return cls(dict(snapshot["counts"]), snapshot["ticks"])
+
+
+def without_implied(
+    journal: list[tuple[int, list[Event], bytes]], allowance: int
+) -> list[tuple[int, list[Event], int]]:
+    """What a room journals under ``--implied-ticks allowance``: an eventless tick within
+    the allowance of the last journaled one is left out (Arena emits no events)."""
+    kept: list[tuple[int, list[Event], int]] = []
+    until = -1
+    for tick, events, _state in journal:
+        if events or tick > until:
+            kept.append((tick, events, allowance))
+            until = tick + allowance
+    return kept
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    operations=st.lists(operation, max_size=60),
+    allowance=st.integers(0, 6),
+)
+def test_catch_up_rebuilds_the_room_and_runs_on_to_the_end_of_the_allowance(
+    seed: int, operations: list[Any], allowance: int
+) -> None:
+    live = engine(seed)
+    journal = drive(live, operations)
+    kept = without_implied(journal, allowance)
+
+    rebuilt = engine(seed)
+    assert rebuilt.catch_up(kept, 0) is None
+    # It stands at the last tick its previous owner could have published: the live room
+    # run on with no event to that tick is the same room.
+    assert rebuilt.tick == kept[-1][0] + allowance
+    while live.tick < rebuilt.tick:
+        live.step()
+    assert rebuilt.snapshot() == live.snapshot()
+    assert orjson.dumps(rebuilt.last_state) == orjson.dumps(live.last_state)
+
+
+def test_catch_up_refuses_a_gap_over_the_allowance() -> None:
+    room = joined("a")  # tick 1
+    with pytest.raises(JournalGap, match="more than the 2 ticks"):
+        room.catch_up([(5, [], 2)], 2)  # ticks 2-4 missing: 3 > 2
+    assert room.tick == 1  # nothing was replayed
+
+
+def test_catch_up_refuses_a_missing_tick_that_emits() -> None:
+    room = RoomEngine(Beeper({}))
+    with pytest.raises(JournalGap, match="not deterministic"):
+        room.catch_up([(1, [], 4), (4, [], 4)], 0)  # tick 3 beeps: it had to be journaled
+
+
+def test_catch_up_stops_at_the_first_run_tick_that_emits_and_returns_it() -> None:
+    room = RoomEngine(Beeper({}))
+    outcome = room.catch_up([(1, [["j", "a", "A"]], 4)], 0)
+    assert outcome is not None and outcome.tick == 3 and room.tick == 3
+    assert [event.data for event in outcome.emitted] == [{"beep": 3}]
+    assert outcome.events == []

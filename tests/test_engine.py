@@ -459,3 +459,32 @@ def test_catch_up_stops_at_the_first_run_tick_that_emits_and_returns_it() -> Non
     assert outcome is not None and outcome.tick == 3 and room.tick == 3
     assert [event.data for event in outcome.emitted] == [{"beep": 3}]
     assert outcome.events == []
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    before=st.lists(operation, max_size=40),
+    after=st.lists(operation, max_size=40),
+    allowance=st.integers(0, 6),
+)
+def test_catch_up_from_a_checkpoint_uses_what_is_left_of_its_allowance(
+    seed: int, before: list[Any], after: list[Any], allowance: int
+) -> None:
+    """A checkpoint may fall on an implied tick: it stores what is left of the allowance
+    there (server/room.py ``_packed_snapshot``), which covers the gap to the next entry."""
+    live = engine(seed)
+    head = drive(live, before)
+    snapshot = msgpack.unpackb(msgpack.packb(live.snapshot()), raw=False)
+    at = live.tick
+    tail = drive(live, after)
+    kept = without_implied(head + tail, allowance)
+    last_before = max(tick for tick, _, _ in kept if tick <= at)
+    left = max(0, last_before + allowance - at)
+
+    rebuilt = RoomEngine.restore(Arena, snapshot)
+    assert rebuilt.catch_up([entry for entry in kept if entry[0] > at], left) is None
+    assert rebuilt.tick == max(kept[-1][0] + allowance, at + left)
+    while live.tick < rebuilt.tick:
+        live.step()
+    assert rebuilt.snapshot() == live.snapshot()

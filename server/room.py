@@ -471,6 +471,9 @@ class Room:
                 if self.sessions or self.engine.seats:
                     self.empty_since = None  # (what _is_abandoned would say, without a call)
                 elif self._is_abandoned():
+                    # Off the clock first: an implied next tick needs no round trip, so
+                    # it could come (and close the room again) before close_empty runs.
+                    self._unclock()
                     self._in_tick = False
                     self._slow(self.close_empty())
                     return
@@ -907,6 +910,8 @@ class Room:
         self._set_closed()
 
     async def close_empty(self) -> None:
+        if self.state is not RoomState.RUNNING:
+            return  # closed meanwhile (fenced, drained, failed)
         log.info("room=%s empty (played: %s): closing", self.name, self.played)
         self.transition(RoomState.CLOSED)
         try:

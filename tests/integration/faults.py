@@ -73,8 +73,16 @@ async def rooms_on(url: str) -> dict[str, dict[str, Any]]:
 class JournalRecorder:
     """Reads a room's journal continuously and keeps every (tick, epoch) it ever held."""
 
-    def __init__(self, redis_url: str, room: str, every: float = 0.02) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    def __init__(
+        self,
+        redis_url: str,
+        room: str,
+        every: float = 0.02,
+        client: aioredis.Redis | aioredis.RedisCluster | None = None,
+    ) -> None:
+        self.redis = client or aioredis.Redis.from_url(
+            redis_url, socket_timeout=1, socket_connect_timeout=1
+        )
         self.key = room_keys(room)["journal"]
         self.every = every
         self.entries: list[tuple[int, int]] = []

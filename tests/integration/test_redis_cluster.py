@@ -156,13 +156,8 @@ class ClusterJournal(JournalRecorder):
     """JournalRecorder reading through a cluster client."""
 
     def __init__(self, redis_url: str, room: str, every: float = 0.02) -> None:
-        self.redis = connect(redis_url, socket_timeout=1, socket_connect_timeout=1)
-        self.key = room_keys(room)["journal"]
-        self.every = every
-        self.entries = []
-        self._last_id = "-"
-        self._task = None
-        self._stop = asyncio.Event()
+        client = connect(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        super().__init__(redis_url, room, every, client=client)
 
 
 def ensure_running(deployment: LocalCluster) -> None:

@@ -52,11 +52,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from infra.redis_url import is_cluster
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RespPipeline"]
+__all__ = ["DEFAULT_TIMEOUT_S", "READER_TASK", "RespPipeline"]
 
 # The reply timeout of a client that sets no ``socket_timeout`` (redis-py would wait
 # forever; a room must not).
 DEFAULT_TIMEOUT_S = 10.0
+READER_TASK = "resp-pipeline-reader"  # each connection's reply reader (lives as long as it)
 _READ_SIZE = 1 << 16
 _MORE = object()  # hiredis: no complete reply buffered yet
 _PUSH = hiredis.PushNotification
@@ -101,7 +102,7 @@ class _Link:
             options["errors"] = errors
         self.parser = hiredis.Reader(**options)
         self.loop = asyncio.get_running_loop()
-        self.task = self.loop.create_task(self._read(reader))
+        self.task = self.loop.create_task(self._read(reader), name=READER_TASK)
 
     def usable(self, loop: asyncio.AbstractEventLoop) -> bool:
         return not self.closed and self.loop is loop and not self.writer.transport.is_closing()

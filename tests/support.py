@@ -6,6 +6,7 @@ killed by PID at teardown even when the test fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,8 +26,29 @@ from typing import Any
 import pytest
 
 from infra.embedded_redis import die_with_parent
+from infra.resp_pipeline import READER_TASK
 
 STATEROOM = [sys.executable, "-m", "server.cli"]
+
+
+async def settle_tasks(timeout: float = 2.0) -> None:
+    """Let the running loop's other tasks end (a fenced room's last Redis calls), then
+    cancel what is left. Call it before closing a Redis client the tasks use: a task
+    still writing would reconnect after the close, and that socket would outlive the
+    test's loop, to be reported (as an unclosed Connection) in whichever later test the
+    collector happens to run. The RESP fast path's reply readers live as long as their
+    connection and are not waited for."""
+    others = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task() and task.get_name() != READER_TASK
+    ]
+    if not others:
+        return
+    _, pending = await asyncio.wait(others, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -22,6 +22,7 @@ from server.session import Session, SessionState
 from server.settings import ServerSettings
 from server.store import RoomStore
 from server.ticker import ticker_for
+from tests.support import settle_tasks
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -68,9 +69,12 @@ class Seated:
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RoomStore]:
     client = aioredis.Redis.from_url(redis_url)
+    store = RoomStore(client, lease_ms=1500)
     try:
-        yield RoomStore(client, lease_ms=1500)
+        yield store
     finally:
+        await settle_tasks()  # the fenced rooms' last writes, before their client closes
+        await store.aclose()
         await client.aclose()
 
 

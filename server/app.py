@@ -453,6 +453,7 @@ class RoomServer:
         detected_ms: int,
     ) -> Room | None:
         started = time.perf_counter()
+        claim_sent = time.monotonic()  # the lease runs from the claim, not the rebuild
         claim = await self.store.claim(
             name,
             self.server_id,
@@ -466,6 +467,9 @@ class RoomServer:
             detected_ms=detected_ms,
             index_later=True,
             with_record=True,
+            # The claim tick (RoomEngine.catch_up), not under ``replica`` durability:
+            # a tick it covers is published with no write of its own to confirm.
+            implied=0 if self.store.durability.replicated else self.settings.implied_ticks,
         )
         if not claim.won:
             return None
@@ -499,8 +503,13 @@ class RoomServer:
                 game_instance = game_class.create(int(meta.get("seed", "0")))
                 game_instance.setup(room_options)
                 engine = RoomEngine(game_instance, options=room_options)
+            last = entries[-1] if entries else None
+            own_claim = last if last and last.claimed and last.epoch == claim.lease.epoch else None
             caught_up = engine.catch_up(
-                ((entry.tick, entry.events, entry.implied) for entry in entries), implied
+                ((entry.tick, entry.events, entry.implied) for entry in entries),
+                implied,
+                claims={entry.tick for entry in entries if entry.claimed},
+                own_claim=own_claim.tick if own_claim else None,
             )
         except REDIS_DOWN as exc:
             # Redis went away between the claim and the reads (an outage): not a broken
@@ -542,6 +551,9 @@ class RoomServer:
         room.fallback_url = functools.partial(self.fallback_url, name)
         room.event_log.load(recent_events)
         room.caught_up = caught_up
+        room.lease_renewed_at = claim_sent
+        if own_claim is not None:
+            room.claimed(own_claim.tick, own_claim.implied)
         if claim.takeover:
             seated = [pid for pid, seat in engine.seats.items() if not seat.leaving]
             room.timeline = TakeoverTimeline(self.store, claim.lease, seated)

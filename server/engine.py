@@ -17,7 +17,7 @@ tick, ``server.room``): ``catch_up`` replays it with no event, the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -183,7 +183,11 @@ class RoomEngine:
         return self.last_state
 
     def catch_up(
-        self, entries: Iterable[tuple[int, list[Event], int]], implied: int
+        self,
+        entries: Iterable[tuple[int, list[Event], int]],
+        implied: int,
+        claims: Container[int] = (),
+        own_claim: int | None = None,
     ) -> TickOutcome | None:
         """Replay a journal after this state, with the eventless ticks its owner published
         without an entry (``implied``: the allowance of this state, then each entry's).
@@ -194,21 +198,36 @@ class RoomEngine:
         is run too: the previous owner may have published them, so this room must not
         publish those tick numbers with other content. The first of them that emits ends
         the run and is returned: nobody saw it (it would have been journaled), and it
-        must be journaled before anything is published. None: none emitted."""
+        must be journaled before anything is published. None: none emitted.
+
+        ``claims``: the ticks of claim entries, which a takeover's claim journals (no
+        event) right after the ticks its old owner may have published; the ticks missing
+        before one may emit (nobody had published them: its claimer recorded their game
+        events with it). ``own_claim``: this rebuild's own claim tick, the last entry:
+        the replay ends there, and returns that tick with the game events of it and of
+        the ticks missing before it (to be stored before it is published; its journal
+        entry is there already)."""
+        emitted: list[Emitted] = []
         for tick, events, allowance in entries:
             if tick - self.tick - 1 > implied:
                 raise JournalGap(
                     f"tick {tick} follows tick {self.tick}: more than the {implied}"
                     " ticks its owner could publish without an entry"
                 )
+            claimed = tick in claims
             while self.tick < tick - 1:
                 self.apply(self.tick + 1, [])
                 if self.last_emitted:
-                    raise JournalGap(
-                        f"tick {self.tick} has no journal entry but emits events when"
-                        " replayed: the game is not deterministic"
-                    )
-            self.apply(tick, events)
+                    if not claimed:
+                        raise JournalGap(
+                            f"tick {self.tick} has no journal entry but emits events when"
+                            " replayed: the game is not deterministic"
+                        )
+                    emitted.extend(self.last_emitted)
+            state = self.apply(tick, events)
+            if tick == own_claim:
+                return TickOutcome(tick, [], state, [*emitted, *self.last_emitted])
+            emitted.clear()  # a claim's own gap: its claimer stored these with it
             implied = allowance
         for _ in range(implied):
             state = self.apply(self.tick + 1, [])

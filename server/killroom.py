@@ -6,9 +6,10 @@ Two steps, kept apart so the launcher's control endpoint can run the first alone
   server registry, write the room's kill record ``sr:{R}:killed`` (``killed_ms``
   from Redis ``TIME``, pid, server, epoch), SIGKILL it, and return at once.
 - ``wait_recovery``: watch Redis, without joining the room. The room runs again
-  when its journal holds a tick written under a newer epoch, because a tick is
-  journaled just before it is published; ``unavailable_ms`` runs from the kill to
-  that first tick of the new owner (this machine's clock). Then the timeline is
+  when its journal holds a tick written under a newer epoch and the new owner's
+  takeover record says it published its first tick (the claim journals the claim
+  tick before the rebuild); ``unavailable_ms`` runs from the kill to then (this
+  machine's clock). Then the timeline is
   read from the new owner's takeover record (Redis's clock, like ``killed_ms``):
   ms since the kill of the detection, claim, restore, first tick and each player's
   return, waiting a short while for the players; one that is not back by then is
@@ -150,6 +151,9 @@ async def wait_recovery(
     while time.monotonic() < deadline:
         newest = await store.last_journaled(done.room)
         if newest is not None and newest[1] > done.old_epoch:
+            if not await _published(store, done.room, newest[1]):
+                await asyncio.sleep(0.005)
+                continue
             recovered_at = time.monotonic()
             newest_tick, new_epoch = newest
             # This poll may come a tick or two late (a room taken over ticks as it starts,
@@ -167,6 +171,14 @@ async def wait_recovery(
             }
         await asyncio.sleep(0.005)
     raise KillRoomError(f"room {done.room!r} did not run again within {timeout}s")
+
+
+async def _published(store: RoomStore, room: str, epoch: int) -> bool:
+    """Whether ``epoch``'s owner has published a tick: its claim journals the claim tick
+    before the room is rebuilt (docs/operations.md, "Implied ticks"), so a journal entry
+    of the epoch is not enough; its takeover record's first-tick stamp is."""
+    record = await store.takeover_record(room)
+    return record.get("epoch") != str(epoch) or "first_tick_ms" in record
 
 
 async def read_timeline(

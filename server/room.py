@@ -157,9 +157,10 @@ class Room:
         # Implied ticks (module docstring): the last tick this owner may publish without
         # a journal entry (none before its first journaled tick), and the allowance.
         self._implied_until = -1
+        self._claim_tick = -1  # journaled by this owner's claim (RoomEngine.catch_up)
         self._implied_ticks = settings.implied_ticks
-        # A rebuilt room's catch-up tick that emitted (RoomEngine.catch_up): journaled
-        # as its first tick, before anything else is published.
+        # A rebuilt room's first tick from its catch-up (RoomEngine.catch_up): one that
+        # emitted, journaled first; or the claim tick, published as it is.
         self.caught_up: TickOutcome | None = None
         self._task: asyncio.Task[None] | None = None
         # Settings the tick reads every time, as plain attributes.
@@ -226,6 +227,13 @@ class Room:
         self._ticker.add(self)
         if self.timeline is not None:
             self._begin_tick()
+
+    def claimed(self, tick: int, allowance: int) -> None:
+        """This owner's claim journaled ``tick`` (the rebuild's last, ``caught_up``) with
+        ``allowance`` implied ticks after it: it is published with no write of its own
+        (one for its game events, if any), and so are the eventless ticks after it."""
+        self._claim_tick = tick
+        self._implied_until = tick + allowance
 
     @property
     def running(self) -> bool:
@@ -401,6 +409,7 @@ class Room:
                     packed(emitted) if emitted else [],
                     self.event_log.keep_ticks,
                     self._implied_ticks,
+                    outcome.tick == self._claim_tick,
                 )
         except OwnershipLost as exc:
             self._in_tick = False
@@ -431,7 +440,7 @@ class Room:
         if error is None:
             self.metrics.journal_seconds.observe(time.monotonic() - sent_at)
             self.lease_renewed_at = sent_at
-            self._implied_until = outcome.tick + self._implied_ticks
+            self._implied_until = max(self._implied_until, outcome.tick + self._implied_ticks)
             self._finish(outcome, started)
             return
         error = fenced_error(self.lease, error)
@@ -447,7 +456,7 @@ class Room:
         await self._append_durably(
             outcome.tick, outcome.events, packed(outcome.emitted), failed=error
         )
-        self._implied_until = outcome.tick + self._implied_ticks
+        self._implied_until = max(self._implied_until, outcome.tick + self._implied_ticks)
         self._finish(outcome, started)
 
     async def _renew_then_finish(self, outcome: TickOutcome, started: float) -> None:
@@ -675,6 +684,7 @@ class Room:
                             emitted,
                             self.event_log.keep_ticks,
                             self._implied_ticks,
+                            tick == self._claim_tick,
                         )
                     except ResponseError as exc:
                         if not (
@@ -831,18 +841,18 @@ class Room:
             return
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
-        data = self._packed_snapshot()
+        data, implied = self._packed_snapshot()
         self.state_bytes = len(data)
         self.last_checkpoint_at = time.monotonic()
         self._checkpoint_due = self.last_checkpoint_at + self._checkpoint_every_s
         self._checkpoint_task = asyncio.get_running_loop().create_task(
-            self._write_checkpoint(self.engine.tick, data)
+            self._write_checkpoint(self.engine.tick, data, implied)
         )
 
-    async def _write_checkpoint(self, tick: int, data: bytes) -> None:
+    async def _write_checkpoint(self, tick: int, data: bytes, implied: int) -> None:
         started = time.perf_counter()
         try:
-            await self.store.checkpoint(self.lease, tick, data)
+            await self.store.checkpoint(self.lease, tick, data, implied)
         except OwnershipLost as exc:
             self.fence(str(exc))
             return
@@ -858,19 +868,21 @@ class Room:
         if self._checkpoint_task is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint_task
-        data = self._packed_snapshot()
+        data, implied = self._packed_snapshot()
         self.state_bytes = len(data)
-        await self._write_checkpoint(self.engine.tick, data)
+        await self._write_checkpoint(self.engine.tick, data, implied)
 
-    def _packed_snapshot(self) -> bytes:
+    def _packed_snapshot(self) -> tuple[bytes, int]:
         """The engine's snapshot with the implied ticks this owner may still publish after
-        it (what a rebuild from it runs on: ``RoomEngine.catch_up``). A room that no
-        longer ticks (a drain's last checkpoint) publishes none."""
+        it (what a rebuild from it runs on: ``RoomEngine.catch_up``), and that number (the
+        claim script reads it beside the snapshot). A room that no longer ticks (a
+        drain's last checkpoint) publishes none."""
         snapshot = self.engine.snapshot()
         running = self.state is RoomState.RUNNING
-        snapshot["implied"] = max(0, self._implied_until - self.engine.tick) if running else 0
+        implied = max(0, self._implied_until - self.engine.tick) if running else 0
+        snapshot["implied"] = implied
         data: bytes = msgpack.packb(snapshot, use_bin_type=True)
-        return data
+        return data, implied
 
     # -- endings ------------------------------------------------------------------------
 

@@ -183,6 +183,34 @@ if existed then
   redis.call('PEXPIRE', KEYS[4], ARGV[13])
   takeover = 1
 end
+if takeover == 1 and tonumber(ARGV[15]) > 0 then
+  -- The claim tick (server/engine.py, RoomEngine.catch_up): the first tick after the
+  -- ticks the old owner may have published (its last entry's, or the checkpoint's,
+  -- allowance of implied ticks) is journaled here, with no event, as this epoch's: the
+  -- new owner publishes it as soon as it has rebuilt the room, with no second round
+  -- trip, and ARGV[15] implied ticks after it. Not written when the last tick cannot
+  -- be told (a checkpoint of an older version, no checkpoint and no entry).
+  -- pcall: a key that cannot be read leaves the tick out (the rebuild reports it).
+  local base = nil
+  local cp = redis.pcall('HMGET', KEYS[5], 'tick', 'implied')
+  local tail = redis.pcall('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
+  if cp.err or tail.err then cp, tail = {}, {} end
+  local last = tail[1]
+  local last_tick = last and tonumber(string.match(last[1], '^(%d+)-'))
+  if last_tick and (not cp[1] or last_tick > tonumber(cp[1])) then
+    local allowance = 0
+    for i = 1, #last[2], 2 do
+      if last[2][i] == 'k' then allowance = tonumber(last[2][i + 1]) or 0 end
+    end
+    base = last_tick + allowance
+  elseif cp[1] and cp[2] then
+    base = tonumber(cp[1]) + tonumber(cp[2])
+  end
+  if base then
+    redis.pcall('XADD', KEYS[6], string.format('%.0f', base + 1) .. '-' .. epoch,
+                'e', ARGV[16], 'k', ARGV[15], 'c', '1')
+  end
+end
 if ARGV[14] == '1' then
   -- The room's record for its rebuild, read in the claim: no second round trip. pcall:
   -- a key that cannot be read (a wrong type) is an error in its place, which the
@@ -228,6 +256,7 @@ if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[3], ARGV[3], 'v', ARGV[5])
   redis.call('XTRIM', KEYS[3], 'MINID', ARGV[6])
 end
+if ARGV[8] == '1' then return ARGV[3] end  -- the claim tick: journaled by the claim
 return redis.call('XADD', KEYS[2], ARGV[3], 'e', ARGV[4], 'k', ARGV[7])
 """
 
@@ -238,7 +267,8 @@ if prev_tick then
   redis.call('RENAME', KEYS[2], KEYS[3])
   redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(prev_tick) + 1) .. '-0')
 end
-redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4], 'at', ARGV[5])
+redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4], 'at', ARGV[5],
+           'implied', ARGV[6])
 return 1
 """
 
@@ -361,6 +391,9 @@ class JournalEntry:
     # How many eventless ticks its owner could publish after it without an entry of
     # their own (the entry's ``k`` field; 0 in entries of older versions).
     implied: int = 0
+    # Written by the claim of its epoch (``c``), not by a tick: the claim tick
+    # (RoomEngine.catch_up); the ticks missing before it may emit.
+    claimed: bool = False
 
 
 def _s(value: Any) -> str:
@@ -537,7 +570,8 @@ def _checkpoint_and_entries(
             continue
         entry = _fields(entry_fields)
         events = msgpack.unpackb(entry[b"e"], raw=False, strict_map_key=False)
-        entries.append(JournalEntry(tick, epoch, events, int(entry.get(b"k", 0))))
+        claimed = entry.get(b"c") == b"1"
+        entries.append(JournalEntry(tick, epoch, events, int(entry.get(b"k", 0)), claimed))
     return checkpoint, entries
 
 
@@ -746,6 +780,7 @@ class RoomStore:
         detected_ms: int = 0,
         index_later: bool = False,
         with_record: bool = False,
+        implied: int = 0,
     ) -> Claim:
         """Take the room if it is free (or still held by ``replacing``, a dead owner).
 
@@ -762,7 +797,10 @@ class RoomStore:
         awaited but handed back in ``Claim.indexed``. ``with_record``: a won claim also
         returns the room's record (``Claim.raw_record``), read by the same script: a room
         being rebuilt needs no second round trip (on a loaded survivor of a mass
-        failover, each one waited behind the whole crowd's joins).
+        failover, each one waited behind the whole crowd's joins). ``implied`` (> 0, on
+        a takeover): the script also journals the claim tick, with that allowance of
+        implied ticks (``RoomEngine.catch_up``), which the new owner publishes with no
+        round trip of its own.
         """
         keys = room_keys(room)
         won, value, stored_game, *rest = await self.scripts.submit(
@@ -791,6 +829,8 @@ class RoomStore:
                 str(detected_ms) if detected_ms > 0 else "",
                 RECORD_TTL_MS,
                 "1" if with_record else "0",
+                implied,
+                _NO_EVENTS,
             ],
         )
         if not _s(value):  # must_exist, and the room is gone: drop its stale index entry
@@ -929,6 +969,7 @@ class RoomStore:
         emitted: list[Any] | None = None,
         keep_ticks: int = 0,
         implied: int = 0,
+        claimed: bool = False,
     ) -> None:
         """Store one tick durably, renewing the lease; raise OwnershipLost if fenced.
 
@@ -937,10 +978,11 @@ class RoomStore:
         stream that keeps the last ``keep_ticks`` ticks: what a resuming player who
         missed them is sent, also after a takeover. ``implied``: how many eventless
         ticks the owner may publish after this one without an entry (stored with it: a
-        successor replays that many, see ``RoomEngine.catch_up``).
+        successor replays that many, see ``RoomEngine.catch_up``). ``claimed``: the
+        tick is the claim tick, journaled by the claim: only its game events are stored.
         """
         with _fenced(lease):
-            await self.append_soon(lease, tick, events, emitted, keep_ticks, implied)
+            await self.append_soon(lease, tick, events, emitted, keep_ticks, implied, claimed)
 
     def append_soon(
         self,
@@ -950,6 +992,7 @@ class RoomStore:
         emitted: list[Any] | None = None,
         keep_ticks: int = 0,
         implied: int = 0,
+        claimed: bool = False,
     ) -> asyncio.Future[Any]:
         """``append`` without a coroutine: the future of the batched call, for a tick
         loop that awaits nothing per room (its error is raw: see ``fenced_error``)."""
@@ -965,6 +1008,7 @@ class RoomStore:
                 packed_events,
                 f"{max(0, tick - keep_ticks)}-0",
                 implied,
+                "1" if claimed else "0",
             ],
         )
 
@@ -985,8 +1029,10 @@ class RoomStore:
         raw: Any = await self._commands.submit("XRANGE", room_keys(room)["events"], "-", "+")
         return _events(raw)
 
-    async def checkpoint(self, lease: Lease, tick: int, data: bytes) -> None:
-        """Store a packed snapshot and trim the journal up to the previous checkpoint."""
+    async def checkpoint(self, lease: Lease, tick: int, data: bytes, implied: int = 0) -> None:
+        """Store a packed snapshot and trim the journal up to the previous checkpoint.
+        ``implied``: the snapshot's allowance of implied ticks, also stored apart from it
+        for the claim script (its claim tick)."""
         keys = room_keys(lease.room)
         with _fenced(lease):
             # Batched with the other rooms' checkpoints of this turn: 1000 rooms writing
@@ -994,7 +1040,7 @@ class RoomStore:
             await self.scripts.submit(
                 self._checkpoint,
                 [keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
-                [lease.token, tick, lease.epoch, data, int(time.time() * 1000)],
+                [lease.token, tick, lease.epoch, data, int(time.time() * 1000), implied],
             )
 
     async def load(self, room: str) -> tuple[Checkpoint | None, list[JournalEntry]]:

@@ -326,6 +326,65 @@ def drive(room: RoomEngine, operations: list[Any]) -> list[tuple[int, list[Event
     return journal
 
 
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    operations=st.lists(operation, max_size=60),
+    allowance=st.integers(0, 6),
+    claim_allowance=st.integers(0, 6),
+)
+def test_catch_up_to_its_own_claim_tick_is_the_room_one_tick_past_the_allowance(
+    seed: int, operations: list[Any], allowance: int, claim_allowance: int
+) -> None:
+    """The claim tick (server/store.py ``_CLAIM``) journals, with no event, the tick after
+    the ticks the old owner could have published: the rebuild ends there and returns it
+    (to publish at once); a later rebuild replays it as any entry, and its allowance."""
+    live = engine(seed)
+    journal = drive(live, operations)
+    kept = without_implied(journal, allowance)
+    claim_tick = kept[-1][0] + allowance + 1
+    with_claim = [*kept, (claim_tick, [], claim_allowance)]
+
+    rebuilt = engine(seed)
+    outcome = rebuilt.catch_up(with_claim, 0, claims={claim_tick}, own_claim=claim_tick)
+    assert outcome is not None and outcome.tick == claim_tick == rebuilt.tick
+    assert outcome.events == [] and outcome.emitted == []  # (Arena emits none)
+    while live.tick < claim_tick:
+        live.step()
+    assert rebuilt.snapshot() == live.snapshot()
+    assert orjson.dumps(outcome.state) == orjson.dumps(live.last_state)
+
+    later = engine(seed)  # the next owner: the claim tick is an entry like any other
+    assert later.catch_up(with_claim, 0, claims={claim_tick}) is None
+    assert later.tick == claim_tick + claim_allowance
+
+
+def test_catch_up_to_its_own_claim_tick_returns_the_game_events_nobody_saw() -> None:
+    """Ticks 2-4 were the old owner's allowance; 3 beeps, so it published at most 2, and
+    the claim tick 5 is published with the events of 3 (and none of its own)."""
+    room = RoomEngine(Beeper({}))
+    entries = [(1, [["j", "a", "A"]], 3), (5, [], 4)]
+    outcome = room.catch_up(entries, 0, claims={5}, own_claim=5)
+    assert outcome is not None and outcome.tick == 5 and room.tick == 5
+    assert [event.data for event in outcome.emitted] == [{"beep": 3}]
+    # Beeper emits every 3rd tick: 6 is one too, which a claim at 6 returns with 3's.
+    room = RoomEngine(Beeper({}))
+    outcome = room.catch_up([(1, [], 4), (6, [], 4)], 0, claims={6}, own_claim=6)
+    assert outcome is not None and [e.data for e in outcome.emitted] == [
+        {"beep": 3},
+        {"beep": 6},
+    ]
+
+
+def test_a_later_rebuild_replays_the_events_of_a_claims_gap_without_a_journal_gap() -> None:
+    """Before someone else's claim tick, a missing tick may emit (its claimer stored the
+    events with its claim tick); before any other entry it may not."""
+    room = RoomEngine(Beeper({}))
+    assert room.catch_up([(1, [], 3), (5, [], 4), (6, [["j", "a", "A"]], 0)], 0, claims={5}) is None
+    assert room.tick == 6
+    with pytest.raises(JournalGap, match="not deterministic"):
+        RoomEngine(Beeper({})).catch_up([(1, [], 3), (5, [], 4)], 0)
+
+
 @FAST
 @given(
     seed=st.integers(0, 2**64 - 1),

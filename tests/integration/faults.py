@@ -87,6 +87,7 @@ class JournalRecorder:
         self.every = every
         self.entries: list[tuple[int, int]] = []
         self.implied: dict[int, int] = {}  # tick -> its entry's allowance of implied ticks
+        self.claimed: set[int] = set()  # ticks journaled by a takeover's claim (no tick's)
         self._last_id = "-"
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -121,6 +122,8 @@ class JournalRecorder:
             tick, _, epoch = text.partition("-")
             self.entries.append((int(tick), int(epoch)))
             self.implied[int(tick)] = int((fields or {}).get(b"k", 0))
+            if (fields or {}).get(b"c") == b"1":
+                self.claimed.add(int(tick))
             self._last_id = text
 
     def epoch_of(self) -> dict[int, int]:

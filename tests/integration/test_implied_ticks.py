@@ -57,9 +57,11 @@ async def test_a_quiet_rooms_owner_dies_and_its_implied_ticks_stay_true(
     assert all(journal.implied[tick] == ALLOWANCE for tick in old_ticks)
     # A quiet room: most ticks have no entry of their own.
     assert len(old_ticks) < (old_ticks[-1] - old_ticks[0] + 1) / 2, old_ticks
-    # The new owner ran the whole allowance before its first tick, which it journaled.
+    # The new owner ran the whole allowance before its first tick, which its claim
+    # journaled (the claim tick): it published it with no round trip of its own.
     first_new = min(tick for tick, epoch in journal.entries if epoch == new.epoch)
     assert first_new == old_ticks[-1] + ALLOWANCE + 1
+    assert journal.claimed == {first_new} and journal.implied[first_new] == ALLOWANCE
     journaled = journal.epoch_of()
     for player in players:
         # Durable under the sender's epoch, journaled or implied; never back, never twice.

@@ -267,8 +267,8 @@ if prev_tick then
   redis.call('RENAME', KEYS[2], KEYS[3])
   redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(prev_tick) + 1) .. '-0')
 end
-redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4], 'at', ARGV[5],
-           'implied', ARGV[6])
+redis.call('HSET', KEYS[2], 'tick', ARGV[2], 'epoch', ARGV[3], 'data', ARGV[4], 'at', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'implied', ARGV[6]) end
 return 1
 """
 
@@ -1029,10 +1029,13 @@ class RoomStore:
         raw: Any = await self._commands.submit("XRANGE", room_keys(room)["events"], "-", "+")
         return _events(raw)
 
-    async def checkpoint(self, lease: Lease, tick: int, data: bytes, implied: int = 0) -> None:
+    async def checkpoint(
+        self, lease: Lease, tick: int, data: bytes, implied: int | None = None
+    ) -> None:
         """Store a packed snapshot and trim the journal up to the previous checkpoint.
         ``implied``: the snapshot's allowance of implied ticks, also stored apart from it
-        for the claim script (its claim tick)."""
+        for the claim script (its claim tick); None stores none, and a takeover from
+        this checkpoint then has no claim tick (a wrong count could make one too early)."""
         keys = room_keys(lease.room)
         with _fenced(lease):
             # Batched with the other rooms' checkpoints of this turn: 1000 rooms writing
@@ -1040,7 +1043,14 @@ class RoomStore:
             await self.scripts.submit(
                 self._checkpoint,
                 [keys["lease"], keys["ckpt"], keys["ckpt_prev"], keys["journal"]],
-                [lease.token, tick, lease.epoch, data, int(time.time() * 1000), implied],
+                [
+                    lease.token,
+                    tick,
+                    lease.epoch,
+                    data,
+                    int(time.time() * 1000),
+                    "" if implied is None else implied,
+                ],
             )
 
     async def load(self, room: str) -> tuple[Checkpoint | None, list[JournalEntry]]:

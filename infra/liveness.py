@@ -22,8 +22,10 @@ leaves them on a node that is now a replica (``CLUSTER FAILOVER``). The link not
 id at once. Meanwhile a server registered on a node that is unreachable or no longer a
 primary is **unsure**, not dead: it counts as live for ``unsure_s`` (10 s by default);
 so is a server missing from a node that could not answer until less than
-``recovered_s`` (5 s) ago (a primary restarted in place, before it was replaced: every
-connection to it dropped, and its servers are reconnecting).
+``recovered_s`` (5 s) ago, or that restarted less than ``recovered_s`` ago (a primary
+restarted in place, before it was replaced: every connection to it dropped, and its
+servers are reconnecting). The restart is told by the node's ``run_id`` changing between
+two checks, so it is seen even when the node was down and back between two polls.
 A server that really died then is still replaced within its lease time (its leases are
 not renewed, and the watcher claims every expired lease), so a failover never makes the
 servers of a shard look dead, and never delays a takeover past the lease. A server missing
@@ -90,7 +92,9 @@ def node_client(cluster: RedisCluster, address: str, client_name: str = "") -> a
         client_name=client_name or None,
         **options,
     )
-    return aioredis.Redis(connection_pool=pool, single_connection_client=bool(client_name))
+    client = aioredis.Redis(connection_pool=pool, single_connection_client=bool(client_name))
+    client.auto_close_connection_pool = True  # its own pool: aclose() closes the socket
+    return client
 
 
 class LivenessLink:
@@ -218,6 +222,7 @@ class LivenessCheck:
         self.recovered_s = recovered_s
         self._unsure_since: dict[str, float] = {}
         self._node_back_at: dict[str, float] = {}  # node -> until when it counts as troubled
+        self._run_ids: dict[str, str] = {}  # node -> its run_id at the last answer
         self.quiet: set[str] = set()  # live at the last check, connection idle (module doc)
 
     async def live(
@@ -249,6 +254,8 @@ class LivenessCheck:
     async def _live_on_cluster(
         self, cluster: RedisCluster, servers: Mapping[str, Mapping[str, Any]], quiet: set[str]
     ) -> set[str]:
+        # A client that has sent nothing yet knows no node: every node would look troubled.
+        await cluster.initialize()
         by_node: dict[str, dict[str, Mapping[str, Any]]] = {}
         for sid, info in servers.items():
             node = info.get("liveness_node")
@@ -260,9 +267,14 @@ class LivenessCheck:
         troubled: set[str] = set(by_node.get("", {}))  # entries that name no node
         now = time.monotonic()
         named = [(node, group) for node, group in by_node.items() if node]
-        for (node, group), answer in zip(named, answers, strict=True):
+        for (node, group), (answer, run_id, uptime) in zip(named, answers, strict=True):
             if answer is None:
                 self._node_back_at[node] = now + self.recovered_s
+            elif run_id:
+                if self._run_ids.get(node, run_id) != run_id:  # restarted since last time
+                    back_at = now - uptime + self.recovered_s
+                    self._node_back_at[node] = max(self._node_back_at.get(node, 0.0), back_at)
+                self._run_ids[node] = run_id
             if answer is None or now < self._node_back_at.get(node, 0.0):
                 # Cannot answer, or answers again only since a moment (restarted in place:
                 # its clients are reconnecting): a server missing there is unsure.
@@ -289,23 +301,41 @@ class LivenessCheck:
         node: str,
         group: Mapping[str, Mapping[str, Any]],
         quiet: set[str],
-    ) -> set[str] | None:
-        """The liveness names on ``node`` among ``group``'s ids; None when the node cannot
-        answer for them (unreachable, unknown to the cluster, or not a primary any more).
+    ) -> tuple[set[str] | None, str, float]:
+        """The liveness names on ``node`` among ``group``'s ids (None when the node cannot
+        answer for them: unreachable, unknown to the cluster, or not a primary any more),
+        and the node's ``run_id`` and uptime in seconds ("" and 0 when unknown).
         Through the cluster client's own connections to that node (closed with it)."""
         target = cluster.get_node(node_name=node)
         if target is None:
-            return None
+            return None, "", 0.0
         ids = _ids(group)
         try:
-            role = await cluster.execute_command("ROLE", target_nodes=target)
+            role, about = await asyncio.gather(
+                cluster.execute_command("ROLE", target_nodes=target),
+                cluster.info("server", target_nodes=target),
+            )
+            run_id, uptime = _run_id_and_uptime(about)
             if _text(role[0] if role else b"") != "master":
-                return None
+                return None, run_id, uptime
             if not ids:
-                return set()
-            return _names(await cluster.client_list(client_id=ids, target_nodes=target), quiet)
+                return set(), run_id, uptime
+            listed = await cluster.client_list(client_id=ids, target_nodes=target)
+            return _names(listed, quiet), run_id, uptime
         except (RedisError, OSError):
-            return None
+            return None, "", 0.0
+
+
+def _run_id_and_uptime(about: Any) -> tuple[str, float]:
+    """``run_id`` and ``uptime_in_seconds`` from an ``INFO server`` answer ("" and 0 if
+    it has none: a server that does not report them is never taken as restarted)."""
+    if not isinstance(about, Mapping):
+        return "", 0.0
+    try:
+        uptime = float(about.get("uptime_in_seconds", 0))
+    except (TypeError, ValueError):
+        uptime = 0.0
+    return _text(about.get("run_id", "")), uptime
 
 
 def _text(value: Any) -> str:

@@ -24,8 +24,9 @@ primary is **unsure**, not dead: it counts as live for ``unsure_s`` (10 s by def
 so is a server missing from a node that could not answer until less than
 ``recovered_s`` (5 s) ago, or that restarted less than ``recovered_s`` ago (a primary
 restarted in place, before it was replaced: every connection to it dropped, and its
-servers are reconnecting). The restart is told by the node's ``run_id`` changing between
-two checks, so it is seen even when the node was down and back between two polls.
+servers are reconnecting). A node that lacks a registered server is asked its uptime
+(``INFO server``), so a restart is seen even when the node was down and back between
+two polls; a check where everyone is present asks nothing more.
 A server that really died then is still replaced within its lease time (its leases are
 not renewed, and the watcher claims every expired lease), so a failover never makes the
 servers of a shard look dead, and never delays a takeover past the lease. A server missing
@@ -222,7 +223,6 @@ class LivenessCheck:
         self.recovered_s = recovered_s
         self._unsure_since: dict[str, float] = {}
         self._node_back_at: dict[str, float] = {}  # node -> until when it counts as troubled
-        self._run_ids: dict[str, str] = {}  # node -> its run_id at the last answer
         self.quiet: set[str] = set()  # live at the last check, connection idle (module doc)
 
     async def live(
@@ -267,14 +267,12 @@ class LivenessCheck:
         troubled: set[str] = set(by_node.get("", {}))  # entries that name no node
         now = time.monotonic()
         named = [(node, group) for node, group in by_node.items() if node]
-        for (node, group), (answer, run_id, uptime) in zip(named, answers, strict=True):
+        for (node, group), (answer, uptime) in zip(named, answers, strict=True):
             if answer is None:
                 self._node_back_at[node] = now + self.recovered_s
-            elif run_id:
-                if self._run_ids.get(node, run_id) != run_id:  # restarted since last time
-                    back_at = now - uptime + self.recovered_s
-                    self._node_back_at[node] = max(self._node_back_at.get(node, 0.0), back_at)
-                self._run_ids[node] = run_id
+            elif uptime is not None and uptime < self.recovered_s:  # (re)started just now
+                back_at = now - uptime + self.recovered_s
+                self._node_back_at[node] = max(self._node_back_at.get(node, 0.0), back_at)
             if answer is None or now < self._node_back_at.get(node, 0.0):
                 # Cannot answer, or answers again only since a moment (restarted in place:
                 # its clients are reconnecting): a server missing there is unsure.
@@ -301,41 +299,36 @@ class LivenessCheck:
         node: str,
         group: Mapping[str, Mapping[str, Any]],
         quiet: set[str],
-    ) -> tuple[set[str] | None, str, float]:
+    ) -> tuple[set[str] | None, float | None]:
         """The liveness names on ``node`` among ``group``'s ids (None when the node cannot
         answer for them: unreachable, unknown to the cluster, or not a primary any more),
-        and the node's ``run_id`` and uptime in seconds ("" and 0 when unknown).
-        Through the cluster client's own connections to that node (closed with it)."""
+        and, when one of them is missing there, the node's uptime in seconds (None if not
+        asked or not told). Through the cluster client's own connections to that node
+        (closed with it)."""
         target = cluster.get_node(node_name=node)
         if target is None:
-            return None, "", 0.0
+            return None, None
         ids = _ids(group)
         try:
-            role, about = await asyncio.gather(
-                cluster.execute_command("ROLE", target_nodes=target),
-                cluster.info("server", target_nodes=target),
-            )
-            run_id, uptime = _run_id_and_uptime(about)
+            role = await cluster.execute_command("ROLE", target_nodes=target)
             if _text(role[0] if role else b"") != "master":
-                return None, run_id, uptime
+                return None, None
             if not ids:
-                return set(), run_id, uptime
-            listed = await cluster.client_list(client_id=ids, target_nodes=target)
-            return _names(listed, quiet), run_id, uptime
+                return set(), None
+            names = _names(await cluster.client_list(client_id=ids, target_nodes=target), quiet)
+            if names >= set(group):
+                return names, None
+            return names, _uptime(await cluster.info("server", target_nodes=target))
         except (RedisError, OSError):
-            return None, "", 0.0
+            return None, None
 
 
-def _run_id_and_uptime(about: Any) -> tuple[str, float]:
-    """``run_id`` and ``uptime_in_seconds`` from an ``INFO server`` answer ("" and 0 if
-    it has none: a server that does not report them is never taken as restarted)."""
-    if not isinstance(about, Mapping):
-        return "", 0.0
+def _uptime(about: Any) -> float | None:
+    """``uptime_in_seconds`` of an ``INFO server`` answer (None if it has none)."""
     try:
-        uptime = float(about.get("uptime_in_seconds", 0))
-    except (TypeError, ValueError):
-        uptime = 0.0
-    return _text(about.get("run_id", "")), uptime
+        return float(about["uptime_in_seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _text(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 Killed and started again on its port faster than a peer's poll, the node answers the next
 check with none of the connections it had. Its servers are reconnecting, not dead: the
-check must tell the restart by the node's ``run_id`` and count them *unsure* (live) for
-``recovered_s``, and no longer. CI once saw a peer take every room of such a server.
+check must tell the restart by the node's uptime and count them *unsure* (live) for
+``recovered_s`` after it, and no longer. CI once saw a peer take every room of such a
+server.
 """
 
 from __future__ import annotations

@@ -190,21 +190,25 @@ if takeover == 1 and tonumber(ARGV[15]) > 0 then
   -- new owner publishes it as soon as it has rebuilt the room, with no second round
   -- trip, and ARGV[15] implied ticks after it. Not written when the last tick cannot
   -- be told (a checkpoint of an older version, no checkpoint and no entry).
-  -- pcall: a key that cannot be read leaves the tick out (the rebuild reports it).
+  -- pcall, tonumber: a key that cannot be read, or a checkpoint field that is no
+  -- number, leaves the tick out (the rebuild reports a broken checkpoint).
   local base = nil
   local cp = redis.pcall('HMGET', KEYS[5], 'tick', 'implied')
   local tail = redis.pcall('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
   if cp.err or tail.err then cp, tail = {}, {} end
+  local cp_tick, cp_implied = tonumber(cp[1]), tonumber(cp[2])
   local last = tail[1]
   local last_tick = last and tonumber(string.match(last[1], '^(%d+)-'))
-  if last_tick and (not cp[1] or last_tick > tonumber(cp[1])) then
+  if cp[1] and not cp_tick then
+    base = nil
+  elseif last_tick and (not cp_tick or last_tick > cp_tick) then
     local allowance = 0
     for i = 1, #last[2], 2 do
       if last[2][i] == 'k' then allowance = tonumber(last[2][i + 1]) or 0 end
     end
     base = last_tick + allowance
-  elseif cp[1] and cp[2] then
-    base = tonumber(cp[1]) + tonumber(cp[2])
+  elseif cp_tick and cp_implied then
+    base = cp_tick + cp_implied
   end
   if base then
     redis.pcall('XADD', KEYS[6], string.format('%.0f', base + 1) .. '-' .. epoch,

@@ -164,3 +164,20 @@ async def test_a_claim_tick_that_emits_stores_the_events_nobody_saw_before_it_is
 
 def _closed(room: Room) -> None:
     return None
+
+
+@pytest.mark.parametrize("field", ["tick", "implied"])
+async def test_a_checkpoint_field_that_is_no_number_leaves_the_claim_tick_out(
+    store: RoomStore, field: str
+) -> None:
+    """A corrupted checkpoint hash must not fail the claim (the room could then never be
+    taken over): it gets no claim tick, and the rebuild reports the broken checkpoint."""
+    first = await store.claim(ROOM, "s1", "ws://s1", "arena")
+    await store.append(first.lease, 1, [["j", "p1", "p1"]], implied=4)
+    await store.checkpoint(first.lease, 3, msgpack.packb({"tick": 3, "implied": 2}), 2)
+    await store.redis.hset(f"sr:{{{ROOM}}}:ckpt", field, "not a number")
+    await store.redis.delete(f"sr:{{{ROOM}}}:lease")
+    claim = await store.claim(ROOM, "s2", "ws://s2", "arena", must_exist=True, implied=4)
+    assert claim.won and claim.takeover
+    journal = await store.redis.xrange(f"sr:{{{ROOM}}}:journal")
+    assert [entry_id for entry_id, _ in journal] == [b"1-1"]

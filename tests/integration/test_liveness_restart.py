@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -27,6 +27,7 @@ from infra.room_keys import server_key
 pytestmark = pytest.mark.slow
 
 RECOVERED_S = 3.0
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -38,44 +39,53 @@ async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
         await client.aclose()
 
 
-async def _registered(link: LivenessLink, timeout: float = 10.0) -> dict[str, Any]:
-    """The registry entry of ``link``'s server (reconnecting the link if it dropped)."""
+async def _until_done(
+    attempt: Callable[[], Awaitable[T]],
+    errors: tuple[type[BaseException], ...] = (RedisError, OSError),
+    timeout: float = 10.0,
+) -> T:
+    """``attempt()``'s result once it stops raising ``errors`` (the last error after
+    ``timeout``): a node just restarted answers, and is known, a moment later."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return {"liveness_id": await link.client_id(), "liveness_node": link.node}
-        except (RedisError, OSError):
+            return await attempt()
+        except errors:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
 
 
-async def _fresh_client(url: str, address: str, timeout: float = 10.0) -> RedisCluster:
+async def _registered(link: LivenessLink) -> dict[str, Any]:
+    """The registry entry of ``link``'s server (reconnecting the link if it dropped)."""
+
+    async def entry() -> dict[str, Any]:
+        return {"liveness_id": await link.client_id(), "liveness_node": link.node}
+
+    return await _until_done(entry)
+
+
+async def _fresh_client(url: str, address: str) -> RedisCluster:
     """A new cluster client that ``address`` answers (no connection from before)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def connected() -> RedisCluster:
         client = connect_cluster(url)
         try:
             await client.initialize()
             await client.ping(target_nodes=client.get_node(node_name=address))
-            return client
-        except (RedisError, OSError):
+        except BaseException:
             await client.aclose()
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            raise
+        return client
+
+    return await _until_done(connected)
 
 
-async def _primary_of(nodes: EmbeddedCluster, key: str, timeout: float = 10.0) -> ClusterNode:
+async def _primary_of(nodes: EmbeddedCluster, key: str) -> ClusterNode:
     """The node serving ``key`` once one does (a restarted node may not say so at once)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await asyncio.to_thread(nodes.primary_of, key)
-        except EmbeddedRedisError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+    return await _until_done(
+        lambda: asyncio.to_thread(nodes.primary_of, key), errors=(EmbeddedRedisError,)
+    )
 
 
 @pytest.mark.timeout(60)

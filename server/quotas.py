@@ -33,6 +33,7 @@ from redis.commands.core import AsyncScript
 
 from infra.resp_pipeline import RespPipeline
 from server.protocol import ErrorCode
+from server.turn_batch import TurnBatch
 
 SLOT_TTL_MS = 30_000
 REFRESH_EVERY_S = 5.0
@@ -98,6 +99,32 @@ class ScriptSubmitter(Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
+class _SlotReleases(TurnBatch[tuple[str, str], Any]):
+    """Slots given back in one event-loop turn, in one round trip.
+
+    A room's players often leave together (a match ends, a network blip, a proxy
+    restart): 800 sessions ending at once were 800 ``ZREM`` calls, each awaiting a
+    pooled connection of its own, so the pool opened a couple of hundred new Redis
+    connections on the event loop (about 1 ms of CPU each) while every room ticked."""
+
+    def __init__(self, redis: aioredis.Redis, pipe: RespPipeline | None) -> None:
+        super().__init__()
+        self.redis = redis
+        self.pipe = pipe
+
+    def release(self, key: str, member: str) -> asyncio.Future[Any]:
+        return self._enqueue((key, member))
+
+    async def _send(self, requests: list[tuple[str, str]]) -> list[Any]:
+        commands = [("ZREM", key, member) for key, member in requests]
+        if self.pipe is not None:
+            return await self.pipe.execute(commands)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 class Quotas:
     """The quotas of one room server, on its Redis pool."""
 
@@ -115,6 +142,7 @@ class Quotas:
         self.scripts = scripts
         # Its lean RESP path (not on a cluster), for the refresh's thousands of commands.
         self.pipe = pipe
+        self._releases = _SlotReleases(redis, pipe)
         self._take = redis.register_script(_TAKE_SLOT)
         self._count = redis.register_script(_COUNT)
 
@@ -152,7 +180,7 @@ class Quotas:
             )
 
     async def release_room(self, creator: str, room: str) -> None:
-        await self.redis.zrem(rooms_key(creator), room)
+        await self._releases.release(rooms_key(creator), room)
 
     async def take_session(self, player_id: str, room: str) -> None:
         """Count a session of ``player_id`` in ``room`` (a resume reuses its slot)."""
@@ -164,7 +192,7 @@ class Quotas:
             )
 
     async def release_session(self, player_id: str, room: str) -> None:
-        await self.redis.zrem(sessions_key(player_id), room)
+        await self._releases.release(sessions_key(player_id), room)
 
     async def refresh(self, rooms: list[tuple[str, str]], sessions: list[tuple[str, str]]) -> None:
         """Extend the slots this server holds: (creator, room) and (player, room) pairs.

@@ -4,11 +4,13 @@ same through redis-py's pipeline and through the room server's lean RESP path.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from infra.resp_pipeline import RespPipeline
 from server.quotas import SLOT_TTL_MS, QuotaLimits, Quotas, rooms_key, sessions_key
@@ -79,3 +81,35 @@ async def check_refresh(redis: aioredis.Redis, quotas: Quotas) -> None:
     assert await redis.zscore(rooms_key("ann"), "a3") is None  # released: not re-created
     assert await redis.pttl(rooms_key("ann")) > SLOT_TTL_MS
     assert await redis.zscore(sessions_key("ann"), "a1") is not None
+
+
+@pytest.mark.parametrize("path", ["redis-py", "lean"])
+async def test_sessions_ending_together_give_their_slots_back_in_one_round_trip(
+    redis: aioredis.Redis, path: str
+) -> None:
+    """A room's players leaving at once (a match's end, a network blip) must not open a
+    Redis connection each on the server's loop; a slot on a broken key fails alone."""
+    lean = RespPipeline(redis) if path == "lean" else None
+    try:
+        quotas = Quotas(redis, LIMITS, pipe=lean)
+        players = [f"p{i}" for i in range(200)]
+        for player in players:
+            await quotas.take_session(player, "r1")
+        await redis.set(sessions_key("broken"), "not a sorted set")
+        if lean is not None:
+            await lean.execute([("PING",)])  # its own connection, opened before counting
+        opened = (await redis.info("stats"))["total_connections_received"]
+        results = await asyncio.gather(
+            *(quotas.release_session(player, "r1") for player in players),
+            quotas.release_session("broken", "r1"),
+            return_exceptions=True,
+        )
+        opened = (await redis.info("stats"))["total_connections_received"] - opened
+        assert results[:-1] == [None] * len(players)
+        assert isinstance(results[-1], ResponseError)
+        assert opened <= 1, f"{opened} connections opened for one turn's releases"
+        for player in players:
+            assert await redis.zcard(sessions_key(player)) == 0
+    finally:
+        if lean is not None:
+            await lean.aclose()

@@ -44,6 +44,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import cpu_split
 from bench.common import (
     REPO,
     CpuWindow,
@@ -267,6 +268,7 @@ class Options:
     server_args: tuple[str, ...] = ()
     ref_server_args: tuple[str, ...] = ()
     quiet_wait: float = 0.0
+    cpu_split: bool = False
 
 
 def wait_quiet(limit_s: float, busy_below: float = 0.15) -> float:
@@ -282,6 +284,11 @@ def wait_quiet(limit_s: float, busy_below: float = 0.15) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def read_split(stack: Stack) -> dict[str, Any]:
+    """The room server's latest cpu_split snapshot (written every second)."""
+    return json.loads(stack.cpu_split_file(1).read_text())
+
+
 def stack_for(tree: Tree, opts: Options) -> Stack:
     two = cpu_count() >= 2
     args = ["--games", BENCH_GAME]
@@ -295,6 +302,7 @@ def stack_for(tree: Tree, opts: Options) -> Stack:
         redis_cpus={0} if two else None,
         auth_cpus={1} if two else None,
         server_root=tree.root,
+        cpu_split=opts.cpu_split,
     )
 
 
@@ -412,12 +420,15 @@ def measure(tree: Tree, scenario: str, n: int, opts: Options) -> dict[str, Any]:
         )
         stage = "the measured window"
         before = scrape(metrics_url)
+        split_before = read_split(stack) if opts.cpu_split else None
         gen.command("window")
         machine.start()
         window.start()
         time.sleep(opts.seconds)
         window.stop()
         machine.stop()
+        if split_before is not None:
+            point["cpu_split"] = cpu_split.split(split_before, read_split(stack))
         gen.command("report")
         after = scrape(metrics_url)
         point["rss_mb"] = proc_rss_mb(server.pid)
@@ -880,6 +891,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         max_loop_delay_ms=args.max_loop_delay_ms,
         core_full=args.core_full,
         quiet_wait=args.quiet_wait,
+        cpu_split=args.cpu_split,
         server_args=tuple(shlex.split(args.server_args)),
         ref_server_args=tuple(shlex.split(args.ref_server_args or args.server_args)),
     )
@@ -1022,6 +1034,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ref-server-args", help="extra flags of REF's room server (default: --server-args)"
+    )
+    parser.add_argument(
+        "--cpu-split",
+        action="store_true",
+        help="run the room server through bench/cpu_split.py: each point gets the share of"
+        " the server's CPU spent in each part (input, tick, publish...), by its CPU clock",
     )
     parser.add_argument(
         "--quiet-wait",

@@ -255,12 +255,15 @@ class Child:
     #: The source tree it runs from (``python -m`` puts it first on sys.path): another
     #: checkout (a ``git worktree``) runs that checkout's code with the same venv.
     root: Path = REPO
+    #: What runs ``server.cli``'s arguments: ``-m server.cli``, or a wrapper script
+    #: (bench/cpu_split.py) given as its arguments before ours.
+    launcher: tuple[str, ...] = ("-m", "server.cli")
 
     def start(self) -> None:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", *self.args],
+                [sys.executable, *self.launcher, *self.args],
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -312,6 +315,8 @@ class Stack:
     supervise: bool = False
     #: Source tree of the room servers (see ``Child.root``); auth and Valkey run from ours.
     server_root: Path = REPO
+    #: Run the room servers through bench/cpu_split.py, each writing ``cpu-split-sN.json``.
+    cpu_split: bool = False
     tmp: str | None = None
     redis: EmbeddedRedis | None = None
     auth: Child | None = None
@@ -325,6 +330,9 @@ class Stack:
     def dir(self) -> Path:
         assert self.tmp is not None
         return Path(self.tmp)
+
+    def cpu_split_file(self, index: int) -> Path:
+        return self.dir / f"cpu-split-s{index}.json"
 
     @property
     def redis_url(self) -> str:
@@ -387,6 +395,11 @@ class Stack:
                     logs / f"s{index}.log",
                     cpus=self.server_cpus,
                     root=self.server_root,
+                    launcher=(
+                        (str(REPO / "bench" / "cpu_split.py"), str(self.cpu_split_file(index)))
+                        if self.cpu_split
+                        else ("-m", "server.cli")
+                    ),
                 )
             )
         for child in self.children:

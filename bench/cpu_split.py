@@ -106,7 +106,9 @@ def _dump_every_second(path: str) -> None:
 
 def main() -> int:
     out, args = sys.argv[1], sys.argv[2:]
-    sys.path.insert(0, os.getcwd())  # the tree being measured, as `python -m` would
+    # The tree being measured first, as `python -m` would put it, in place of this
+    # script's folder (whose profile.py would shadow the standard library's).
+    sys.path[0] = os.getcwd()
     install()
     threading.Thread(target=_dump_every_second, args=(out,), daemon=True).start()
     from server.cli import main as server_main

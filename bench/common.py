@@ -243,6 +243,9 @@ def histogram_quantile_ms(
 # -- the stack -------------------------------------------------------------------------------
 
 
+SERVER_CLI = ("-m", "server.cli")
+
+
 @dataclass
 class Child:
     name: str
@@ -257,7 +260,7 @@ class Child:
     root: Path = REPO
     #: What runs ``server.cli``'s arguments: ``-m server.cli``, or a wrapper script
     #: (bench/cpu_split.py) given as its arguments before ours.
-    launcher: tuple[str, ...] = ("-m", "server.cli")
+    launcher: tuple[str, ...] = SERVER_CLI
 
     def start(self) -> None:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -398,7 +401,7 @@ class Stack:
                     launcher=(
                         (str(REPO / "bench" / "cpu_split.py"), str(self.cpu_split_file(index)))
                         if self.cpu_split
-                        else ("-m", "server.cli")
+                        else SERVER_CLI
                     ),
                 )
             )

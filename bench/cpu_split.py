@@ -57,9 +57,8 @@ def _wrap(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
-def install() -> list[str]:
-    """Wrap every part this tree has; returns the labels wrapped."""
-    wrapped = []
+def install() -> None:
+    """Wrap every part this tree has."""
     for module_name, class_name, method, label in PARTS:
         try:
             owner = getattr(importlib.import_module(module_name), class_name)
@@ -67,8 +66,6 @@ def install() -> list[str]:
         except (ImportError, AttributeError):
             continue
         _wrap(owner, method, label)
-        wrapped.append(label)
-    return wrapped
 
 
 def snapshot() -> dict[str, Any]:

@@ -1,6 +1,8 @@
 # Two commands matter: `make run` and `make test`. Both build .venv from scratch when needed.
-# They install exact, hashed pins from the lock files (pip --require-hashes), then the
-# project itself without dependencies. `make lock` refreshes the locks from pyproject.toml.
+# They install exact, hashed pins from the lock files (pip --require-hashes --no-deps: the
+# lock is the whole set, so pip resolves nothing and cannot reach past it; `pip check` then
+# proves the set complete), then the project itself without dependencies. `make lock`
+# refreshes the locks from pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +20,8 @@ UV_COMPILE := pip compile --quiet --universal --python-version 3.11 --generate-h
 
 $(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip check
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

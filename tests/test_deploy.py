@@ -391,7 +391,8 @@ def _packages() -> list[str]:
 
 def test_dockerfile_installs_from_the_lock_as_non_root() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"pip install --no-deps --require-hashes -r requirements\.lock && pip check", dockerfile)
+    lock_install = r"pip install --no-deps --require-hashes -r requirements\.lock && pip check"
+    assert re.search(lock_install, dockerfile)
     assert re.search(r"pip install --no-deps \.", dockerfile)
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users, "the image must not run as root"

@@ -1,13 +1,14 @@
 """What a room's work costs when the core's caches are cold, against back to back.
 
-Why: ``bench/arena.py --cpu-split`` puts an engine step of a room of 4 at ~40 µs in a
-serving room server, and an input's handling at ~20 µs, where the same Python code in a
-hot loop takes a fraction of that; fewer calls, or the same calls compiled, then saved
-nothing (docs/transport.md, "Still open"). A server at part load idles between packets
-and ticks, and what runs on the core meanwhile (the kernel, other processes, on a
-virtual machine other guests) evicts the interpreter's code and the rooms' objects. This
-measures that effect on its own, with no sockets and no server: 200 arena rooms of 4,
-each step timed (``perf_counter``) after one of
+Why: ``bench/arena.py --cpu-split`` puts an engine step of a room of 4 at 21 to 43 µs in
+a serving room server, and an input's handling at 10 to 23 µs (the machine's fast and
+slow phases), where the same Python code in a hot loop takes a fraction of that; fewer
+calls, or the same calls compiled, then saved nothing (docs/transport.md, "Still
+open"). A server at part load idles between packets and ticks, and what runs on the core
+meanwhile (the kernel, other processes, on a virtual machine other guests) evicts the
+interpreter's code and the rooms' objects. This measures that effect on its own, with no
+sockets and no server: 200 arena rooms of 4, each step timed (``perf_counter``) after one
+of
 
 - ``back_to_back``: nothing, the rooms stepped one after another;
 - ``idle_50us`` / ``idle_500us``: the thread sleeps (the core may idle or run others);

@@ -69,11 +69,13 @@ def _unlocked(roots: list[Requirement], pins: dict[str, Requirement]) -> list[st
         version = str(pin.specifier).removeprefix("==")
         if not requirement.specifier.contains(version, prereleases=True):
             missing.append(f"{requirement} (wanted by {wanted_by}) excludes the pin {version}")
-        for extra in ("", *requirement.extras):
-            for dependency in metadata.requires(name) or []:
-                needed = Requirement(dependency)
-                if needed.marker is None or needed.marker.evaluate({"extra": extra}):
-                    todo.append((needed, f"{name}[{extra}]" if extra else name))
+        # Each dependency once: unconditional, or for no extra or one that was asked for.
+        extras = ("", *sorted(requirement.extras))
+        for dependency in metadata.requires(name) or []:
+            needed = Requirement(dependency)
+            marker = needed.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras):
+                todo.append((needed, str(requirement)))
     return missing
 
 
